@@ -1,0 +1,33 @@
+"""metalr: dynamic learning-rate control for PyTorch.
+
+- `metalr.controllers`: every LR strategy behind one LRScheduler-shaped interface.
+- `metalr.signals`: what controllers observe, computed once per step.
+- `metalr.tasks`: registered tasks (data + model + loss + metrics).
+- `metalr.train.run`: the training harness.
+- `metalr.load_pretrained`: the shipped meta-learned controller.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    import torch
+
+    from metalr.controllers.base import Controller
+
+
+def load_pretrained(path: str | None = None, optimizer: "torch.optim.Optimizer | None" = None, **kwargs: Any) -> Any:
+    """Load the shipped (or a given) meta-learned controller checkpoint.
+
+    With `optimizer`, returns a bound `Controller`; without, the frozen policy,
+    which `.bind(optimizer)` turns into a Controller.
+    """
+    from metalr.meta.checkpoint import load_pretrained as _load
+
+    return _load(path, optimizer=optimizer, **kwargs)
+
+
+__all__ = ["__version__", "load_pretrained"]

@@ -1,0 +1,184 @@
+"""The one interface every LR strategy implements.
+
+A `Controller` is shaped like `torch.optim.lr_scheduler.LRScheduler`: it is bound
+to an optimizer, sets the LR of every param group at construction (step 0), and
+each `step(signals)` advances it by one step, writes the new LR into the
+optimizer and returns it. Unlike a scheduler it may read what happened during
+training: `signals` is a `metalr.signals.Signals` with loss, accuracy, gradient
+statistics and so on. A controller declares which signals it reads in
+`requires`, so the tracker only computes those.
+
+Subclasses implement `_compute_lrs(signals)` (pure: returns the proposed LRs)
+and list their scalar state in `_state_keys`. The base class guarantees the
+safety contract: every LR written is finite, non-negative and inside
+[min_lr, max_lr]; a non-finite proposal keeps the previous LR and is logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, ClassVar
+
+import torch
+
+from metalr.signals import Signals
+
+log = logging.getLogger(__name__)
+
+STATE_VERSION = 1
+
+
+class Controller:
+    """Base class: bound to an optimizer, signal-driven, LRScheduler-shaped."""
+
+    #: Registry name, set by `@register`.
+    name: ClassVar[str] = ""
+    #: Signal names this controller reads (see `metalr.signals.SIGNAL_NAMES`).
+    requires: ClassVar[frozenset[str]] = frozenset()
+    #: True when the strategy replaces the optimizer (schedule-free, Prodigy ...):
+    #: the harness then calls `make_optimizer` instead of the task's default.
+    owns_optimizer: ClassVar[bool] = False
+    #: Names of attributes that make up the controller's state (beyond the base's).
+    _state_keys: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        *,
+        min_lr: float = 0.0,
+        max_lr: float = math.inf,
+    ) -> None:
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"{type(self).__name__} needs a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        if not (math.isfinite(min_lr) and min_lr >= 0.0):
+            raise ValueError(f"min_lr must be finite and >= 0, got {min_lr}")
+        if not (max_lr > min_lr):
+            raise ValueError(f"max_lr must be > min_lr, got min_lr={min_lr}, max_lr={max_lr}")
+        self.optimizer = optimizer
+        self.min_lr = float(min_lr)
+        self.max_lr = float(max_lr)
+        for group in optimizer.param_groups:
+            group.setdefault("initial_lr", group["lr"])
+        self.base_lrs: list[float] = [float(g["initial_lr"]) for g in optimizer.param_groups]
+        self.last_step = 0
+        self.n_fallbacks = 0
+        self._last_lr: list[float] = self._apply(self._initial_lrs())
+
+    # ----------------------------------------------------------------- subclass API
+    def _initial_lrs(self) -> list[float]:
+        """LRs at step 0 (before any `step`). Default: the base LRs."""
+        return list(self.base_lrs)
+
+    def _compute_lrs(self, signals: Signals) -> list[float]:
+        """Propose the LRs for the step after `self.last_step` (already incremented)."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ public API
+    def step(self, signals: Signals | None = None) -> list[float]:
+        """Advance one step, write the new LR into every param group, return it."""
+        self.last_step += 1
+        proposed = self._compute_lrs(signals if signals is not None else Signals(step=self.last_step))
+        self._last_lr = self._apply(proposed)
+        return list(self._last_lr)
+
+    def get_last_lr(self) -> list[float]:
+        """The LRs most recently written into the optimizer, one per param group."""
+        return list(self._last_lr)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Explicit, versioned state (never the whole `__dict__`)."""
+        state = {
+            "version": STATE_VERSION,
+            "name": self.name,
+            "base_lrs": list(self.base_lrs),
+            "last_step": self.last_step,
+            "last_lr": list(self._last_lr),
+            "n_fallbacks": self.n_fallbacks,
+            "min_lr": self.min_lr,
+            "max_lr": self.max_lr,
+        }
+        for key in self._state_keys:
+            state[key] = _copy(getattr(self, key))
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore state saved by `state_dict`; refuses another controller's state."""
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"controller state version {state.get('version')!r} != {STATE_VERSION}")
+        if state.get("name") != self.name:
+            raise ValueError(f"state was saved by controller {state.get('name')!r}, not {self.name!r}")
+        missing = [k for k in self._state_keys if k not in state]
+        if missing:
+            raise ValueError(f"controller state for {self.name!r} lacks keys {missing}")
+        self.base_lrs = list(state["base_lrs"])
+        self.last_step = int(state["last_step"])
+        self.n_fallbacks = int(state.get("n_fallbacks", 0))
+        self.min_lr = float(state["min_lr"])
+        self.max_lr = float(state["max_lr"])
+        for key in self._state_keys:
+            setattr(self, key, _copy(state[key]))
+        self._last_lr = self._apply(list(state["last_lr"]))
+
+    def scale_lrs(self, factor: float) -> None:
+        """Multiply base and current LRs by `factor` (used by divergence recovery)."""
+        self.base_lrs = [b * factor for b in self.base_lrs]
+        self._last_lr = self._apply([lr * factor for lr in self._last_lr])
+
+    # Hooks for strategies that need them (schedule-free switches weights).
+    def on_eval_start(self) -> None:
+        """Called by the harness before evaluating the model."""
+
+    def on_eval_end(self) -> None:
+        """Called by the harness after evaluating the model."""
+
+    def extra_logs(self) -> dict[str, float]:
+        """Scalars worth logging beside the LR (pattern codes, variability ...)."""
+        return {}
+
+    # --------------------------------------------------------------------- helpers
+    def _apply(self, lrs: list[float]) -> list[float]:
+        """Sanitise proposed LRs (finite, clamped) and write them into the optimizer."""
+        if len(lrs) != len(self.optimizer.param_groups):
+            raise ValueError(f"{self.name}: {len(lrs)} LRs for {len(self.optimizer.param_groups)} param groups")
+        previous = getattr(self, "_last_lr", None) or self.base_lrs
+        safe = []
+        for i, lr in enumerate(lrs):
+            lr = float(lr)
+            if not math.isfinite(lr):
+                self.n_fallbacks += 1
+                log.warning("%s proposed a non-finite LR (%s) at step %d; keeping %g", self.name, lr, self.last_step, previous[i])
+                lr = float(previous[i]) if math.isfinite(previous[i]) else self.base_lrs[i]
+            lr = min(max(lr, self.min_lr), self.max_lr)
+            safe.append(lr)
+        for group, lr in zip(self.optimizer.param_groups, safe):
+            group["lr"] = lr
+        return safe
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, lr={self._last_lr})"
+
+
+class MultiplicativeController(Controller):
+    """A controller whose rule is 'multiply the current LR by a factor'.
+
+    Heuristics share this: `_factor(signals)` returns the multiplier for this step
+    (1.0 = keep). The LR compounds on the previous (clamped) LR.
+    """
+
+    def _factor(self, signals: Signals) -> float:
+        raise NotImplementedError
+
+    def _compute_lrs(self, signals: Signals) -> list[float]:
+        factor = self._factor(signals)
+        return [lr * factor for lr in self._last_lr]
+
+
+def _copy(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_copy(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _copy(v) for k, v in value.items()}
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    return value

@@ -1,0 +1,56 @@
+"""Hypergradient descent (Baydin et al., 2018, "Online Learning Rate Adaptation with
+Hypergradient Descent").
+
+The derivative of the loss at step t with respect to the LR used at step t-1 is
+h_t = -g_t . u_{t-1}, where u_{t-1} is the previous update direction
+(theta_t = theta_{t-1} - lr * u_{t-1}): the gradient itself for SGD, m/(sqrt(v)+eps)
+for Adam. The tracker measures u from the actual parameter change, so one rule
+serves SGD, SGD+momentum and Adam.
+
+- `rule="additive"` (the paper's SGD-HD / Adam-HD): lr += beta * g_t . u_{t-1}.
+  beta is scale-dependent (the paper uses 1e-3 for SGD and 1e-7 for Adam).
+- `rule="multiplicative"` (default; the paper's normalised variant):
+  lr *= 1 + beta * cos(g_t, u_{t-1}); scale-free, so one beta transfers across tasks.
+
+Consecutive gradients that agree raise the LR; ones that disagree lower it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from metalr.controllers import register
+from metalr.controllers.base import Controller
+from metalr.signals import Signals
+
+
+@register("hypergradient")
+class Hypergradient(Controller):
+    """LR follows the hypergradient g_t . u_{t-1} (additive or normalised multiplicative)."""
+
+    requires = frozenset({"hypergrad"})
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        *,
+        beta: float = 0.02,
+        rule: str = "multiplicative",
+        min_lr: float | None = None,
+        max_lr: float | None = None,
+    ) -> None:
+        if rule not in ("additive", "multiplicative"):
+            raise ValueError(f"rule must be additive or multiplicative, got {rule!r}")
+        if beta < 0:
+            raise ValueError(f"beta must be >= 0, got {beta}")
+        self.beta, self.rule = float(beta), rule
+        base = max(g.get("initial_lr", g["lr"]) for g in optimizer.param_groups)
+        # Default bounds relative to the base LR: HD can otherwise run away on noisy tasks.
+        super().__init__(optimizer, min_lr=base * 1e-3 if min_lr is None else min_lr, max_lr=base * 10.0 if max_lr is None else max_lr)
+
+    def _compute_lrs(self, signals: Signals) -> list[float]:
+        if self.rule == "additive":
+            h = signals.hypergrad
+            return [lr + self.beta * h for lr in self._last_lr] if h is not None else list(self._last_lr)
+        c = signals.hypergrad_cos
+        return [lr * (1.0 + self.beta * c) for lr in self._last_lr] if c is not None else list(self._last_lr)
