@@ -1,0 +1,176 @@
+"""Registry errors, state round-trips, signals, config validation, harness determinism and TensorBoard."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from metalr import controllers, tasks, train
+from metalr.config import ConfigError, load_config
+from metalr.signals import SignalTracker, Signals
+
+
+def _opt(lr: float = 0.1) -> torch.optim.Optimizer:
+    return torch.optim.SGD([torch.nn.Parameter(torch.zeros(3))], lr=lr)
+
+
+def test_unknown_controller_lists_valid_names() -> None:
+    with pytest.raises(KeyError) as e:
+        controllers.build("cosin", _opt())
+    msg = str(e.value)
+    assert "cosin" in msg and "cosine" in msg and "constant" in msg
+
+
+def test_unknown_keyword_lists_valid_ones() -> None:
+    with pytest.raises(TypeError) as e:
+        controllers.build("step", _opt(), step_sz=3)
+    assert "step_sz" in str(e.value) and "step_size" in str(e.value) and "gamma" in str(e.value)
+
+
+def test_unknown_task_and_override_list_valid_ones() -> None:
+    with pytest.raises(KeyError, match="digits_mlp"):
+        tasks.build("digits_mpl")
+    with pytest.raises(TypeError, match="batch_size"):
+        tasks.build("digits_mlp", batchsize=3)
+    with pytest.raises(ValueError, match="cpu, full"):
+        tasks.build("digits_mlp", preset="gpu")
+
+
+def test_available_holds_the_classic_schedules() -> None:
+    assert {"constant", "step", "exponential", "cosine", "plateau", "hypergradient"} <= set(controllers.available())
+    assert {"digits_mlp", "digits_cnn", "mnist1d_cnn"} <= set(tasks.available())
+
+
+@pytest.mark.parametrize(
+    "name,kw",
+    [("constant", {}), ("step", {"step_size": 3, "gamma": 0.5}), ("exponential", {"gamma": 0.9}), ("cosine", {"total_steps": 20, "warmup_steps": 4}), ("plateau", {"patience": 1, "factor": 0.5}), ("hypergradient", {})],
+)
+def test_state_dict_round_trip_gives_same_future(name: str, kw: dict[str, object]) -> None:
+    sig = [Signals(step=i, loss=1.0 / (i + 1), val_loss=1.0 if i % 3 == 0 else None, hypergrad=0.1 * (-1) ** i, hypergrad_cos=0.5 * (-1) ** (i // 2)) for i in range(30)]
+    a = controllers.build(name, _opt(), **kw)
+    for s in sig[:10]:
+        a.step(s)
+    state = a.state_dict()
+    b = controllers.build(name, _opt(0.7), **kw)  # different starting LR: state must override it
+    b.load_state_dict(state)
+    assert b.get_last_lr() == a.get_last_lr()
+    assert b.state_dict() == state
+    assert [a.step(s) for s in sig[10:]] == [b.step(s) for s in sig[10:]]
+
+
+def test_state_from_another_controller_is_refused() -> None:
+    state = controllers.build("constant", _opt()).state_dict()
+    with pytest.raises(ValueError, match="constant"):
+        controllers.build("cosine", _opt()).load_state_dict(state)
+
+
+def test_step_writes_every_param_group() -> None:
+    opt = torch.optim.SGD([{"params": [torch.nn.Parameter(torch.zeros(1))], "lr": 0.1}, {"params": [torch.nn.Parameter(torch.zeros(1))], "lr": 0.01}])
+    ctrl = controllers.build("exponential", opt, gamma=0.5)
+    lrs = ctrl.step()
+    assert lrs == [0.05, 0.005] == [g["lr"] for g in opt.param_groups] == ctrl.get_last_lr()
+
+
+def test_non_finite_proposal_keeps_previous_lr() -> None:
+    ctrl = controllers.build("hypergradient", _opt(), rule="additive", beta=1.0)
+    lr = ctrl.step(Signals(hypergrad=math.nan))
+    assert lr == [0.1] and all(math.isfinite(g["lr"]) for g in ctrl.optimizer.param_groups)
+
+
+def test_tracker_computes_only_requested_signals() -> None:
+    model = torch.nn.Linear(4, 3)
+    opt = _opt()
+    bare = SignalTracker(model.parameters(), opt, requires=())
+    full = SignalTracker(model.parameters(), opt, requires={"grad_norm", "grad_cos", "accuracy"})
+    x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+    for _ in range(2):
+        model.zero_grad()
+        logits = model(x)
+        loss = torch.nn.functional.cross_entropy(logits, y)
+        loss.backward()
+        s0, s1 = bare.collect(loss, logits, y), full.collect(loss, logits, y)
+    assert s0.grad_norm is None and s0.accuracy is None and s0.loss == pytest.approx(float(loss.detach()))
+    g = torch.cat([p.grad.reshape(-1) for p in model.parameters()])  # type: ignore[union-attr]
+    assert s1.grad_norm == pytest.approx(float(g.norm()), rel=1e-6)
+    assert s1.grad_cos == pytest.approx(1.0)  # same batch, same params: identical gradients
+    assert s1.accuracy == pytest.approx(float((logits.argmax(-1) == y).float().mean()))
+    with pytest.raises(ValueError, match="grad_norm"):
+        SignalTracker(model.parameters(), opt, requires={"grad_nrom"})
+
+
+def test_eval_signals_arrive_once() -> None:
+    model = torch.nn.Linear(2, 1)
+    t = SignalTracker(model.parameters(), _opt())
+    t.record_eval(0.5, 0.9)
+    assert (t.collect(loss=1.0).val_loss, t.collect(loss=1.0).val_loss) == (0.5, None)
+
+
+def test_harness_is_deterministic_and_learns() -> None:
+    task = tasks.build("digits_mlp", steps=60, eval_every=30)
+    a = train.run(task, "cosine", seed=3)
+    b = train.run(task, "cosine", seed=3)
+    c = train.run(task, "cosine", seed=4)
+    assert a.loss == b.loss and a.lr == b.lr
+    assert [e["val_loss"] for e in a.evals] == [e["val_loss"] for e in b.evals]
+    assert a.loss != c.loss
+    assert len(a.loss) == 60 and [e["step"] for e in a.evals] == [30, 60]
+    assert a.evals[-1]["val_accuracy"] > 0.5  # 10 classes: chance is 0.1
+    assert a.lr[0] == pytest.approx(1e-3) and a.lr[-1] < 1e-4  # cosine decays over the run
+
+
+def test_harness_epochs_convert_to_steps() -> None:
+    task = tasks.build("wine_mlp")
+    h = train.run(task, "constant", epochs=2, seed=0)
+    assert len(h.loss) == 2 * len(task.train_loader(0))
+
+
+def test_tensorboard_event_file_holds_lr_scalars(tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    task = tasks.build("wine_mlp", steps=20, eval_every=10)
+    h = train.run(task, "exponential", controller_kwargs={"gamma": 0.9}, seed=0, log_dir=tmp_path)
+    run_dir = tmp_path / "wine_mlp__exponential__0"
+    acc = EventAccumulator(str(run_dir))
+    acc.Reload()
+    lrs = [e.value for e in acc.Scalars("charts/lr")]
+    assert lrs == pytest.approx(h.lr, rel=1e-6)
+    assert lrs[1] == pytest.approx(lrs[0] * 0.9, rel=1e-6)
+    assert len(acc.Scalars("eval/val_loss")) == 2
+
+
+def test_nan_loss_recovers_then_diverges() -> None:
+    task = tasks.build("wine_mlp", steps=50, eval_every=10, lr=1e6)  # SGD at LR 1e6 overflows
+    h = train.run(task, "constant", seed=0, max_retries=2)
+    assert h.diverged and h.recoveries == 2
+    assert not math.isfinite(h.loss[-1])
+    h2 = train.run(task, "constant", seed=0, nan_recovery=False)
+    assert h2.diverged and h2.recoveries == 0
+
+
+def test_config_rejects_bad_input(tmp_path: Path) -> None:
+    from dataclasses import dataclass, field
+
+    @dataclass
+    class Cfg:
+        lr: float = 0.1
+        window: int = 5
+        names: list[str] = field(default_factory=list)
+
+        def __post_init__(self) -> None:
+            if self.lr <= 0:
+                raise ValueError(f"lr must be > 0, got {self.lr}")
+
+    assert load_config(Cfg, None, ["lr=1e-3", "names=[a, b]"]) == Cfg(lr=1e-3, names=["a", "b"])
+    for bad, word in [("lrr=1", "lrr"), ("lr=fast", "lr"), ("window=2.5", "window"), ("lr=-1", "lr must be > 0"), ("names=3", "names"), ("noequals", "key=value")]:
+        with pytest.raises(ConfigError, match=word):
+            load_config(Cfg, None, [bad])
+    p = tmp_path / "c.yaml"
+    p.write_text("lr: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(Cfg, p)
+    p.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(Cfg, p)
