@@ -16,10 +16,8 @@ __version__ = "0.1.0"
 if TYPE_CHECKING:
     import torch
 
-    from metalr.controllers.base import Controller
 
-
-def load_pretrained(path: str | None = None, optimizer: "torch.optim.Optimizer | None" = None, **kwargs: Any) -> Any:
+def load_pretrained(path: str | None = None, optimizer: torch.optim.Optimizer | None = None, **kwargs: Any) -> Any:
     """Load the shipped (or a given) meta-learned controller checkpoint.
 
     With `optimizer`, returns a bound `Controller`; without, the frozen policy,

@@ -6,7 +6,7 @@ Everything here is checked in tests against values computed by hand.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

@@ -7,7 +7,8 @@ and a typo fails at once with the list of valid choices.
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Generic, TypeVar
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -50,7 +51,7 @@ class Registry(Generic[T]):
 def accepted_kwargs(fn: Callable[..., Any]) -> list[str]:
     """Keyword names accepted by a class's __init__ (walking its MRO) or a function."""
     names: list[str] = []
-    targets = [k.__init__ for k in inspect.getmro(fn) if "__init__" in vars(k)] if inspect.isclass(fn) else [fn]
+    targets = [vars(k)["__init__"] for k in inspect.getmro(fn) if "__init__" in vars(k)] if inspect.isclass(fn) else [fn]
     for target in targets:
         params = inspect.signature(target).parameters.values()
         for p in params:

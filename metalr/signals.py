@@ -20,8 +20,9 @@ so event-driven controllers such as reduce-on-plateau react once per evaluation.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 

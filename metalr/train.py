@@ -22,9 +22,10 @@ import math
 import os
 import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -99,7 +100,9 @@ def _to(batch: Any, device: torch.device) -> Any:
     return batch
 
 
-def build_controller(spec: ControllerSpec, task: Task, model: torch.nn.Module, steps: int, kwargs: dict[str, Any] | None = None) -> tuple[torch.optim.Optimizer, Controller]:
+def build_controller(
+    spec: ControllerSpec, task: Task, model: torch.nn.Module, steps: int, kwargs: dict[str, Any] | None = None
+) -> tuple[torch.optim.Optimizer, Controller]:
     """The optimizer and controller for a run; fills `total_steps` for schedules that take it."""
     kwargs = dict(kwargs or {})
     if not isinstance(spec, str):

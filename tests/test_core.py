@@ -10,7 +10,7 @@ import torch
 
 from metalr import controllers, tasks, train
 from metalr.config import ConfigError, load_config
-from metalr.signals import SignalTracker, Signals
+from metalr.signals import Signals, SignalTracker
 
 
 def _opt(lr: float = 0.1) -> torch.optim.Optimizer:
@@ -46,10 +46,20 @@ def test_available_holds_the_classic_schedules() -> None:
 
 @pytest.mark.parametrize(
     "name,kw",
-    [("constant", {}), ("step", {"step_size": 3, "gamma": 0.5}), ("exponential", {"gamma": 0.9}), ("cosine", {"total_steps": 20, "warmup_steps": 4}), ("plateau", {"patience": 1, "factor": 0.5}), ("hypergradient", {})],
+    [
+        ("constant", {}),
+        ("step", {"step_size": 3, "gamma": 0.5}),
+        ("exponential", {"gamma": 0.9}),
+        ("cosine", {"total_steps": 20, "warmup_steps": 4}),
+        ("plateau", {"patience": 1, "factor": 0.5}),
+        ("hypergradient", {}),
+    ],
 )
 def test_state_dict_round_trip_gives_same_future(name: str, kw: dict[str, object]) -> None:
-    sig = [Signals(step=i, loss=1.0 / (i + 1), val_loss=1.0 if i % 3 == 0 else None, hypergrad=0.1 * (-1) ** i, hypergrad_cos=0.5 * (-1) ** (i // 2)) for i in range(30)]
+    sig = [
+        Signals(step=i, loss=1.0 / (i + 1), val_loss=1.0 if i % 3 == 0 else None, hypergrad=0.1 * (-1) ** i, hypergrad_cos=0.5 * (-1) ** (i // 2))
+        for i in range(30)
+    ]
     a = controllers.build(name, _opt(), **kw)
     for s in sig[:10]:
         a.step(s)
@@ -164,7 +174,14 @@ def test_config_rejects_bad_input(tmp_path: Path) -> None:
                 raise ValueError(f"lr must be > 0, got {self.lr}")
 
     assert load_config(Cfg, None, ["lr=1e-3", "names=[a, b]"]) == Cfg(lr=1e-3, names=["a", "b"])
-    for bad, word in [("lrr=1", "lrr"), ("lr=fast", "lr"), ("window=2.5", "window"), ("lr=-1", "lr must be > 0"), ("names=3", "names"), ("noequals", "key=value")]:
+    for bad, word in [
+        ("lrr=1", "lrr"),
+        ("lr=fast", "lr"),
+        ("window=2.5", "window"),
+        ("lr=-1", "lr must be > 0"),
+        ("names=3", "names"),
+        ("noequals", "key=value"),
+    ]:
         with pytest.raises(ConfigError, match=word):
             load_config(Cfg, None, [bad])
     p = tmp_path / "c.yaml"

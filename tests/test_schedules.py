@@ -113,7 +113,7 @@ def test_hypergradient_signal_is_dot_of_gradient_and_previous_update() -> None:
     opt = torch.optim.SGD([x], lr=0.1)
     tracker = SignalTracker([x], opt, requires={"hypergrad", "grad_norm"})
     prev = None
-    for t in range(3):
+    for _ in range(3):
         opt.zero_grad()
         (0.5 * (x**2).sum()).backward()
         s = tracker.collect()

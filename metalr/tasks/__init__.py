@@ -10,7 +10,8 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import pkgutil
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from metalr.registry import Registry
 from metalr.tasks.base import StepOutput, Task

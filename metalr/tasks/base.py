@@ -8,8 +8,9 @@ families with other shapes (NER, QA, transformers) override them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -54,7 +55,14 @@ class Task:
     # ----------------------------------------------------------- loaders and batches
     def train_loader(self, seed: int) -> DataLoader[Any]:
         g = torch.Generator().manual_seed(seed)
-        return DataLoader(self.train_data, batch_size=self.batch_size, shuffle=True, drop_last=len(self.train_data) > self.batch_size, generator=g, collate_fn=self.collate_fn)
+        return DataLoader(
+            self.train_data,
+            batch_size=self.batch_size,
+            shuffle=True,
+            drop_last=len(self.train_data) > self.batch_size,  # type: ignore[arg-type]
+            generator=g,
+            collate_fn=self.collate_fn,
+        )
 
     def val_loader(self) -> DataLoader[Any]:
         return DataLoader(self.val_data, batch_size=self.eval_batch_size, shuffle=False, collate_fn=self.collate_fn)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import gzip
 import os
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -75,7 +75,7 @@ class SmallCNN1d(nn.Module):
         return self.net(x.unsqueeze(1) if x.dim() == 2 else x)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _digits() -> tuple[np.ndarray, np.ndarray]:
     from sklearn.datasets import load_digits
 
@@ -105,7 +105,7 @@ def digits_cnn(preset: str = "cpu") -> Task:
     )  # fmt: skip
 
 
-@lru_cache(maxsize=None)
+@cache
 def _mnist1d() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     from mnist1d.data import get_dataset_args, make_dataset
 
@@ -159,7 +159,7 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_fashion_mnist_local(root: str = str(FASHION_MNIST_DIR)) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     r = Path(root)
     files = [r / f"{s}-{k}-ubyte.gz" for s in ("train", "t10k") for k in ("images-idx3", "labels-idx1")]
