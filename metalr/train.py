@@ -147,6 +147,9 @@ def run(
     if steps is not None and epochs is not None:
         raise ValueError("give steps or epochs, not both")
     dev = torch.device(device)
+    prepare_task = getattr(controllers.get(controller), "prepare_task", None) if isinstance(controller, str) else None
+    if prepare_task is not None:  # e.g. a deep ensemble: the model becomes the ensemble, each member with its own loss
+        task = prepare_task(task, **(controller_kwargs or {}))
     seed_everything(seed)
     model = task.model_fn().to(dev)
     steps_per_epoch = max(1, len(task.train_loader(seed)))
@@ -207,7 +210,7 @@ def run(
             break
         out.loss.backward()
         signals = tracker.collect(loss=out.loss, logits=out.logits, targets=out.targets, batch_size=out.batch_size)
-        lr_used = float(optimizer.param_groups[0]["lr"])
+        lr_used = ctrl.get_last_lr()[0]  # the LR this step applies (d*lr for Prodigy, warmup for schedule-free; else the group LR)
         optimizer.step()
         ctrl.step(signals)
         step += 1
@@ -236,6 +239,7 @@ def run(
             if math.isfinite(metrics["val_loss"]):
                 good = snapshot()
     hist.wall_time = time.perf_counter() - start
+    hist.uncertainty = [dict(r) for r in getattr(ctrl, "uncertainty_records", [])]
     hist.peak_memory_mb = peak_memory_mb(dev)
     if bar is not None:
         bar.close()

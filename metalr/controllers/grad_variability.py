@@ -1,0 +1,102 @@
+"""Gradient-variability LR: noisier gradients -> smaller steps, steadier -> larger.
+
+Every `interval` steps (default 5), once `window` (5) finite readings are held,
+the variability v of the last `window` batches is computed and compared with v
+at the previous decision:
+
+    v > prev * (1 + tolerance)  ->  LR *= 1 - adjustment   (0.9)
+    v < prev * (1 - tolerance)  ->  LR *= 1 + adjustment   (1.1)
+    otherwise (or no prev yet)  ->  LR kept
+
+measure="norm_cv" (default): coefficient of variation std/mean of the gradient
+norms (scale-free). measure="direction": spread of gradient directions,
+(1 - mean cosine between consecutive gradients) / 2 in [0, 1] (costs a copy of
+the gradient per step). With interval == window the windows compared do not
+overlap. Non-finite readings are skipped. `extra_logs` gives v and the factor
+applied at each step. Default bounds: [base/100, 10 * base].
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from metalr.controllers import register
+from metalr.controllers.base import MultiplicativeController
+from metalr.controllers.uncertainty import relative_lr_bounds
+from metalr.signals import Signals
+
+MEASURES = ("norm_cv", "direction")
+
+
+def coefficient_of_variation(values: list[float]) -> float:
+    """Population std / mean (NaN when the mean is not positive)."""
+    mean = sum(values) / len(values)
+    if not mean > 0:
+        return math.nan
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / len(values)) / mean
+
+
+@register("grad_variability")
+class GradVariability(MultiplicativeController):
+    """LR *= 0.9 when gradient variability over the last 5 batches rises, *= 1.1 when it falls."""
+
+    _state_keys = ("window_values", "prev_variability", "variability", "last_factor")
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        *,
+        window: int = 5,
+        adjustment: float = 0.1,
+        interval: int = 5,
+        measure: str = "norm_cv",
+        tolerance: float = 0.0,
+        min_lr: float | None = None,
+        max_lr: float | None = None,
+    ) -> None:
+        if window < 2 or interval < 1:
+            raise ValueError(f"need window >= 2 and interval >= 1, got {window}, {interval}")
+        if not 0.0 < adjustment < 1.0 or not tolerance >= 0.0:
+            raise ValueError(f"need 0 < adjustment < 1 and tolerance >= 0, got {adjustment}, {tolerance}")
+        if measure not in MEASURES:
+            raise ValueError(f"unknown variability measure {measure!r}; valid: {', '.join(MEASURES)}")
+        self.window, self.adjustment, self.interval, self.measure, self.tolerance = int(window), float(adjustment), int(interval), measure, float(tolerance)
+        self.requires = frozenset({"grad_norm", "grad_cos"} if measure == "direction" else {"grad_norm"})  # type: ignore[misc]
+        self.window_values: list[float] = []
+        self.prev_variability = math.nan
+        self.variability = math.nan
+        self.last_factor = 1.0
+        lo, hi = relative_lr_bounds(optimizer, min_lr, max_lr)
+        super().__init__(optimizer, min_lr=lo, max_lr=hi)
+
+    def _reading(self, signals: Signals) -> float | None:
+        value = signals.grad_cos if self.measure == "direction" else signals.grad_norm
+        return float(value) if value is not None and math.isfinite(value) else None
+
+    def _variability(self) -> float:
+        if self.measure == "direction":
+            return (1.0 - sum(self.window_values) / len(self.window_values)) / 2.0
+        return coefficient_of_variation(self.window_values)
+
+    def _factor(self, signals: Signals) -> float:
+        self.last_factor = 1.0
+        reading = self._reading(signals)
+        if reading is not None:
+            self.window_values = (self.window_values + [reading])[-self.window :]
+        if self.last_step % self.interval or len(self.window_values) < self.window:
+            return 1.0
+        v = self._variability()
+        if not math.isfinite(v):
+            return 1.0
+        prev, self.prev_variability, self.variability = self.prev_variability, v, v
+        if math.isfinite(prev):
+            if v > prev * (1.0 + self.tolerance):
+                self.last_factor = 1.0 - self.adjustment
+            elif v < prev * (1.0 - self.tolerance):
+                self.last_factor = 1.0 + self.adjustment
+        return self.last_factor
+
+    def extra_logs(self) -> dict[str, float]:
+        return {"grad_variability": self.variability, "grad_variability_factor": self.last_factor}

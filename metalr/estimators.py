@@ -1,0 +1,240 @@
+"""Uncertainty and resource readings: the one place those signals are computed.
+
+Controllers that read `signals.uncertainty` or `signals.resources` install one of
+these on the `SignalTracker` from their `attach` hook (`tracker.uncertainty_fn`,
+`tracker.resource_fn`); tests call them directly or inject readings instead.
+
+Uncertainty is measured on a *fixed probe batch* (drawn once, seeded, from the
+training set by default), so successive estimates are comparable and each
+estimate also yields the probe's error rate and mean confidence, kept as
+records for uncertainty-error correlation and calibration.
+
+- `MCDropoutEstimator` (Gal & Ghahramani, 2016). Default `mode="head"`: one
+  deterministic forward in eval mode captures the input of the model's *last*
+  `nn.Linear` (the classifier head), then `passes` dropout masks at rate `p`
+  are applied to that input and the head re-evaluated. This is exact MC Dropout
+  for a network with a single dropout layer before its head, works on models
+  with no `nn.Dropout` at all, costs one forward plus `passes` small matmuls,
+  and draws masks from its own generator (training randomness is untouched).
+  `mode="full"` instead runs `passes` full forwards with the model's own active
+  `nn.Dropout` layers (at their own rates) in train mode.
+- `EnsembleEstimator`: the members of a `metalr.ensemble.DeepEnsemble`, each
+  evaluated on the probe batch; disagreement = mutual information.
+- `ResourceMonitor`: GPU utilisation and memory where CUDA is present, CPU
+  utilisation and process memory otherwise (psutil).
+
+Measures (all per example, averaged over the probe batch, in [0, 1]):
+  entropy       H(p_mean) / log K                       (predictive entropy)
+  variance      sum_k Var_s(p_sk) / (1 - 1/K)           (spread of the samples)
+  disagreement  (H(p_mean) - mean_s H(p_s)) / log K     (mutual information, BALD)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+MEASURES = ("entropy", "variance", "disagreement")
+PROBES = ("train", "val")
+
+
+def predictive_uncertainty(probs: torch.Tensor, measure: str = "entropy") -> torch.Tensor:
+    """Per-example uncertainty in [0, 1] from sampled class probabilities `probs[S, N, K]`."""
+    if measure not in MEASURES:
+        raise ValueError(f"unknown uncertainty measure {measure!r}; valid: {', '.join(MEASURES)}")
+    if probs.dim() != 3:
+        raise ValueError(f"probs must be [samples, examples, classes], got shape {tuple(probs.shape)}")
+    k = probs.shape[-1]
+    if k < 2:
+        return torch.zeros(probs.shape[1], dtype=probs.dtype, device=probs.device)
+    mean = probs.mean(0)
+    entropy = -(mean * mean.clamp_min(1e-12).log()).sum(-1)
+    if measure == "entropy":
+        value = entropy / math.log(k)
+    elif measure == "variance":
+        value = probs.var(0, unbiased=False).sum(-1) / (1.0 - 1.0 / k)
+    else:
+        member_entropy = -(probs * probs.clamp_min(1e-12).log()).sum(-1).mean(0)
+        value = (entropy - member_entropy) / math.log(k)
+    return value.clamp(0.0, 1.0)
+
+
+def probe_batch(task: Any, size: int = 256, source: str = "train", seed: int = 0, device: torch.device | str = "cpu") -> Any:
+    """A fixed, seeded batch of `size` examples from the task's train (or val) data."""
+    if source not in PROBES:
+        raise ValueError(f"unknown probe source {source!r}; valid: {', '.join(PROBES)}")
+    data = task.train_data if source == "train" else task.val_data
+    loader = DataLoader(data, batch_size=min(size, len(data)), shuffle=True, generator=torch.Generator().manual_seed(seed), collate_fn=task.collate_fn)
+    from metalr.train import _to
+
+    return _to(next(iter(loader)), torch.device(device))
+
+
+def _record(step: int, probs: torch.Tensor, targets: torch.Tensor | None, measure: str) -> dict[str, float]:
+    """One estimate: uncertainty, and the probe's error rate and confidence under the mean prediction."""
+    u = predictive_uncertainty(probs, measure)
+    mean = probs.mean(0)
+    conf, pred = mean.max(-1)
+    rec = {"step": float(step), "uncertainty": float(u.mean()), "confidence": float(conf.mean()), "error_rate": float("nan")}
+    if targets is not None:
+        t = targets.reshape(-1)
+        keep = t != -100
+        if bool(keep.any()):
+            rec["error_rate"] = float((pred[keep] != t[keep]).float().mean())
+            rec["uncertainty"], rec["confidence"] = float(u[keep].mean()), float(conf[keep].mean())
+    return rec
+
+
+def _flat_probs(logits: torch.Tensor) -> torch.Tensor:
+    """[..., K] logits -> [N, K] probabilities (token tasks flatten their tokens)."""
+    return logits.detach().float().reshape(-1, logits.shape[-1]).softmax(-1)
+
+
+class _TrainModes:
+    """Put a model in eval mode for an estimate and restore every module's mode afterwards."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    def __enter__(self) -> nn.Module:
+        self.modes = {m: m.training for m in self.model.modules()}
+        self.model.eval()
+        return self.model
+
+    def __exit__(self, *exc: object) -> None:
+        for m, mode in self.modes.items():
+            m.training = mode
+
+
+class MCDropoutEstimator:
+    """MC Dropout uncertainty of `model` on a fixed probe batch (see module docstring)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        forward: Callable[[nn.Module, Any], Any],
+        batch: Any,
+        *,
+        passes: int = 50,
+        p: float = 0.5,
+        measure: str = "entropy",
+        mode: str = "head",
+        seed: int = 0,
+    ) -> None:
+        if passes < 2:
+            raise ValueError(f"MC Dropout needs passes >= 2, got {passes}")
+        if not 0.0 < p < 1.0:
+            raise ValueError(f"dropout rate p must be in (0, 1), got {p}")
+        if mode not in ("head", "full"):
+            raise ValueError(f"unknown MC Dropout mode {mode!r}; valid: head, full")
+        if measure not in MEASURES:
+            raise ValueError(f"unknown uncertainty measure {measure!r}; valid: {', '.join(MEASURES)}")
+        self.model, self.forward, self.batch = model, forward, batch
+        self.passes, self.p, self.measure, self.mode = int(passes), float(p), measure, mode
+        linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+        if mode == "head" and not linears:
+            raise ValueError("MC Dropout mode='head' needs an nn.Linear head; use mode='full' for models with their own Dropout layers")
+        self.head = linears[-1] if linears else None
+        if mode == "full" and not any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in model.modules()):
+            raise ValueError("MC Dropout mode='full' needs nn.Dropout layers with p > 0; use mode='head' (the default)")
+        self.generator = torch.Generator(device=_device_of(model)).manual_seed(seed)
+
+    @torch.no_grad()
+    def estimate(self, step: int = 0) -> dict[str, float]:
+        """One estimate as a record: step, uncertainty, error_rate, confidence."""
+        with _TrainModes(self.model):
+            probs, targets = self._head_samples() if self.mode == "head" else self._full_samples()
+        return _record(step, probs, targets, self.measure)
+
+    def _head_samples(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        assert self.head is not None
+        seen: dict[str, torch.Tensor] = {}
+
+        def capture(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+            seen["h"], seen["out"] = inputs[0].detach(), output.detach()
+
+        handle = self.head.register_forward_hook(capture)
+        try:
+            out = self.forward(self.model, self.batch)
+        finally:
+            handle.remove()
+        if out.logits is None or "h" not in seen or seen["out"].shape != out.logits.shape:
+            raise ValueError("the model's last nn.Linear does not produce the task's logits; use MC Dropout mode='full'")
+        h = seen["h"].reshape(-1, seen["h"].shape[-1])
+        keep = torch.bernoulli(torch.full((self.passes, *h.shape), 1.0 - self.p, device=h.device, dtype=h.dtype), generator=self.generator)
+        logits = F.linear(h * keep / (1.0 - self.p), self.head.weight, self.head.bias)  # all passes in one matmul: [S, N, K]
+        return logits.float().softmax(-1), out.targets
+
+    def _full_samples(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        for m in self.model.modules():
+            if isinstance(m, nn.modules.dropout._DropoutNd):
+                m.train()
+        devices = [self.generator.device] if self.generator.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):  # keep the training RNG stream as it was
+            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=self.generator)))
+            outs = [self.forward(self.model, self.batch) for _ in range(self.passes)]
+        return torch.stack([_flat_probs(o.logits) for o in outs]), outs[0].targets
+
+
+class EnsembleEstimator:
+    """Disagreement of a `DeepEnsemble`'s members on a fixed probe batch."""
+
+    def __init__(self, members: Any, forward: Callable[[nn.Module, Any], Any], batch: Any, *, measure: str = "disagreement") -> None:
+        if measure not in MEASURES:
+            raise ValueError(f"unknown uncertainty measure {measure!r}; valid: {', '.join(MEASURES)}")
+        if len(members) < 2:
+            raise ValueError(f"an ensemble needs at least 2 members, got {len(members)}")
+        self.members, self.forward, self.batch, self.measure = list(members), forward, batch, measure
+
+    @torch.no_grad()
+    def estimate(self, step: int = 0) -> dict[str, float]:
+        probs, targets = [], None
+        for member in self.members:
+            with _TrainModes(member):
+                out = self.forward(member, self.batch)
+            probs.append(_flat_probs(out.logits))
+            targets = out.targets
+        return _record(step, torch.stack(probs), targets, self.measure)
+
+
+class ResourceMonitor:
+    """Resource readings as fractions in [0, 1].
+
+    On CUDA: `gpu_util` (torch.cuda.utilization, needs pynvml; NaN without it) and
+    `gpu_mem` (reserved / total). Always: `cpu_util` (system-wide, since the
+    previous reading) and `mem_util` (this process's RSS / total RAM).
+    """
+
+    def __init__(self, device: torch.device | str = "cpu") -> None:
+        import psutil
+
+        self.device = torch.device(device)
+        self.process = psutil.Process()
+        self._psutil = psutil
+        psutil.cpu_percent(interval=None)  # prime: the first call has no reference point
+
+    def read(self) -> dict[str, float]:
+        ps = self._psutil
+        out = {
+            "cpu_util": ps.cpu_percent(interval=None) / 100.0,
+            "mem_util": self.process.memory_info().rss / ps.virtual_memory().total,
+        }
+        if self.device.type == "cuda" and torch.cuda.is_available():
+            try:
+                out["gpu_util"] = torch.cuda.utilization(self.device) / 100.0
+            except Exception:  # pynvml missing or NVML unavailable
+                out["gpu_util"] = float("nan")
+            total = torch.cuda.get_device_properties(self.device).total_memory
+            out["gpu_mem"] = torch.cuda.memory_reserved(self.device) / total
+        return out
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")

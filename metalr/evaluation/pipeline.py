@@ -1,0 +1,87 @@
+"""One evaluation, end to end: grid -> records -> results.json, Markdown, plots.
+
+    from metalr.evaluation import EvalConfig, evaluate
+    results = evaluate(EvalConfig(tasks=["digits_mlp"], strategies=["constant", "cosine"], seeds=[0, 1]))
+
+Layout of `out_dir`:
+
+    results.json            every run (spec, status, metrics), aggregates, tuned reference,
+                            performance profiles, the resolved config, library versions
+    results.md              the tables (mean ± std over seeds, best in bold)
+    plots/<task>.png        val loss and LR against step, one line per strategy
+    plots/profile.png       performance profile of time to target across tasks
+    runs/<id>.json          one finished run each (with its history); what resume reuses
+    tensorboard/<id>/       the LR, training loss and eval curves of every run
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from metalr.config import to_dict
+from metalr.evaluation import report
+from metalr.evaluation.config import EvalConfig
+from metalr.evaluation.grid import build_specs, clean, default_workers, run_grid
+from metalr.io import atomic_write_json, atomic_write_text, versions
+
+PROFILE_MEASURES = {"steps": "steps_to_target", "wall time": "time_to_target"}
+
+
+def evaluate(cfg: EvalConfig, progress: bool = True) -> dict[str, Any]:
+    """Run (or resume) the grid in `cfg`, write every output, return the results dict."""
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    specs = build_specs(cfg)
+    workers = cfg.workers or default_workers()
+    records, counts = run_grid(specs, out, workers=workers, resume=cfg.resume, tensorboard=cfg.tensorboard, progress=progress)
+    results = summarise(cfg, records, counts)
+    results["wall_time"] = time.perf_counter() - start
+    results["workers"] = workers
+    write(results, out, cfg)
+    return results
+
+
+def summarise(cfg: EvalConfig, records: list[dict[str, Any]], counts: dict[str, int]) -> dict[str, Any]:
+    """Everything reported, computed from the run records alone (histories left in runs/)."""
+    agg = report.aggregate(records)
+    tuned = report.tuned_reference(records, agg, cfg.tuned.metric) if cfg.tuned.n_lrs else {}
+    profiles = {}
+    for name, key in PROFILE_MEASURES.items():
+        profiles[name] = report.performance_profile(report.times_to_target(records, key, tuned), cfg.profile_tau_max)
+    runs = [{k: v for k, v in r.items() if k != "history"} for r in records]
+    return clean(
+        {
+            "config": to_dict(cfg),
+            "versions": versions(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "counts": counts,
+            "runs": runs,
+            "aggregate": agg,
+            "tuned_reference": tuned,
+            "delta_vs_tuned_pct": report.delta_vs_tuned(agg, tuned),
+            "profile": profiles,
+        }
+    )
+
+
+def write(results: dict[str, Any], out: Path, cfg: EvalConfig) -> None:
+    atomic_write_json(out / "results.json", results)
+    atomic_write_text(out / "results.md", report.markdown(results))
+    if not cfg.plots:
+        return
+    (out / "plots").mkdir(exist_ok=True)
+    records = [_load_history(out, r) for r in results["runs"]]
+    for task in cfg.tasks:
+        report.plot_task(task, records, results["tuned_reference"].get(task), str(out / "plots" / f"{task}.png"))
+    report.plot_profile(results["profile"], str(out / "plots" / "profile.png"))
+
+
+def _load_history(out: Path, run: dict[str, Any]) -> dict[str, Any]:
+    import json
+
+    if run["status"] == "error":
+        return run
+    return json.loads((out / "runs" / f"{run['id']}.json").read_text())

@@ -1,0 +1,180 @@
+"""evaluate.py end to end on tiny grids: files written, divergence recorded, resume, config validation."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # evaluate.py lives at the repo root
+
+import evaluate as evaluate_script  # noqa: E402
+from metalr.config import ConfigError, from_dict  # noqa: E402
+from metalr.evaluation import EvalConfig, TunedConfig, evaluate  # noqa: E402
+from metalr.evaluation.grid import RunSpec, build_specs, execute, run_grid  # noqa: E402
+
+TINY = {"tasks": ["digits_mlp"], "strategies": ["constant", "cosine"], "seeds": [0, 1], "steps": 30, "eval_every": 10, "tuned": {"n_lrs": 0}}
+TIMING = {"wall_time", "time_to_target", "peak_memory_mb"}
+
+
+def _cfg(tmp: Path, **kw: Any) -> EvalConfig:
+    raw = {**TINY, "out_dir": str(tmp), "workers": 1, **kw}
+    return from_dict(EvalConfig, raw)
+
+
+def _untimed(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in metrics.items() if k not in TIMING}
+
+
+def _run_files(out: Path) -> list[str]:
+    return sorted(p.name for p in (out / "runs").glob("*.json"))
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_tiny_grid_writes_every_output(tmp_path: Path, workers: int) -> None:
+    results = evaluate(_cfg(tmp_path, workers=workers), progress=False)
+    expected = [f"digits_mlp__{s}__{k}.json" for s in ("constant", "cosine") for k in (0, 1)]
+    assert _run_files(tmp_path) == expected
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert len(saved["runs"]) == 4 and saved["counts"] == {"reused": 0, "executed": 4, "errors": 0}
+    assert saved["config"]["seeds"] == [0, 1] and "torch" in saved["versions"]
+    for run in saved["runs"]:
+        m = run["metrics"]
+        assert run["status"] == "ok" and m["steps_run"] == 30 and m["n_evals"] == 3
+        for key in (
+            "final_val_accuracy",
+            "best_val_accuracy",
+            "final_val_loss",
+            "final_val_macro_f1",
+            "final_val_ece",
+            "stability_val_loss_std",
+            "wall_time",
+            "peak_memory_mb",
+        ):
+            assert isinstance(m[key], float), key
+    agg = saved["aggregate"]["digits_mlp"]
+    assert set(agg) == {"constant", "cosine"} and agg["cosine"]["metrics"]["final_val_accuracy"]["n"] == 2
+    table = (tmp_path / "results.md").read_text()
+    assert "## digits_mlp" in table and "| cosine |" in table and "**" in table
+    assert (tmp_path / "plots" / "digits_mlp.png").stat().st_size > 1000 and (tmp_path / "plots" / "profile.png").stat().st_size > 1000
+    tb = sorted(p.name for p in (tmp_path / "tensorboard").iterdir())
+    assert tb == [f[: -len(".json")] for f in expected]
+    assert all(any(d.glob("events.out.tfevents.*")) for d in (tmp_path / "tensorboard").iterdir())
+    assert results["workers"] == workers
+
+
+def test_workers_do_not_change_results(tmp_path: Path) -> None:
+    one = evaluate(_cfg(tmp_path / "one", plots=False, tensorboard=False), progress=False)
+    two = evaluate(_cfg(tmp_path / "two", plots=False, tensorboard=False, workers=2), progress=False)
+    for a, b in zip(one["runs"], two["runs"]):
+        assert a["id"] == b["id"]
+        ma, mb = _untimed(a["metrics"]), _untimed(b["metrics"])
+        assert ma.keys() == mb.keys()
+        for k in ma:  # 1 vs 2 torch threads may change float summation order: equal to ~1e-7, not bitwise
+            assert ma[k] == (pytest.approx(mb[k], rel=1e-5) if isinstance(mb[k], float) else mb[k]), k
+
+
+def test_diverged_run_is_recorded_not_dropped(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path, tasks=["wine_mlp"], strategies=["constant"], seeds=[0], nan_recovery=False, task_overrides={"wine_mlp": {"lr": 1e6}}, plots=True)
+    results = evaluate(cfg, progress=False)
+    (run,) = results["runs"]
+    assert run["status"] == "diverged" and run["metrics"]["diverged"]
+    assert not run["metrics"]["reached_target"] and run["metrics"]["steps_to_target"] is None
+    saved = json.loads((tmp_path / "runs" / "wine_mlp__constant__0.json").read_text())  # strict JSON: nan became null
+    assert saved["history"]["diverged"] and saved["history"]["loss"][-1] is None
+    assert results["aggregate"]["wine_mlp"]["constant"]["n_diverged"] == 1
+    assert results["profile"]["steps"]["curves"]["constant"][-1] == 0.0
+    assert "| constant |" in (tmp_path / "results.md").read_text()
+
+
+def test_resume_skips_finished_runs_and_matches_an_uninterrupted_run(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path / "resumed", tensorboard=False, plots=False)
+    specs = build_specs(cfg)
+    # "interrupted": only the first two runs finished
+    _, counts = run_grid(specs[:2], cfg.out_dir, workers=1, tensorboard=False, progress=False)
+    assert counts["executed"] == 2
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "resumed" / "runs").glob("*.json")}
+    resumed = evaluate(cfg, progress=False)
+    assert resumed["counts"] == {"reused": 2, "executed": 2, "errors": 0}
+    assert all(p.stat().st_mtime_ns == t for p, t in before.items())  # finished runs not redone
+    whole = evaluate(_cfg(tmp_path / "whole", tensorboard=False, plots=False), progress=False)
+    for a, b in zip(resumed["runs"], whole["runs"]):
+        assert a["id"] == b["id"] and _untimed(a["metrics"]) == _untimed(b["metrics"])
+    again = evaluate(cfg, progress=False)
+    assert again["counts"] == {"reused": 4, "executed": 0, "errors": 0}
+    # a changed spec (more steps) is not reused
+    longer = evaluate(_cfg(tmp_path / "resumed", tensorboard=False, plots=False, steps=40), progress=False)
+    assert longer["counts"]["executed"] == 4
+
+
+def test_tuned_reference_grid_and_report(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path, strategies=["cosine"], seeds=[0], tuned={"n_lrs": 3, "factor": 10.0}, tensorboard=False)
+    results = evaluate(cfg, progress=False)
+    labels = [r["spec"]["label"] for r in results["runs"]]
+    assert labels == ["cosine", "cosine@lrx0.1", "cosine@lrx1", "cosine@lrx10"]
+    assert results["counts"]["executed"] == 3  # cosine and cosine@lrx1 train identically: run once
+    lrs = {r["spec"]["label"]: r["lr"] for r in results["runs"]}
+    assert lrs["cosine@lrx0.1"] == pytest.approx(1e-4) and lrs["cosine@lrx10"] == pytest.approx(1e-2)
+    ref = results["tuned_reference"]["digits_mlp"]
+    scores = {row["label"]: row["score"] for row in ref["grid"]}
+    assert scores[ref["best_label"]] == max(scores.values())
+    assert "Δ val_accuracy vs tuned" in (tmp_path / "results.md").read_text() and "## Tuned reference" in (tmp_path / "results.md").read_text()
+    assert results["delta_vs_tuned_pct"]["digits_mlp"]["cosine"] <= 0.0
+
+
+def test_lr_factors_are_log_uniform() -> None:
+    assert TunedConfig(n_lrs=5, factor=10.0).lr_factors() == pytest.approx([0.1, 10**-0.5, 1.0, 10**0.5, 10.0])
+    assert TunedConfig(n_lrs=0).lr_factors() == []
+
+
+def test_a_failing_run_becomes_an_error_record(tmp_path: Path) -> None:
+    rec = execute(RunSpec("no_such_task", "constant", "constant", 0), str(tmp_path), tensorboard=False)
+    assert rec["status"] == "error" and "no_such_task" in rec["error"]
+    assert not (tmp_path / "runs").exists()  # not saved: a resume retries it
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"tasks": ["nope"]}, "unknown task(s) ['nope']; valid: "),
+        ({"strategies": ["nope"]}, "unknown strategy 'nope'; valid: "),
+        ({"strategies": [{"name": "cosine", "controller_kwargs": {"bogus": 1}}]}, "unknown keyword(s) ['bogus']"),
+        ({"strategies": [{"name": "cosine", "controller_kwargs": {"warmup_steps": -1}}]}, "cannot be built"),
+        ({"strategies": ["cosine", "cosine"]}, "used twice"),
+        ({"strategies": [{"name": "cosine", "label": "a/b"}]}, "may only hold"),
+        ({"task_overrides": {"digits_mlp": {"lrr": 1}}}, "unknown Task field(s) ['lrr']"),
+        ({"tuned": {"strategy": "nope"}}, "tuned.strategy"),
+        ({"seeds": []}, "seeds"),
+        ({"workers": -1}, "workers"),
+    ],
+)
+def test_config_validation_names_the_problem(tmp_path: Path, override: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=None) as err:
+        _cfg(tmp_path, **override)
+    assert message in str(err.value)
+
+
+def test_script_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "eval.yaml"
+    cfg.write_text("tasks: [digits_mlp]\nstrategies: [constant]\nseeds: [0]\nsteps: 20\neval_every: 10\ntuned: {n_lrs: 0}\n")
+    rc = evaluate_script.main(["--config", str(cfg), "--quiet", f"out_dir={tmp_path / 'out'}", "workers=1"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "results.md" in out and "tensorboard --logdir" in out and "plots" in out
+    assert evaluate_script.main(["--config", str(cfg), "tasks=[nope]"]) == 2
+    assert "unknown task" in capsys.readouterr().err
+    if "meta" not in __import__("metalr.controllers", fromlist=["available"]).available():
+        assert evaluate_script.main(["--config", str(cfg), "strategies=[meta]"]) == 2  # not registered yet: clear error
+
+
+def test_shipped_config_is_valid() -> None:
+    from metalr.config import load_config
+
+    cfg = load_config(EvalConfig, Path(__file__).resolve().parents[1] / "configs" / "eval.yaml")
+    assert len(cfg.seeds) >= 3 and "mnist1d_cnn" in cfg.tasks
+    assert not {"digits_mlp", "digits_cnn", "wine_mlp", "breast_cancer_mlp"} & set(cfg.tasks)  # held out from meta-training
