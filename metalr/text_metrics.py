@@ -17,7 +17,7 @@ from __future__ import annotations
 import collections
 import re
 import string
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 Entity = tuple[str, int, int]  # (type, start token, end token inclusive)
 

@@ -44,9 +44,9 @@ def main() -> None:
     names = args.controllers.split(",")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, seeds {seeds}, cpu preset\n")
     print(
-        "| task | controller | steps | final val acc (mean ± std) | wall time / run (s) | time / step vs constant | final LR (mean) | corr(uncertainty, error) |"
+        "| task | controller | steps | final val acc (mean ± std) | wall time / run, median (s) | ms / step (min) | time / step vs constant | final LR (mean) | corr(uncertainty, error) |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for task_name in args.tasks.split(","):
         task = tasks.build(task_name)
         steps = args.steps or task.steps

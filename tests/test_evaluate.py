@@ -36,14 +36,12 @@ def _run_files(out: Path) -> list[str]:
     return sorted(p.name for p in (out / "runs").glob("*.json"))
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-def test_tiny_grid_writes_every_output(tmp_path: Path, workers: int) -> None:
-    results = evaluate(_cfg(tmp_path, workers=workers), progress=False)
+def _check_outputs(out: Path, results: dict[str, Any], workers: int) -> None:
     expected = [f"digits_mlp__{s}__{k}.json" for s in ("constant", "cosine") for k in (0, 1)]
-    assert _run_files(tmp_path) == expected
-    saved = json.loads((tmp_path / "results.json").read_text())
+    assert _run_files(out) == expected
+    saved = json.loads((out / "results.json").read_text())
     assert len(saved["runs"]) == 4 and saved["counts"] == {"reused": 0, "executed": 4, "errors": 0}
-    assert saved["config"]["seeds"] == [0, 1] and "torch" in saved["versions"]
+    assert saved["config"]["seeds"] == [0, 1] and "torch" in saved["versions"] and saved["workers"] == workers
     for run in saved["runs"]:
         m = run["metrics"]
         assert run["status"] == "ok" and m["steps_run"] == 30 and m["n_evals"] == 3
@@ -60,22 +58,21 @@ def test_tiny_grid_writes_every_output(tmp_path: Path, workers: int) -> None:
             assert isinstance(m[key], float), key
     agg = saved["aggregate"]["digits_mlp"]
     assert set(agg) == {"constant", "cosine"} and agg["cosine"]["metrics"]["final_val_accuracy"]["n"] == 2
-    table = (tmp_path / "results.md").read_text()
+    table = (out / "results.md").read_text()
     assert "## digits_mlp" in table and "| cosine |" in table and "**" in table
-    assert (tmp_path / "plots" / "digits_mlp.png").stat().st_size > 1000 and (tmp_path / "plots" / "profile.png").stat().st_size > 1000
-    tb = sorted(p.name for p in (tmp_path / "tensorboard").iterdir())
-    assert tb == [f[: -len(".json")] for f in expected]
-    assert all(any(d.glob("events.out.tfevents.*")) for d in (tmp_path / "tensorboard").iterdir())
-    assert results["workers"] == workers
+    assert (out / "plots" / "digits_mlp.png").stat().st_size > 1000 and (out / "plots" / "profile.png").stat().st_size > 1000
+    assert sorted(p.name for p in (out / "tensorboard").iterdir()) == [f[: -len(".json")] for f in expected]
+    assert all(any(d.glob("events.out.tfevents.*")) for d in (out / "tensorboard").iterdir())
 
 
-def test_workers_do_not_change_results(tmp_path: Path) -> None:
-    one = evaluate(_cfg(tmp_path / "one", plots=False, tensorboard=False), progress=False)
-    two = evaluate(_cfg(tmp_path / "two", plots=False, tensorboard=False, workers=2), progress=False)
+def test_tiny_grid_writes_every_output_with_one_and_two_workers(tmp_path: Path) -> None:
+    one = evaluate(_cfg(tmp_path / "one", workers=1), progress=False)
+    two = evaluate(_cfg(tmp_path / "two", workers=2), progress=False)
+    _check_outputs(tmp_path / "one", one, 1)
+    _check_outputs(tmp_path / "two", two, 2)
     for a, b in zip(one["runs"], two["runs"]):
-        assert a["id"] == b["id"]
         ma, mb = _untimed(a["metrics"]), _untimed(b["metrics"])
-        assert ma.keys() == mb.keys()
+        assert a["id"] == b["id"] and ma.keys() == mb.keys()
         for k in ma:  # 1 vs 2 torch threads may change float summation order: equal to ~1e-7, not bitwise
             assert ma[k] == (pytest.approx(mb[k], rel=1e-5) if isinstance(mb[k], float) else mb[k]), k
 
@@ -152,6 +149,7 @@ def test_a_failing_run_becomes_an_error_record(tmp_path: Path) -> None:
         ({"tuned": {"strategy": "nope"}}, "tuned.strategy"),
         ({"seeds": []}, "seeds"),
         ({"workers": -1}, "workers"),
+        ({"meta_checkpoint": "x.safetensors"}, "no strategy is `meta`"),
     ],
 )
 def test_config_validation_names_the_problem(tmp_path: Path, override: dict[str, Any], message: str) -> None:

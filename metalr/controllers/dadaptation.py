@@ -23,7 +23,7 @@ from metalr.controllers.cosine import cosine_lr
 from metalr.signals import Signals
 
 
-def check_optimizer_type(ctrl: type[Controller], optimizer: torch.optim.Optimizer, expected: type[torch.optim.Optimizer]) -> None:
+def check_optimizer_type(ctrl: type[Controller], optimizer: torch.optim.Optimizer, expected: type[Any]) -> None:
     """Refuse an optimizer the strategy cannot drive, saying how to build the right one."""
     inner = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps optimizers
     if not isinstance(inner, expected):
@@ -42,7 +42,7 @@ class DAdaptiveController(Controller):
     """
 
     owns_optimizer: ClassVar[bool] = True
-    optimizer_cls: ClassVar[type[torch.optim.Optimizer]]
+    optimizer_cls: ClassVar[type[Any]]  # the package optimizer class (typed Any: its __init__ takes lr, d0 ...)
     default_lr: ClassVar[float] = 1.0
 
     def __init__(

@@ -31,11 +31,15 @@ MEASURES = ("norm_cv", "direction")
 
 
 def coefficient_of_variation(values: list[float]) -> float:
-    """Population std / mean (NaN when the mean is not positive)."""
-    mean = sum(values) / len(values)
+    """Population std / mean (NaN when the mean is not positive); scale-free, so computed on values / max to avoid overflow."""
+    top = max(values)
+    if not (top > 0 and math.isfinite(top)):
+        return math.nan
+    scaled = [v / top for v in values]
+    mean = sum(scaled) / len(scaled)
     if not mean > 0:
         return math.nan
-    return math.sqrt(sum((v - mean) ** 2 for v in values) / len(values)) / mean
+    return math.sqrt(sum((v - mean) ** 2 for v in scaled) / len(scaled)) / mean
 
 
 @register("grad_variability")

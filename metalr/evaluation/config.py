@@ -112,6 +112,8 @@ class EvalConfig:
         if not self.strategies:
             raise ValueError("strategies is empty; valid: " + ", ".join(controllers.available()))
         self.strategies = [self._strategy(s) for s in self.strategies]
+        if self.meta_checkpoint and not any(s.name == "meta" for s in self.strategies):
+            raise ValueError("--controller / meta_checkpoint is set but no strategy is `meta`; add `- meta` to strategies")
         labels = [s.label for s in self.strategies]
         dup = sorted({x for x in labels if labels.count(x) > 1})
         if dup:

@@ -21,7 +21,9 @@ def run_lstm(lstm: nn.LSTM, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor
 
 
 class BiLSTMAttention(nn.Module):
-    def __init__(self, vocab_size: int, num_classes: int, embed_dim: int = 100, hidden: int = 128, layers: int = 1, dropout: float = 0.3, pad_id: int = 0) -> None:
+    def __init__(
+        self, vocab_size: int, num_classes: int, embed_dim: int = 100, hidden: int = 128, layers: int = 1, dropout: float = 0.3, pad_id: int = 0
+    ) -> None:
         super().__init__()
         self.pad_id = pad_id
         self.embed = nn.Embedding(vocab_size, embed_dim, padding_idx=pad_id)

@@ -83,7 +83,15 @@ class BiLSTMCRF(nn.Module):
     """
 
     def __init__(
-        self, vocab_size: int, num_tags: int, embed_dim: int = 100, hidden: int = 128, char_vocab_size: int = 0, char_dim: int = 30, char_filters: int = 50, dropout: float = 0.5
+        self,
+        vocab_size: int,
+        num_tags: int,
+        embed_dim: int = 100,
+        hidden: int = 128,
+        char_vocab_size: int = 0,
+        char_dim: int = 30,
+        char_filters: int = 50,
+        dropout: float = 0.5,
     ) -> None:
         super().__init__()
         self.embed = nn.Embedding(vocab_size, embed_dim, padding_idx=0)

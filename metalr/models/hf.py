@@ -69,7 +69,8 @@ def load_model(spec: str, head: str = "sequence", num_labels: int = 2, **config_
         head, transformers.AutoModelForQuestionAnswering
     )
     if spec == "bert-small-config":
-        config = transformers.BertConfig(vocab_size=30522, num_labels=num_labels, **{**SMALL_BERT, **config_overrides})
+        config = transformers.BertConfig(vocab_size=30522, **{**SMALL_BERT, **config_overrides})
+        config.num_labels = num_labels
         return auto.from_config(config)
     path, local = resolve(spec)
     kwargs = {"num_labels": num_labels} if head != "qa" else {}

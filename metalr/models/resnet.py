@@ -53,7 +53,9 @@ def _shortcut(c_in: int, c_out: int, stride: int) -> nn.Module:
 
 
 class ResNet(nn.Module):
-    def __init__(self, block: type[BasicBlock] | type[Bottleneck], layers: tuple[int, ...], num_classes: int = 10, in_channels: int = 3, width: int = 64) -> None:
+    def __init__(
+        self, block: type[BasicBlock] | type[Bottleneck], layers: tuple[int, ...], num_classes: int = 10, in_channels: int = 3, width: int = 64
+    ) -> None:
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
         stages, c_in = [], width

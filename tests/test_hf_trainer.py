@@ -1,0 +1,142 @@
+"""metalr controllers drive an unmodified transformers.Trainer through MetalrCallback.
+
+A tiny BERT (hidden 32, 2 layers, vocab 100) built from a config, random tokens,
+a few CPU steps. Checks: the LR the optimizer applied at every step equals the
+controller's and the closed-form cosine (not the Trainer's default linear decay),
+the Trainer's own logs and TensorBoard record it, and the controller sees loss,
+gradient statistics and evaluation metrics.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+transformers = pytest.importorskip("transformers")
+from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainerCallback, TrainingArguments  # noqa: E402
+
+from metalr.controllers import build, get  # noqa: E402
+from metalr.controllers.cosine import cosine_lr  # noqa: E402
+from metalr.integrations.hf import MetalrCallback  # noqa: E402
+
+STEPS, LR = 12, 1e-3
+
+
+@pytest.fixture(autouse=True)
+def one_thread():  # type: ignore[no-untyped-def]
+    """Tiny models on a shared 2-core machine: intra-op threads only contend (measured 30x slower)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+class TokenData(torch.utils.data.Dataset):
+    """Random token sequences; label = whether token 7 occurs (learnable, deterministic)."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.ids = torch.randint(1, 100, (n, 16), generator=g)
+        self.labels = (self.ids == 7).any(dim=1).long()
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.ids[i], "attention_mask": torch.ones(16, dtype=torch.long), "labels": self.labels[i]}
+
+
+class AppliedLR(TrainerCallback):
+    """Records the LR in the optimizer just before each optimizer step: the LR actually applied."""
+
+    def __init__(self) -> None:
+        self.lrs: list[float] = []
+
+    def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):  # type: ignore[no-untyped-def]
+        self.lrs.append(float(optimizer.param_groups[0]["lr"]))
+
+
+def tiny_bert() -> BertForSequenceClassification:
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, max_position_embeddings=32, num_labels=2)
+    return BertForSequenceClassification(cfg)
+
+
+def make_trainer(tmp_path, callbacks, report_to="none", optimizers=(None, None), eval_steps=None, model=None) -> Trainer:  # type: ignore[no-untyped-def]
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "out"), max_steps=STEPS, per_device_train_batch_size=8, learning_rate=LR, logging_steps=1,
+        report_to=report_to, use_cpu=True, save_strategy="no", disable_tqdm=True, seed=0, dataloader_num_workers=0,
+        eval_strategy="steps" if eval_steps else "no", eval_steps=eval_steps, per_device_eval_batch_size=16,
+    )  # fmt: skip
+    model = model or tiny_bert()
+    return Trainer(model=model, args=args, train_dataset=TokenData(96, 0), eval_dataset=TokenData(32, 1), callbacks=callbacks, optimizers=optimizers)
+
+
+def test_cosine_controller_sets_every_step_lr_and_logs_it(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", str(tmp_path / "tb"))
+    metalr_cb, applied = MetalrCallback("cosine"), AppliedLR()
+    trainer = make_trainer(tmp_path, [metalr_cb, applied], report_to="tensorboard")
+    trainer.train()
+
+    expected = [cosine_lr(t, LR, STEPS) for t in range(STEPS)]
+    assert applied.lrs == pytest.approx(expected, rel=1e-12, abs=0)  # the optimizer applied the controller's LR
+    assert metalr_cb.lrs == applied.lrs
+    logged = [h["learning_rate"] for h in trainer.state.log_history if "learning_rate" in h]
+    assert logged == pytest.approx(applied.lrs, rel=1e-12, abs=0)  # the Trainer's own logs show it
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tmp_path / "tb"))
+    acc.Reload()
+    tb = [e.value for e in acc.Scalars("train/learning_rate")]
+    assert tb == pytest.approx(applied.lrs, rel=1e-5)  # TensorBoard stores float32
+
+    # Without the callback the Trainer decays linearly; the cosine trajectory is different.
+    default = AppliedLR()
+    make_trainer(tmp_path, [default]).train()
+    assert default.lrs == pytest.approx([LR * (1 - t / STEPS) for t in range(STEPS)], rel=1e-9)
+    assert max(abs(a - b) for a, b in zip(applied.lrs, default.lrs)) > 0.1 * LR
+
+
+def test_controller_receives_loss_gradient_and_eval_signals(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    seen = []
+
+    def factory(optimizer: torch.optim.Optimizer):  # type: ignore[no-untyped-def]
+        ctrl = build("hypergradient", optimizer, beta=0.2)
+        step = ctrl.step
+        ctrl.step = lambda s=None: (seen.append(s), step(s))[1]  # type: ignore[method-assign]
+        return ctrl
+
+    cb, applied = MetalrCallback(factory), AppliedLR()
+    make_trainer(tmp_path, [cb, applied], eval_steps=5).train()
+    assert len(seen) == STEPS
+    assert all(s.loss is not None and math.isfinite(s.loss) and s.grad_norm is not None and s.grad_norm > 0 for s in seen)
+    assert all(s.hypergrad_cos is not None for s in seen[1:])  # needs the previous update direction
+    with_eval = [s.step for s in seen if s.val_loss is not None]
+    assert with_eval == [6, 11]  # the step after each evaluation (at 5 and 10)
+    assert applied.lrs[0] == LR and len(set(applied.lrs)) > 1  # hypergradient moved the LR
+    assert applied.lrs == cb.lrs
+
+
+def test_optimizer_owning_strategy_reports_effective_lr(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(TypeError, match="make_optimizer"):
+        make_trainer(tmp_path, [MetalrCallback("prodigy")]).train()  # the Trainer's AdamW is not Prodigy
+    model = tiny_bert()
+    opt = get("prodigy").make_optimizer(model.parameters(), total_steps=STEPS)
+    cb = MetalrCallback("prodigy")
+    trainer = make_trainer(tmp_path, [cb], optimizers=(opt, None), model=model)
+    trainer.train()
+    logged = [h["learning_rate"] for h in trainer.state.log_history if "learning_rate" in h]
+    assert logged == pytest.approx(cb.lrs) and logged[0] == pytest.approx(1e-6)  # d0 * lr
+    assert logged[-1] > 10 * logged[0]  # d grew
+
+
+def test_unknown_controller_name_lists_valid_ones() -> None:
+    with pytest.raises(KeyError, match="valid:.*cosine"):
+        MetalrCallback("cosin")
