@@ -6,7 +6,9 @@ sequence of `OneCycleLR(max_lr=x)` step for step (tested).
 Differences, all deliberate: the peak defaults to each group's base LR (the task's
 tuned LR) instead of being required; torch's `max_lr` is called `peak_lr` here
 because `max_lr` is the base class's upper clamp; stepping past `total_steps`
-holds the final LR instead of raising. Closed form in the step count, so resuming
+holds the final LR (step total_steps - 1's) instead of raising; torch still
+computes step total_steps by extrapolating past the end, which with linear
+annealing gives a negative LR. Closed form in the step count, so resuming
 from a state_dict is exact.
 """
 
@@ -95,7 +97,7 @@ class OneCycle(Controller):
         super().__init__(optimizer, min_lr=min_lr, max_lr=max_lr)
 
     def _lrs_at(self, step: int) -> list[float]:
-        step = min(step, self.total_steps)
+        step = min(step, self.total_steps - 1)  # hold the final LR (torch extrapolates one step past it)
         out = []
         for peak, group in zip(self.base_lrs, self.optimizer.param_groups):
             initial = peak / self.div_factor

@@ -1,0 +1,1 @@
+"""Optional integrations with packages that are not on metalr's default path."""
