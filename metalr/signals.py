@@ -148,7 +148,7 @@ class SignalTracker:
 
     def _gradient_signals(self, s: Signals, lr: float) -> None:
         grads = [p.grad.reshape(-1) if p.grad is not None else torch.zeros(p.numel(), device=p.device) for p in self.params]
-        g = torch.cat(grads).detach().double()
+        g = torch.cat(grads).detach().float()
         s.grad_norm = _finite_or_nan(float(g.norm()))
         if "grad_cos" in self.requires:
             if self._prev_grad is not None:
@@ -156,7 +156,7 @@ class SignalTracker:
                 s.grad_cos = _finite_or_nan(float(g @ self._prev_grad) / denom) if denom > 0 else 0.0
             self._prev_grad = g.clone()
         if "hypergrad" in self.requires:
-            theta = torch.cat([p.detach().reshape(-1) for p in self.params]).double()
+            theta = torch.cat([p.detach().reshape(-1) for p in self.params]).float()
             if self._prev_params is not None and self._prev_lr:
                 update_dir = (self._prev_params - theta) / self._prev_lr  # u_{t-1}: theta_t = theta_{t-1} - lr * u
                 dot = float(g @ update_dir)
