@@ -28,8 +28,7 @@ import torch
 import torch.distributed as dist
 
 from metalr.meta.checkpoint import save_policy
-from metalr.meta.policy import horizon_scale
-from metalr.meta.policy import MetaPolicy
+from metalr.meta.policy import MetaPolicy, horizon_scale
 from metalr.meta.tasks import SUPPORTED, materialise, sample_spec, task_seed
 
 log = logging.getLogger(__name__)

@@ -54,7 +54,9 @@ def start(task: InnerTask, val_batch: int) -> Trajectory:
     return Trajectory(task, task.make_optimizer(), batch_stream(task), val_idx, max(val0, 1e-8))
 
 
-def truncation(traj: Trajectory, policy: MetaPolicy, k: int, val_every: int, log_bounds: tuple[float, float], horizon_scale: float = 1.0) -> tuple[torch.Tensor, int]:
+def truncation(
+    traj: Trajectory, policy: MetaPolicy, k: int, val_every: int, log_bounds: tuple[float, float], horizon_scale: float = 1.0
+) -> tuple[torch.Tensor, int]:
     """Run up to `k` inner steps; return (sum of meta-loss terms, number of terms).
 
     A meta-loss term is log(val_loss / val_loss_at_init) every `val_every` inner
