@@ -24,7 +24,7 @@ import numpy as np
 BOOKKEEPING = frozenset({"step", "epoch", "wall_time", "peak_memory_mb"})
 #: Keys of a `History.uncertainty` record: the estimate and the error it should predict.
 UNCERTAINTY_KEYS = ("uncertainty", "estimate")
-ERROR_KEYS = ("error", "batch_error")
+ERROR_KEYS = ("error", "batch_error", "error_rate")
 STABILITY_WINDOW = 5
 #: Name parts that make a metric lower-is-better (val_loss, val_ece, time_to_target ...).
 LOWER_IS_BETTER_WORDS = frozenset({"loss", "ece", "error", "perplexity", "time", "memory", "std"})
