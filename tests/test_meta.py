@@ -246,6 +246,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     meta_step(policy, opt, tiny_cfg(), 0, rank, world)
     if rank == 0:
         torch.save({k: v.clone() for k, v in policy.state_dict().items()}, out)  # test-only file, read with weights_only
+    dist.barrier()  # no rank may tear down gloo while the other still uses it
     dist.destroy_process_group()
 
 

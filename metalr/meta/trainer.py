@@ -257,5 +257,6 @@ def train(cfg: MetaTrainConfig, resume: bool = False) -> MetaPolicy:
     if writer is not None:
         writer.close()
     if world > 1 and dist.is_initialized():
+        dist.barrier()  # rank 0 may still be writing; no rank tears gloo down under another
         dist.destroy_process_group()
     return policy
