@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
-from metalr.config import load_config
+from metalr.config import ConfigError, load_config
 from metalr.meta.trainer import MetaTrainConfig, train
 
 
@@ -22,7 +23,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("overrides", nargs="*", help="key=value config overrides")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    cfg = load_config(MetaTrainConfig, args.config, args.overrides)
+    try:
+        cfg = load_config(MetaTrainConfig, args.config, args.overrides)
+    except ConfigError as e:  # before any work: a clear message, no traceback
+        print(f"config error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     train(cfg, resume=args.resume)
 
 

@@ -191,3 +191,29 @@ def test_config_rejects_bad_input(tmp_path: Path) -> None:
     p.write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_config(Cfg, p)
+
+
+@pytest.mark.parametrize(
+    "name,kw,word",
+    [
+        ("uncertainty", {"passes": 10**6}, "passes"),
+        ("loss_patterns", {"window": 0}, "window"),
+        ("step", {"step_size": 0}, "step_size"),
+        ("cosine", {"total_steps": 10, "warmup_steps": 10}, "warmup_steps"),
+        ("constant", {"min_lr": -1.0}, "min_lr"),
+        ("constant", {"min_lr": 0.5, "max_lr": 0.1}, "max_lr"),
+        ("plateau", {"metric": "val_f1"}, "metric"),
+    ],
+)
+def test_out_of_range_settings_are_refused(name: str, kw: dict[str, object], word: str) -> None:
+    with pytest.raises(ValueError, match=word):
+        controllers.build(name, _opt(), **kw)
+
+
+def test_train_meta_config_error_is_a_message_not_a_traceback() -> None:
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    res = subprocess.run([sys.executable, str(root / "train_meta.py"), "--config", str(root / "configs/meta_train.yaml"), "meta_lr=-1"], capture_output=True, text=True)
+    assert res.returncode == 2 and res.stderr.startswith("config error:") and "meta_lr" in res.stderr and "Traceback" not in res.stderr

@@ -31,6 +31,9 @@ from metalr.signals import Signals
 #: Default bounds of the multiplicative heuristics, relative to the base LR.
 MIN_LR_FACTOR, MAX_LR_FACTOR = 0.01, 10.0
 
+#: Upper bound on MC-Dropout passes: beyond this an estimate costs more than the training it steers.
+MAX_PASSES = 1000
+
 
 def relative_lr_bounds(optimizer: torch.optim.Optimizer, min_lr: float | None, max_lr: float | None) -> tuple[float, float]:
     """(min_lr, max_lr), each defaulting to MIN/MAX_LR_FACTOR times the first group's base LR."""
@@ -140,8 +143,8 @@ class MCDropoutUncertainty(_UncertaintyController):
         min_lr: float | None = None,
         max_lr: float | None = None,
     ) -> None:
-        if passes < 2 or not 0.0 < dropout_p < 1.0 or mode not in ("head", "full"):
-            raise ValueError(f"need passes >= 2, 0 < dropout_p < 1 and mode in (head, full); got {passes}, {dropout_p}, {mode!r}")
+        if not 2 <= passes <= MAX_PASSES or not 0.0 < dropout_p < 1.0 or mode not in ("head", "full"):
+            raise ValueError(f"need 2 <= passes <= {MAX_PASSES}, 0 < dropout_p < 1 and mode in (head, full); got {passes}, {dropout_p}, {mode!r}")
         self.passes, self.dropout_p, self.mode = int(passes), float(dropout_p), mode
         super().__init__(
             optimizer, threshold=threshold, increase=increase, decrease=decrease, interval=interval, measure=measure,
