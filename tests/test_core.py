@@ -215,5 +215,7 @@ def test_train_meta_config_error_is_a_message_not_a_traceback() -> None:
     import sys
 
     root = Path(__file__).resolve().parents[1]
-    res = subprocess.run([sys.executable, str(root / "train_meta.py"), "--config", str(root / "configs/meta_train.yaml"), "meta_lr=-1"], capture_output=True, text=True)
+    res = subprocess.run(
+        [sys.executable, str(root / "train_meta.py"), "--config", str(root / "configs/meta_train.yaml"), "meta_lr=-1"], capture_output=True, text=True
+    )
     assert res.returncode == 2 and res.stderr.startswith("config error:") and "meta_lr" in res.stderr and "Traceback" not in res.stderr
