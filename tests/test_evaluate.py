@@ -176,3 +176,37 @@ def test_shipped_config_is_valid() -> None:
     cfg = load_config(EvalConfig, Path(__file__).resolve().parents[1] / "configs" / "eval.yaml")
     assert len(cfg.seeds) >= 3 and "mnist1d_cnn" in cfg.tasks
     assert not {"digits_mlp", "digits_cnn", "wine_mlp", "breast_cancer_mlp"} & set(cfg.tasks)  # held out from meta-training
+
+
+def test_sigkill_mid_evaluation_then_resume_matches_uninterrupted(tmp_path: Path) -> None:
+    """A real evaluate.py process killed with SIGKILL mid-grid; rerunning finishes only the rest."""
+    import signal
+    import subprocess
+    import time
+
+    root = Path(__file__).resolve().parents[1]
+    cfg_file = tmp_path / "tiny.yaml"
+    cfg_file.write_text(json.dumps({**TINY, "seeds": [0, 1, 2], "steps": 200, "workers": 1, "tensorboard": False, "plots": False}))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def cmd(out: Path) -> list[str]:
+        return [sys.executable, str(root / "evaluate.py"), "--config", str(cfg_file), "--quiet", f"out_dir={out}"]
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(cmd(killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list((killed / "runs").glob("*.json"))) < 2:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = {p.name: p.stat().st_mtime_ns for p in (killed / "runs").glob("*.json")}
+    assert 2 <= len(done_before) < 6, "the kill should land mid-grid"
+    assert not (killed / "results.json").exists()
+    subprocess.run(cmd(killed), env=env, check=True, capture_output=True)
+    whole = tmp_path / "whole"
+    subprocess.run(cmd(whole), env=env, check=True, capture_output=True)
+    a, b = json.loads((killed / "results.json").read_text()), json.loads((whole / "results.json").read_text())
+    assert a["counts"]["reused"] == len(done_before) and a["counts"]["executed"] == 6 - len(done_before)
+    assert all((killed / "runs" / n).stat().st_mtime_ns == t for n, t in done_before.items())  # finished work kept
+    for ra, rb in zip(a["runs"], b["runs"]):
+        assert ra["id"] == rb["id"] and _untimed(ra["metrics"]) == _untimed(rb["metrics"])
