@@ -8,7 +8,7 @@ y = (x.sum(dim=1) > 0).long()
 model = torch.nn.Sequential(torch.nn.Linear(20, 64), torch.nn.ReLU(), torch.nn.Linear(64, 2))
 opt = torch.optim.Adam(model.parameters(), lr=1e-2)
 ctrl = metalr.controllers.build("cosine", opt, total_steps=200)
-# ctrl = metalr.load_pretrained(optimizer=opt)  # the pretrained meta-controller instead
+# ctrl = metalr.load_pretrained(optimizer=opt, total_steps=200)  # the pretrained meta-controller instead
 tracker = SignalTracker(model.parameters(), opt, requires=ctrl.requires, total_steps=200)
 for _ in range(200):
     loss = torch.nn.functional.cross_entropy(model(x), y)

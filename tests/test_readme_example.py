@@ -18,7 +18,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "plain_pytorch.py"
 COSINE_LINE = 'ctrl = metalr.controllers.build("cosine", opt, total_steps=200)\n'
-PRETRAINED_LINE = "# ctrl = metalr.load_pretrained(optimizer=opt)  # the pretrained meta-controller instead\n"
+PRETRAINED_LINE = "# ctrl = metalr.load_pretrained(optimizer=opt, total_steps=200)  # the pretrained meta-controller instead\n"
 
 
 def _run(code: str, tmp_path: Path) -> dict:  # type: ignore[type-arg]
