@@ -191,7 +191,15 @@ def test_config_refuses_held_out_tasks_and_bad_values() -> None:
 # --------------------------------------------------------------- kill and resume
 def _run_script(out: Path, *extra: str) -> subprocess.Popen[bytes]:
     args = [f"{k}={v}" for k, v in TINY.items() if k not in ("tasks", "steps", "widths")]
-    args += ["tasks=[synthetic_blobs]", "steps=[20]", "widths=[16]", "meta_steps=8", "checkpoint_every=1", f"out_dir={out}", "export_path="]  # never touch the shipped checkpoint
+    args += [
+        "tasks=[synthetic_blobs]",
+        "steps=[20]",
+        "widths=[16]",
+        "meta_steps=8",
+        "checkpoint_every=1",
+        f"out_dir={out}",
+        "export_path=",
+    ]  # never touch the shipped checkpoint
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.Popen(
         [sys.executable, str(ROOT / "train_meta.py"), "--config", str(ROOT / "configs/meta_train.yaml"), *args, *extra],
