@@ -28,6 +28,16 @@ log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
 
+#: Default LR bounds of the multiplicative heuristics, relative to the base LR.
+MIN_LR_FACTOR, MAX_LR_FACTOR = 0.01, 10.0
+
+
+def relative_lr_bounds(optimizer: torch.optim.Optimizer, min_lr: float | None, max_lr: float | None) -> tuple[float, float]:
+    """(min_lr, max_lr), each defaulting to MIN/MAX_LR_FACTOR times the first group's base LR."""
+    group = optimizer.param_groups[0]
+    base = float(group.get("initial_lr", group["lr"]))
+    return (MIN_LR_FACTOR * base if min_lr is None else float(min_lr)), (MAX_LR_FACTOR * base if max_lr is None else float(max_lr))
+
 
 class Controller:
     """Base class: bound to an optimizer, signal-driven, LRScheduler-shaped."""

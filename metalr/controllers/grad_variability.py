@@ -23,8 +23,7 @@ import math
 import torch
 
 from metalr.controllers import register
-from metalr.controllers.base import MultiplicativeController
-from metalr.controllers.uncertainty import relative_lr_bounds
+from metalr.controllers.base import MultiplicativeController, relative_lr_bounds
 from metalr.signals import Signals
 
 MEASURES = ("norm_cv", "direction")

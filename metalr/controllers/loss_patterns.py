@@ -28,8 +28,7 @@ import math
 import torch
 
 from metalr.controllers import register
-from metalr.controllers.base import MultiplicativeController
-from metalr.controllers.uncertainty import relative_lr_bounds
+from metalr.controllers.base import MultiplicativeController, relative_lr_bounds
 from metalr.signals import Signals
 
 PATTERNS = {"none": 0, "plateau": 1, "sharp_drop": 2, "oscillation": 3, "steady_decline": 4, "rise": 5}

@@ -25,21 +25,11 @@ from typing import Any
 import torch
 
 from metalr.controllers import register
-from metalr.controllers.base import MultiplicativeController
+from metalr.controllers.base import MultiplicativeController, relative_lr_bounds
 from metalr.signals import Signals
-
-#: Default bounds of the multiplicative heuristics, relative to the base LR.
-MIN_LR_FACTOR, MAX_LR_FACTOR = 0.01, 10.0
 
 #: Upper bound on MC-Dropout passes: beyond this an estimate costs more than the training it steers.
 MAX_PASSES = 1000
-
-
-def relative_lr_bounds(optimizer: torch.optim.Optimizer, min_lr: float | None, max_lr: float | None) -> tuple[float, float]:
-    """(min_lr, max_lr), each defaulting to MIN/MAX_LR_FACTOR times the first group's base LR."""
-    group = optimizer.param_groups[0]
-    base = float(group.get("initial_lr", group["lr"]))
-    return (MIN_LR_FACTOR * base if min_lr is None else float(min_lr)), (MAX_LR_FACTOR * base if max_lr is None else float(max_lr))
 
 
 class _UncertaintyController(MultiplicativeController):
