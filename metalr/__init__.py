@@ -20,10 +20,10 @@ if TYPE_CHECKING:
 def load_pretrained(path: str | None = None, optimizer: torch.optim.Optimizer | None = None, **kwargs: Any) -> Any:
     """Load the shipped (or a given) meta-learned controller checkpoint.
 
-    With `optimizer`, returns a bound `Controller`; without, the frozen policy,
-    which `.bind(optimizer)` turns into a Controller.
+    With `optimizer`, returns a bound `Controller` (pass `total_steps=` too); without,
+    the frozen policy, which `controllers.build("meta", optimizer, checkpoint=frozen)` binds.
     """
-    from metalr.meta.checkpoint import load_pretrained as _load
+    from metalr.controllers.meta import load_pretrained as _load
 
     return _load(path, optimizer=optimizer, **kwargs)
 

@@ -26,6 +26,8 @@ from typing import Any
 
 import torch
 
+from metalr.gradstats import GradAlign
+
 #: Every signal a controller may list in `requires`.
 SIGNAL_NAMES = frozenset(
     {
@@ -33,6 +35,7 @@ SIGNAL_NAMES = frozenset(
         "accuracy",  # batch accuracy in [0, 1] (classification tasks)
         "grad_norm",  # global L2 norm of the gradient
         "grad_cos",  # cosine between this and the previous step's gradient
+        "grad_align",  # cosine between the gradient and the optimizer's running gradient average (metalr.gradstats)
         "hypergrad",  # g_t . u_{t-1}: dot of gradient and previous update direction (Baydin et al.)
         "val_loss",  # validation loss, only on the step after an evaluation
         "val_accuracy",  # validation accuracy, idem
@@ -55,6 +58,7 @@ class Signals:
     accuracy: float | None = None
     grad_norm: float | None = None
     grad_cos: float | None = None
+    grad_align: float | None = None
     hypergrad: float | None = None
     hypergrad_cos: float | None = None  # g_t . u_{t-1} / (|g_t| |u_{t-1}|), scale-free
     val_loss: float | None = None
@@ -105,6 +109,7 @@ class SignalTracker:
         self._prev_params: torch.Tensor | None = None
         self._prev_lr: float | None = None
         self._pending_eval: tuple[float, float | None] | None = None
+        self._align = GradAlign()
         self.uncertainty_fn: Any = None  # optional callable () -> float, set by the harness
         self.resource_fn: Any = None  # optional callable () -> dict, set by the harness
 
@@ -137,6 +142,11 @@ class SignalTracker:
             s.accuracy = batch_accuracy(logits, targets)
         if self.requires & {"grad_norm", "grad_cos", "hypergrad"}:
             self._gradient_signals(s, lr)
+        if "grad_align" in self.requires:
+            params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            norm, s.grad_align = self._align([p.grad for p in params], [self.optimizer.state.get(p) for p in params])
+            if s.grad_norm is None:
+                s.grad_norm = norm
         if self._pending_eval is not None:
             s.val_loss, s.val_accuracy = self._pending_eval
             self._pending_eval = None
