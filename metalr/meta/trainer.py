@@ -6,9 +6,11 @@ trains each task for its full trajectory as a chain of K-step truncations
 (`metalr.meta.unroll`), and backpropagates each truncation's validation-loss
 terms into the policy as it goes. Two things fight short-horizon bias (Wu et al.
 2018; Metz et al. 2019):
-- the meta-loss of a task covers its whole trajectory, log(val_loss / val_loss
-  at init) every `val_every` steps, weighted from 1 at the start up to
-  `end_weight` at the end: where training ends counts most, but every phase counts;
+- the meta-loss of a task covers its whole trajectory: the validation soft error
+  (1 - mean probability of the true class, a differentiable stand-in for the error
+  rate) relative to its value at init, every `val_every` steps, weighted from 1 at
+  the start up to `end_weight` at the end: where training ends counts most, but
+  every phase counts;
 - `credit`: d(log LR)/d(policy) is carried forward across truncations (real-time
   recurrent learning for that one scalar), so a loss late in training is credited
   to every earlier decision that set its LR, not only to the last K steps'.
@@ -66,6 +68,7 @@ class MetaTrainConfig:
     truncation: int = 20  # K inner steps per differentiable truncation
     val_every: int = 5  # a meta-loss term every this many inner steps
     val_batch: int = 256
+    objective: str = "soft_error"  # validation quantity of the meta-loss: soft_error | log_val_loss (metalr.meta.unroll.val_objective)
     end_weight: float = 4.0  # weight of the last meta-loss term relative to the first (linear in between)
     credit: bool = True  # carry d(log LR)/d(policy) across truncations
     data_families: list[str] = field(default_factory=lambda: list(DATA_FAMILIES))
@@ -96,6 +99,8 @@ class MetaTrainConfig:
         if not (self.meta_lr > 0 and self.grad_clip > 0 and self.max_log_step > 0 and self.end_weight > 0 and self.lr_decades >= 0):
             raise ValueError("meta_lr, grad_clip, max_log_step and end_weight must be > 0, lr_decades >= 0")
         self.rule_config()  # validates the rule's fields
+        if self.objective not in ("soft_error", "log_val_loss"):
+            raise ValueError(f"unknown objective {self.objective!r}; valid: soft_error, log_val_loss")
         if self.truncation % self.val_every:
             raise ValueError(f"truncation ({self.truncation}) must be a multiple of val_every ({self.val_every})")
         unknown = sorted(set(self.data_families) - set(DATA_FAMILIES))
@@ -193,7 +198,7 @@ def meta_step(policy: MetaPolicy, meta_opt: torch.optim.Optimizer, cfg: MetaTrai
             task_seed(cfg.seed, step, index), tuple(cfg.data_families), tuple(cfg.optimizers), cfg.lr_decades,
             (cfg.steps_range[0], cfg.max_steps_at(step)), cfg.truncation,
         )  # fmt: skip
-        traj = start(materialise(spec), cfg.val_batch)
+        traj = start(materialise(spec), cfg.val_batch, cfg.objective)
         norm = trajectory_weight(spec.steps, cfg.val_every, cfg.end_weight) * cfg.meta_batch
         task_loss, _ = run_trajectory(traj, policy, rule, cfg, norm)
         loss_sum += task_loss * cfg.meta_batch / norm
@@ -299,7 +304,7 @@ def plot_history(history: list[dict[str, Any]], path: Path) -> None:
     if len(loss) >= 10:
         k = 10
         ax[0].plot(steps[k - 1 :], [sum(loss[i - k + 1 : i + 1]) / k for i in range(k - 1, len(loss))], lw=1.5, label="moving mean (10)")
-    ax[0].set(xlabel="meta-step", ylabel="weighted mean log(val / val0)", title="meta-training loss")
+    ax[0].set(xlabel="meta-step", ylabel="weighted mean val objective / initial", title="meta-training loss")
     ax[0].legend()
     vs = [(h["step"], h["val_score"]) for h in history if "val_score" in h]
     if vs:

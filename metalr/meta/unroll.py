@@ -41,7 +41,8 @@ class Trajectory:
     optimizer: torch.optim.Optimizer
     batches: torch.Tensor  # (steps, batch) indices
     val_idx: torch.Tensor  # fixed validation batch for the meta-loss
-    val0: float  # validation loss of the initial model (the meta-loss's unit)
+    val0: float  # the validation objective of the initial model (the meta-loss's unit)
+    objective: str = "soft_error"
     step: int = 0
     log_rel: float = 0.0  # log(LR / base LR)
     rule: RuleState = field(default_factory=RuleState)
@@ -59,14 +60,33 @@ class Trajectory:
         return self.diverged or self.step >= self.total
 
 
-def start(task: InnerTask, val_batch: int) -> Trajectory:
+OBJECTIVES = ("soft_error", "log_val_loss")
+
+
+def val_objective(logits: torch.Tensor, y: torch.Tensor, objective: str) -> torch.Tensor:
+    """The validation quantity the meta-loss tracks.
+
+    `soft_error`: 1 - mean predicted probability of the true class, the expected 0-1 error under the
+    model's own predictive distribution: a differentiable stand-in for the error rate that, unlike
+    cross-entropy, does not blow up on a few over-confident mistakes (with cross-entropy the policy
+    learned to cut the LR early to curb over-confidence, which costs accuracy on longer runs).
+    `log_val_loss`: cross-entropy (the meta-loss term is then log(val / val0)).
+    """
+    if objective == "soft_error":
+        return 1.0 - torch.softmax(logits, -1).gather(-1, y.unsqueeze(-1)).mean()
+    if objective == "log_val_loss":
+        return torch.nn.functional.cross_entropy(logits, y)
+    raise ValueError(f"unknown meta objective {objective!r}; valid: {', '.join(OBJECTIVES)}")
+
+
+def start(task: InnerTask, val_batch: int, objective: str = "soft_error") -> Trajectory:
     g = torch.Generator().manual_seed(task.spec.seed + 4)
     val_idx = torch.randperm(len(task.y_val), generator=g)[:val_batch]
     with torch.no_grad():
         task.model.eval()
-        val0 = float(task.loss(task.model(task.x_val[val_idx]), task.y_val[val_idx]))
+        val0 = float(val_objective(task.model(task.x_val[val_idx]), task.y_val[val_idx], objective))
         task.model.train()
-    return Trajectory(task, task.make_optimizer(), batch_stream(task), val_idx, max(val0, 1e-8))
+    return Trajectory(task, task.make_optimizer(), batch_stream(task), val_idx, max(val0, 1e-8), objective)
 
 
 def meta_weight(progress: float, end_weight: float) -> float:
@@ -91,7 +111,9 @@ def truncation(
     end_weight: float = 1.0,
     track_higher_grads: bool = True,
 ) -> TruncationResult:
-    """Run up to `k` inner steps under the rule; a meta-loss term log(val/val0) every `val_every` steps.
+    """Run up to `k` inner steps under the rule; a meta-loss term every `val_every` steps.
+
+    The term is val/val0 (soft error) or log(val/val0) (cross-entropy), see `val_objective`.
 
     A non-finite inner loss ends the trajectory (`traj.diverged`); what was gathered is returned.
     With `track_higher_grads=False` this is a plain (non-differentiable) run of the same rule:
@@ -127,11 +149,12 @@ def truncation(
             log_rel = lr_rule(policy, cfg, traj.rule, log_rel, loss_value, seen.get("norm"), seen.get("align"), traj.step, traj.total)
             if traj.step % val_every == 0 or traj.step == traj.total:
                 fmodel.eval()
-                val = task.loss(fmodel(task.x_val[traj.val_idx]), task.y_val[traj.val_idx])
+                val = val_objective(fmodel(task.x_val[traj.val_idx]), task.y_val[traj.val_idx], traj.objective)
                 fmodel.train()
                 if math.isfinite(float(val.detach())):
                     w = meta_weight(traj.step / traj.total, end_weight)
-                    terms.append(w * torch.log(val.clamp_min(1e-8) / traj.val0))
+                    ratio = val.clamp_min(1e-8) / traj.val0
+                    terms.append(w * (ratio if traj.objective == "soft_error" else torch.log(ratio)))
                     weight += w
         _carry(traj, fmodel, diffopt)
     traj.log_rel = float(log_rel.detach())
