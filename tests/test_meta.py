@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
 import socket
 import subprocess
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -26,6 +26,7 @@ from metalr.meta.tasks import TaskSpec, materialise  # noqa: E402
 from metalr.meta.trainer import MetaTrainConfig, meta_step  # noqa: E402
 from metalr.meta.unroll import start, truncation  # noqa: E402
 from metalr.signals import Signals  # noqa: E402
+from metalr.testing import PAUSE_ENV, wait_until_paused  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(meta_batch=2, truncation=10, val_every=5, val_batch=64, tasks=["synthetic_blobs"], steps=[20], widths=[16], progress=False)
@@ -120,16 +121,19 @@ def test_load_pretrained_round_trip(tmp_path: Path) -> None:
     assert ctrl.step(s) == ctrl2.step(s)
 
 
-def _rewrite_meta(path: Path, out: Path, **changes: object) -> None:
-    import json
+def _header(path: Path) -> dict[str, str]:
+    from safetensors import safe_open
 
+    with safe_open(str(path), "pt") as f:
+        return dict(f.metadata())
+
+
+def _rewrite_meta(path: Path, out: Path, **changes: object) -> None:
     from safetensors.torch import load, save
 
-    data = path.read_bytes()
-    n = int.from_bytes(data[:8], "little")
-    meta = json.loads(json.loads(data[8 : 8 + n])["__metadata__"]["metalr"])
+    meta = json.loads(_header(path)["metalr"])
     meta.update(changes)
-    out.write_bytes(save(load(data), metadata={"metalr": json.dumps(meta)}))
+    out.write_bytes(save(load(path.read_bytes()), metadata={"metalr": json.dumps(meta)}))
 
 
 def test_refuses_mismatched_or_corrupt_files(tmp_path: Path) -> None:
@@ -151,11 +155,7 @@ def test_refuses_mismatched_or_corrupt_files(tmp_path: Path) -> None:
         read_policy(bad)
     tensors = {k: v.clone() for k, v in pol.state_dict().items()}
     tensors["net.0.weight"] = torch.zeros(64, 3)
-    import json
-
-    data = path.read_bytes()
-    n = int.from_bytes(data[:8], "little")
-    header = json.loads(data[8 : 8 + n])["__metadata__"]
+    header = _header(path)
     bad.write_bytes(save(tensors, metadata=header))
     with pytest.raises(CheckpointError, match="wrong shape"):
         read_policy(bad)
@@ -189,7 +189,7 @@ def test_config_refuses_held_out_tasks_and_bad_values() -> None:
 
 
 # --------------------------------------------------------------- kill and resume
-def _run_script(out: Path, *extra: str) -> subprocess.Popen[bytes]:
+def _run_script(out: Path, *extra: str, pause_at: str | None = None) -> subprocess.Popen[bytes]:
     args = [f"{k}={v}" for k, v in TINY.items() if k not in ("tasks", "steps", "widths")]
     args += [
         "tasks=[synthetic_blobs]",
@@ -201,6 +201,9 @@ def _run_script(out: Path, *extra: str) -> subprocess.Popen[bytes]:
         "export_path=",
     ]  # never touch the shipped checkpoint
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop(PAUSE_ENV, None)
+    if pause_at:
+        env[PAUSE_ENV] = pause_at
     return subprocess.Popen(
         [sys.executable, str(ROOT / "train_meta.py"), "--config", str(ROOT / "configs/meta_train.yaml"), *args, *extra],
         env=env,
@@ -216,14 +219,11 @@ def _policy_tensors(path: Path) -> dict[str, torch.Tensor]:
 
 @pytest.mark.slow
 def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path: Path) -> None:
+    """Killed right after its 3rd checkpoint (of 8 meta-steps), resumed: the same policy as a run never killed."""
     full = _run_script(tmp_path / "full")
-    killed = _run_script(tmp_path / "killed")
-    state = tmp_path / "killed" / "train_state.safetensors"
-    deadline = time.time() + 120
-    while not state.exists() and time.time() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.3)
-    assert killed.poll() is None, "the run ended before it could be killed mid-run"
+    killed = _run_script(tmp_path / "killed", pause_at="meta_checkpoint:3")
+    wait_until_paused(killed)
+    assert (tmp_path / "killed" / "train_state.safetensors").is_file()
     killed.send_signal(signal.SIGKILL)
     killed.wait()
     assert killed.returncode == -signal.SIGKILL
@@ -231,6 +231,8 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path: Path) -> None:
     resumed = _run_script(tmp_path / "killed", "--resume")
     assert resumed.wait(timeout=300) == 0, resumed.stderr.read().decode() if resumed.stderr else ""
     assert full.wait(timeout=300) == 0
+    history = json.loads((tmp_path / "killed" / "history.json").read_text())
+    assert [h["step"] for h in history] == list(range(1, 9))  # steps 4..8 ran after the resume, none twice
     a, b = _policy_tensors(tmp_path / "full" / "policy.safetensors"), _policy_tensors(tmp_path / "killed" / "policy.safetensors")
     for k in a:
         assert torch.equal(a[k], b[k]), k

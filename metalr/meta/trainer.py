@@ -28,6 +28,7 @@ import torch
 import torch.distributed as dist
 
 from metalr.meta.checkpoint import save_policy
+from metalr.testing import pause_point
 from metalr.meta.policy import MetaPolicy, horizon_scale
 from metalr.meta.tasks import SUPPORTED, materialise, sample_spec, task_seed
 
@@ -238,6 +239,7 @@ def train(cfg: MetaTrainConfig, resume: bool = False) -> MetaPolicy:
             bar.set_postfix(meta_loss=f"{stats['meta_loss']:.4f}")
         if rank == 0 and (step % cfg.checkpoint_every == 0 or step == cfg.meta_steps):
             save_train_state(ckpt, policy, meta_opt, cfg, step, history)
+            pause_point("meta_checkpoint", step)  # tests: kill at a known point (metalr.testing)
             log.info("meta-step %d: meta_loss %.4f (%.0fs)", step, stats["meta_loss"], time.perf_counter() - t0)
     if bar is not None:
         bar.close()
