@@ -1,10 +1,10 @@
 """What the tests and benchmarks share: smoke-test settings and a deterministic pause point.
 
-`SMOKE_KWARGS` is the one table of constructor arguments that make every
-registered controller quick to exercise (tiny probe batches, short intervals,
-so a rule fires within a few steps). Tests, the contract test and
-`benchmarks/controller_overhead.py` all read it; a new controller that needs
-arguments gets one line here.
+`smoke_kwargs(name)` gives the one set of constructor arguments that make a
+registered controller quick to exercise (its rule fires within a few steps,
+its estimates are cheap). Every test and `benchmarks/controller_overhead.py`
+read it (the benchmark without the cheap-estimate part); a new controller that
+needs arguments gets one line here.
 
 `pause_point(event, n)` lets a test kill a real process at a known point rather
 than after a sleep: when the environment variable `METALR_TEST_PAUSE_AT` equals
@@ -27,22 +27,27 @@ from typing import Any
 
 PAUSE_ENV = "METALR_TEST_PAUSE_AT"
 
-#: Constructor arguments per controller for quick tests (absent: the defaults are quick already).
-SMOKE_KWARGS: dict[str, dict[str, Any]] = {
+#: Rule settings that make each controller move its LR within a few steps; they do not change a
+#: step's cost, so the overhead benchmark uses them too.
+RULE_KWARGS: dict[str, dict[str, Any]] = {
     "cosine": {"warmup_steps": 5},
     "exponential": {"gamma": 0.9},
     "step": {"step_size": 3, "gamma": 0.5},
     "plateau": {"patience": 1, "factor": 0.5},
+    "loss_patterns": {"interval_steps": 2, "window": 3},
+}
+#: Cheap, frequent estimates for tests (small probe batch, few passes, 2 members). Never timed:
+#: they would undercut what the defaults cost.
+QUICK_KWARGS: dict[str, dict[str, Any]] = {
     "uncertainty": {"interval": 2, "probe_size": 32, "passes": 8},
     "uncertainty_ensemble": {"interval": 2, "probe_size": 32, "n_members": 2},
-    "loss_patterns": {"interval_steps": 2, "window": 3},
     "resource_aware": {"interval_steps": 3},
 }
 
 
-def smoke_kwargs(name: str, **overrides: Any) -> dict[str, Any]:
-    """A fresh copy of `SMOKE_KWARGS[name]` (empty for controllers not listed), updated by `overrides`."""
-    return {**SMOKE_KWARGS.get(name, {}), **overrides}
+def smoke_kwargs(name: str, *, quick: bool = True, **overrides: Any) -> dict[str, Any]:
+    """A fresh dict of controller `name`'s smoke-test arguments (RULE_KWARGS, plus QUICK_KWARGS if `quick`), updated by `overrides`."""
+    return {**RULE_KWARGS.get(name, {}), **(QUICK_KWARGS.get(name, {}) if quick else {}), **overrides}
 
 
 def pause_point(event: str, n: int) -> None:

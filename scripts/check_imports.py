@@ -1,14 +1,16 @@
-"""Check that the metalr package's import graph has no cycle and no import of the top package.
+"""Check that the metalr package's import graph has no cycle and no upward import.
 
-    python scripts/check_imports.py            # exit 0 and a one-line summary, or 1 and every problem
+    python scripts/check_imports.py [ROOT]     # exit 0 and a one-line summary, or 1 and every problem
 
 Every `import` / `from ... import` in every module counts, including the ones
 inside functions (a lazy import only hides a cycle, it does not remove it);
 imports under `if TYPE_CHECKING:` do not (they never run). `from metalr.x import y`
-is an edge to `metalr.x.y` when that is a module, else to `metalr.x`. Besides
-cycles, a module other than `metalr/__init__.py` may not import the top package
-`metalr` itself: that package re-exports the library, so importing it from inside
-is an upward import.
+is an edge to `metalr.x.y` when that is a module, else to `metalr.x`.
+
+Upward imports: the package is layered (`LAYERS`, lowest first); a module may
+import its own layer and those below, never one above (e.g. an estimator may
+not import the training harness, a model may not import a task). A module
+missing from `LAYERS` is reported, so a new one gets placed deliberately.
 """
 
 from __future__ import annotations
@@ -19,6 +21,28 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "metalr"
+
+#: Lowest first. A module belongs to the layer of its longest matching prefix ("metalr" alone: only the top package).
+LAYERS: list[list[str]] = [
+    ["metalr._version", "metalr.registry", "metalr.io", "metalr.config", "metalr.testing", "metalr.hub", "metalr.signals"],
+    ["metalr.metrics", "metalr.text_metrics", "metalr.models"],
+    ["metalr.tasks"],
+    ["metalr.ensemble", "metalr.estimators"],
+    ["metalr.controllers", "metalr.meta"],
+    ["metalr.train"],
+    ["metalr.evaluation", "metalr.integrations", "metalr.contrib"],
+    ["metalr"],
+]
+
+
+def layer(module: str) -> int | None:
+    """Index in `LAYERS` of the longest prefix of `module` (None when none matches)."""
+    best: tuple[int, int] | None = None
+    for i, prefixes in enumerate(LAYERS):
+        for p in prefixes:
+            if (module == p or (p != PACKAGE and module.startswith(p + "."))) and (best is None or len(p) > best[0]):
+                best = (len(p), i)
+    return None if best is None else best[1]
 
 
 def modules(root: Path = ROOT) -> dict[str, Path]:
@@ -117,17 +141,24 @@ def problems(root: Path = ROOT) -> list[str]:
     """Every cycle and upward import, as readable lines (empty: the graph is clean)."""
     graph = edges(modules(root))
     out = [f"import cycle: {' <-> '.join(c)}" for c in cycles(graph)]
-    out += [f"upward import: {m} imports the top package {PACKAGE!r}" for m in sorted(graph) if m != PACKAGE and PACKAGE in graph[m]]
+    out += [f"no layer: {m} is in no entry of LAYERS" for m in sorted(graph) if layer(m) is None]
+    for m in sorted(graph):
+        for t in sorted(graph[m]):
+            lm, lt = layer(m), layer(t)
+            if lm is not None and lt is not None and lt > lm:
+                out.append(f"upward import: {m} (layer {lm}) imports {t} (layer {lt})")
     return out
 
 
-def main() -> int:
-    found = problems()
-    graph = edges(modules())
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    root = Path(args[0]).resolve() if args else ROOT  # another checkout, e.g. to compare before/after
+    found = problems(root)
+    graph = edges(modules(root))
     for line in found:
         print(line)
     n_edges = sum(len(v) for v in graph.values())
-    print(f"{len(graph)} modules, {n_edges} import edges: " + (f"{len(found)} problem(s)" if found else "no cycle, no upward import"))
+    print(f"{len(graph)} modules in {len(LAYERS)} layers, {n_edges} import edges: " + (f"{len(found)} problem(s)" if found else "no cycle, no upward import"))
     return 1 if found else 0
 
 
