@@ -133,6 +133,27 @@ def test_nan_loss_recovers_then_diverges() -> None:
     assert h2.diverged and h2.recoveries == 0
 
 
+def test_recovery_rolls_every_clock_back_to_the_snapshot() -> None:
+    """One NaN loss mid-run: model, optimizer, controller, tracker (and its resource source) and the step
+    counter all go back to the last evaluation; resource_aware's decisions and readings stay in step."""
+    task = tasks.build("wine_mlp", steps=30, eval_every=10)
+    forward, calls = task.forward, [0]
+
+    def poisoned(model, batch):  # type: ignore[no-untyped-def]
+        calls[0] += 1
+        out = forward(model, batch)
+        if calls[0] == 15:  # a training step after the evaluation at step 10 (the evaluation calls forward too)
+            out.loss = out.loss * float("nan")
+        return out
+
+    task.forward = poisoned  # type: ignore[method-assign]
+    h = train.run(task, "resource_aware", controller_kwargs={"interval_steps": 4, "reader": lambda: {"cpu_util": 0.9, "mem_util": 0.1}}, seed=0)
+    assert h.recoveries == 1 and not h.diverged
+    assert h.steps == list(range(1, 31)) and [e["step"] for e in h.evals] == [10, 20, 30]  # one entry per step, no gap
+    assert h.lr[10:] == pytest.approx([0.5 * h.lr[9]] * 20, rel=1e-12)  # halved; every later decision read the same load
+    assert h.extras["resource_cpu_util"] == [0.9] * 30
+
+
 def test_config_rejects_bad_input(tmp_path: Path) -> None:
     from dataclasses import dataclass, field
 
