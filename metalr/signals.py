@@ -26,8 +26,8 @@ sources, so a restored run reads them on the same steps.
 
 from __future__ import annotations
 
-import math
 import copy
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol

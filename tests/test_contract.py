@@ -12,7 +12,6 @@ covered by registering it; one that needs constructor arguments gets a line in
 from __future__ import annotations
 
 import math
-from dataclasses import fields
 from typing import Any
 
 import pytest
@@ -76,14 +75,32 @@ def realistic_run(n: int = 40) -> list[Signals]:
         t, e = i + 1, i // 5
         out.append(
             Signals(
-                step=t, epoch=e, progress=t / n, loss=max(0.3, 2.0 / t**0.5) + 0.05 * (-1) ** i, accuracy=min(0.95, 0.1 + 0.03 * t),
-                grad_norm=1.0 + [0.1, 0.8][e % 2] * (-1) ** i, grad_cos=0.8 * (-1) ** (i // 3), hypergrad=0.1 * (-1) ** i, hypergrad_cos=0.5 * (-1) ** (i // 2),
-                val_loss=(max(0.5, 1.5 - 0.2 * e) if t % 5 == 0 else None), val_accuracy=(0.5 + 0.02 * e if t % 5 == 0 else None),
-                uncertainty=[0.05, 0.4][e % 2], batch_size=32, task_info=TASK_INFO,
+                step=t,
+                epoch=e,
+                progress=t / n,
+                loss=max(0.3, 2.0 / t**0.5) + 0.05 * (-1) ** i,
+                accuracy=min(0.95, 0.1 + 0.03 * t),
+                grad_norm=1.0 + [0.1, 0.8][e % 2] * (-1) ** i,
+                grad_cos=0.8 * (-1) ** (i // 3),
+                hypergrad=0.1 * (-1) ** i,
+                hypergrad_cos=0.5 * (-1) ** (i // 2),
+                val_loss=(max(0.5, 1.5 - 0.2 * e) if t % 5 == 0 else None),
+                val_accuracy=(0.5 + 0.02 * e if t % 5 == 0 else None),
+                uncertainty=[0.05, 0.4][e % 2],
+                batch_size=32,
+                task_info=TASK_INFO,
                 resources={k: [0.2, 0.9][e % 2] for k in READINGS},
             )  # fmt: skip
         )
     return out
+
+
+def test_the_realistic_run_feeds_every_signal_a_controller_may_read() -> None:
+    seq = realistic_run()
+    required = set().union(*(controllers.get(n).requires for n in NAMES))
+    assert required <= SIGNAL_NAMES
+    assert all(any(getattr(s, name) is not None for s in seq) for name in required)
+    assert all(set(s.resources or {}) == set(READINGS) for s in seq)  # the keys resource_aware reads
 
 
 #: Controllers whose LR does not depend on these signals (their LR moves with the optimizer's own steps, or never).

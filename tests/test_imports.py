@@ -26,7 +26,9 @@ def test_the_check_finds_cycles_upward_imports_and_unplaced_modules(tmp_path: Pa
     (pkg / "io.py").write_text("import metalr\n")  # layer 0 imports the top package
     (pkg / "signals.py").write_text("def f():\n    from metalr.controllers import base\n")  # lazy, still upward
     (pkg / "controllers" / "__init__.py").write_text("from .base import X\n")
-    (pkg / "controllers" / "base.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import metalr.train\nfrom metalr.controllers import other\n")
+    (pkg / "controllers" / "base.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import metalr.train\nfrom metalr.controllers import other\n"
+    )
     (pkg / "controllers" / "other.py").write_text("from metalr.controllers.base import X\n")
     (pkg / "newthing.py").write_text("")
     found = check_imports.problems(tmp_path)

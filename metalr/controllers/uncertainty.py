@@ -129,7 +129,15 @@ class MCDropoutUncertainty(_UncertaintyController):
 
     def _request(self) -> UncertaintyRequest:
         return UncertaintyRequest(
-            "mc_dropout", self.interval, self.measure, self.probe, self.probe_size, self.probe_seed, passes=self.passes, dropout_p=self.dropout_p, mode=self.mode
+            "mc_dropout",
+            self.interval,
+            self.measure,
+            self.probe,
+            self.probe_size,
+            self.probe_seed,
+            passes=self.passes,
+            dropout_p=self.dropout_p,
+            mode=self.mode,
         )
 
 

@@ -28,9 +28,9 @@ import torch
 import torch.distributed as dist
 
 from metalr.meta.checkpoint import save_policy
-from metalr.testing import pause_point
 from metalr.meta.policy import MetaPolicy, horizon_scale
 from metalr.meta.tasks import SUPPORTED, materialise, sample_spec, task_seed
+from metalr.testing import pause_point
 
 log = logging.getLogger(__name__)
 TRAIN_STATE = "train_state.safetensors"

@@ -22,9 +22,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
+from metalr.hub import load_hf_dataset, train_val
 from metalr.tasks import register
 from metalr.tasks.base import Task
-from metalr.hub import load_hf_dataset, train_val
 
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 FASHION_MEAN, FASHION_STD = (0.2860,), (0.3530,)

@@ -24,9 +24,9 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from metalr import text_metrics
+from metalr.hub import load_hf_dataset, train_val
 from metalr.tasks import register
 from metalr.tasks.base import StepOutput, Task
-from metalr.hub import load_hf_dataset, train_val
 from metalr.tasks.text import PAD, Vocab
 
 IGNORE = -100

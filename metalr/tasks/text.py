@@ -28,9 +28,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from metalr.hub import load_hf_dataset, train_val
 from metalr.tasks import register
 from metalr.tasks.base import StepOutput, Task
-from metalr.hub import load_hf_dataset, train_val
 
 PAD, UNK = 0, 1
 BERT_MODEL_ENV = "METALR_BERT_MODEL"  # model spec for the *_bert tasks' "full" preset (default bert-base-uncased)
