@@ -137,6 +137,16 @@ def test_optimizer_owning_strategy_reports_effective_lr(tmp_path) -> None:  # ty
     assert logged[-1] > 10 * logged[0]  # d grew
 
 
+def test_pretrained_is_the_shipped_meta_controller(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import metalr
+
+    by_name, by_factory = MetalrCallback("pretrained"), MetalrCallback(lambda opt: metalr.load_pretrained(optimizer=opt, total_steps=STEPS))
+    make_trainer(tmp_path, [by_name]).train()
+    make_trainer(tmp_path, [by_factory]).train()
+    assert by_name.controller is not None and by_name.controller.name == "meta"
+    assert by_name.lrs == by_factory.lrs and len(set(by_name.lrs)) > 1
+
+
 def test_unknown_controller_name_lists_valid_ones() -> None:
     with pytest.raises(KeyError, match="valid:.*cosine"):
         MetalrCallback("cosin")

@@ -30,6 +30,7 @@ from metalr.meta.trainer import MetaTrainConfig, meta_step, run_trajectory, traj
 from metalr.meta.unroll import start, truncation  # noqa: E402
 from metalr.meta.validate import run_spec  # noqa: E402
 from metalr.signals import Signals  # noqa: E402
+from metalr.testing import PAUSE_ENV, wait_until_paused  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(meta_batch=2, truncation=10, val_every=5, val_batch=64, data_families=["blobs"], steps_range=[20, 20], progress=False, validate_every=0)
@@ -296,20 +297,21 @@ def test_config_refuses_held_out_data_and_bad_values() -> None:
 
 
 # --------------------------------------------------------------- kill and resume
-def _run_script(out: Path, *extra: str, stop_after: int | None = None) -> subprocess.Popen[str]:
+def _run_script(out: Path, *extra: str, pause_at: str | None = None) -> subprocess.Popen[str]:
     args = [
         "meta_batch=2", "truncation=10", "val_every=5", "val_batch=64", "data_families=[blobs]", "steps_range=[20,20]",
         "meta_steps=6", "checkpoint_every=1", "validate_every=3", "validation_tasks=1", "validation_max_steps=30", "progress=false",
         f"out_dir={out}", "export_path=",  # never touch the shipped checkpoint
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    if stop_after is not None:
-        env["METALR_STOP_AFTER_CHECKPOINT"] = str(stop_after)
+    env.pop(PAUSE_ENV, None)
+    if pause_at:
+        env[PAUSE_ENV] = pause_at
     return subprocess.Popen(
         [sys.executable, str(ROOT / "train_meta.py"), "--config", str(ROOT / "configs/meta_train.yaml"), *args, *extra],
         env=env,
         cwd=ROOT,
-        stdout=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         text=True,
     )
@@ -317,15 +319,11 @@ def _run_script(out: Path, *extra: str, stop_after: int | None = None) -> subpro
 
 @pytest.mark.slow
 def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path: Path) -> None:
-    """Killed right after checkpoint 4 (the process announces it and stops itself: no timing), resumed, bit-identical."""
+    """Killed right after checkpoint 4 (the process stops itself there: no timing), resumed, bit-identical."""
     full = _run_script(tmp_path / "full")
-    killed = _run_script(tmp_path / "killed", stop_after=4)
-    assert killed.stdout is not None
-    for line in killed.stdout:
-        if line.startswith("METALR_CHECKPOINT_WRITTEN 4"):
-            break
-    else:
-        pytest.fail("train_meta.py never announced checkpoint 4")
+    killed = _run_script(tmp_path / "killed", pause_at="meta_checkpoint:4")
+    wait_until_paused(killed)
+    assert (tmp_path / "killed" / "train_state.safetensors").is_file()
     killed.send_signal(signal.SIGKILL)
     killed.wait()
     assert killed.returncode == -signal.SIGKILL
@@ -340,6 +338,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path: Path) -> None:
     h_full = json.loads((tmp_path / "full" / "history.json").read_text())
     h_res = json.loads((tmp_path / "killed" / "history.json").read_text())
     assert [h["meta_loss"] for h in h_full] == [h["meta_loss"] for h in h_res]
+    assert [h["step"] for h in h_res] == list(range(1, 7))  # steps 5-6 ran after the resume, none twice
     assert (tmp_path / "full" / "meta_loss.png").is_file()
 
 

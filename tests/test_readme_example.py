@@ -6,7 +6,6 @@ The README shows the snippet in a ```python block right after a line naming
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import re
 import runpy
@@ -44,8 +43,6 @@ def test_example_trains_with_cosine(tmp_path: Path) -> None:
 
 
 def test_example_with_pretrained_controller(tmp_path: Path) -> None:
-    if importlib.util.find_spec("metalr.meta") is None:
-        pytest.skip("metalr.meta (the pretrained meta-controller) is not importable yet")
     code = EXAMPLE.read_text().replace(COSINE_LINE, "").replace(PRETRAINED_LINE, PRETRAINED_LINE[2:].split("  #")[0] + "\n")
     env = _run(code, tmp_path)
     lrs = env["ctrl"].get_last_lr()
@@ -54,9 +51,7 @@ def test_example_with_pretrained_controller(tmp_path: Path) -> None:
 
 
 def test_readme_snippet_is_the_example_file() -> None:
-    readme = ROOT / "README.md"
-    text = readme.read_text() if readme.exists() else ""
+    text = (ROOT / "README.md").read_text()
     match = re.search(r"examples/plain_pytorch\.py[^\n]*\n+```python\n(.*?)```", text, re.S)
-    if match is None:
-        pytest.skip("README.md has no plain-PyTorch snippet yet (a ```python block after a line naming examples/plain_pytorch.py)")
+    assert match is not None, "README.md lacks the plain-PyTorch snippet (a ```python block after a line naming examples/plain_pytorch.py)"
     assert match.group(1).strip() == EXAMPLE.read_text().strip(), "README snippet and examples/plain_pytorch.py differ"

@@ -158,7 +158,7 @@ def probe_build(name: str, kwargs: dict[str, Any], label: str) -> None:
     from torch.utils.data import TensorDataset
 
     from metalr.tasks.base import Task
-    from metalr.train import build_controller
+    from metalr.train import setup
 
     x, y = torch.zeros(8, 4), torch.zeros(8, dtype=torch.long)
     probe = Task(
@@ -171,6 +171,6 @@ def probe_build(name: str, kwargs: dict[str, Any], label: str) -> None:
         steps=10_000,
     )
     try:
-        build_controller(name, probe, probe.model_fn(), probe.steps, kwargs)
+        setup(name, task=probe, total_steps=probe.steps, controller_kwargs=kwargs)
     except Exception as e:  # noqa: BLE001 - any failure here is a config problem to report
         raise ValueError(f"strategy {label!r} (controller {name!r}, kwargs {kwargs}) cannot be built: {type(e).__name__}: {e}") from None

@@ -28,6 +28,7 @@ from typing import Any
 
 from metalr.evaluation.config import EvalConfig
 from metalr.io import atomic_write_json
+from metalr.testing import pause_point
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,7 @@ def tuned_label(strategy: str, factor: float) -> str:
 
 # ------------------------------------------------------------------ in the worker
 _TASK_CACHE: dict[tuple[str, str], Any] = {}
+_WRITTEN = [0]  # run records this process has written
 
 
 def _init_worker(single_thread: bool) -> None:
@@ -131,6 +133,8 @@ def execute(spec: RunSpec, out_dir: str, tensorboard: bool = True) -> dict[str, 
             history=clean(hist.to_dict()),
         )
         atomic_write_json(Path(out_dir) / "runs" / f"{spec.run_id}.json", record)
+        _WRITTEN[0] += 1
+        pause_point("eval_run", _WRITTEN[0])  # tests: kill at a known point (metalr.testing)
     except Exception as e:  # noqa: BLE001 - one broken run must not sink the grid; it is reported
         record.update(status="error", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc(limit=8))
     return record

@@ -23,8 +23,6 @@ import numpy as np
 #: Eval-record keys that are bookkeeping, not task metrics.
 BOOKKEEPING = frozenset({"step", "epoch", "wall_time", "peak_memory_mb"})
 #: Keys of a `History.uncertainty` record: the estimate and the error it should predict.
-UNCERTAINTY_KEYS = ("uncertainty", "estimate")
-ERROR_KEYS = ("error", "batch_error", "error_rate")
 STABILITY_WINDOW = 5
 #: Name parts that make a metric lower-is-better (val_loss, val_ece, time_to_target ...).
 LOWER_IS_BETTER_WORDS = frozenset({"loss", "ece", "error", "perplexity", "time", "memory", "std"})
@@ -123,15 +121,15 @@ def spearman(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -
 def uncertainty_pairs(history: dict[str, Any]) -> tuple[list[float], list[float], str]:
     """(estimates, errors, source) for the uncertainty-error correlation.
 
-    Preferred source: `History.uncertainty` records holding an estimate
-    (`uncertainty` or `estimate`) and the batch error (`error` or `batch_error`).
-    Fallback for controllers that only log `extra_logs()["uncertainty"]`: the
-    estimate against the same step's training loss (source "extras_vs_loss").
+    Preferred source: the `History.uncertainty` records (`metalr.estimators`:
+    `uncertainty` and the probe batch's `error_rate`). Fallback when no record
+    has a finite error rate (e.g. a probe without targets): the logged
+    `extra_logs()["uncertainty"]` against the same step's training loss
+    (source "extras_vs_loss").
     """
     est, err = [], []
     for record in history.get("uncertainty") or []:
-        u = next((record[k] for k in UNCERTAINTY_KEYS if k in record), None)
-        e = next((record[k] for k in ERROR_KEYS if k in record), None)
+        u, e = record.get("uncertainty"), record.get("error_rate")
         if _finite(u) and _finite(e):
             est.append(float(u))  # type: ignore[arg-type]
             err.append(float(e))  # type: ignore[arg-type]

@@ -38,8 +38,8 @@ from transformers import TrainerCallback
 
 from metalr import controllers
 from metalr.controllers.base import Controller
-from metalr.registry import accepted_kwargs
 from metalr.signals import Signals, SignalTracker
+from metalr.train import setup
 
 ControllerFactory = Callable[[torch.optim.Optimizer], Controller]
 
@@ -72,29 +72,24 @@ class MetalrCallback(TrainerCallback):
         self._reset_batch()
 
     # ------------------------------------------------------------------ building
-    def _build(self, optimizer: torch.optim.Optimizer, total_steps: int) -> Controller:
-        kwargs = dict(self.controller_kwargs)
-        if self.spec == "pretrained":
-            import metalr
-
-            return metalr.load_pretrained(optimizer=optimizer, **kwargs)
-        if isinstance(self.spec, str):
-            if "total_steps" in accepted_kwargs(controllers.get(self.spec)):
-                kwargs.setdefault("total_steps", total_steps)
-            return controllers.build(self.spec, optimizer, **kwargs)
-        return self.spec(optimizer)
-
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None, lr_scheduler: Any = None, **kwargs: Any) -> None:
         opt = getattr(optimizer, "optimizer", optimizer)  # unwrap accelerate's AcceleratedOptimizer
-        total = int(state.max_steps)
-        self.controller = ctrl = self._build(opt, total)
+        spec, controller_kwargs = self.spec, dict(self.controller_kwargs)
+        if spec == "pretrained":  # metalr.load_pretrained(path=...) is the `meta` controller with checkpoint=path
+            spec = "meta"
+            if "path" in controller_kwargs:
+                controller_kwargs["checkpoint"] = controller_kwargs.pop("path")
         num_labels = getattr(getattr(model, "config", None), "num_labels", None)
-        self.tracker = SignalTracker(
-            model.parameters(), opt, requires=ctrl.requires, total_steps=total, task_info={"num_classes": num_labels} if num_labels else {}
+        built = setup(
+            spec,
+            model=model,
+            optimizer=opt,
+            total_steps=int(state.max_steps),
+            controller_kwargs=controller_kwargs,
+            device=args.device,
+            task_info={"num_classes": num_labels} if num_labels else {},
         )
-        attach = getattr(ctrl, "attach", None)
-        if attach is not None:
-            attach(model=model, task=None, tracker=self.tracker, device=args.device)
+        self.controller, self.tracker = built.controller, built.tracker
         if lr_scheduler is not None:
             _adopt(lr_scheduler, self)
         self._hook = model.register_forward_hook(self._capture, with_kwargs=True)

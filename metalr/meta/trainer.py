@@ -47,6 +47,7 @@ from metalr.meta.checkpoint import save_policy
 from metalr.meta.policy import MetaPolicy
 from metalr.meta.rule import RuleConfig
 from metalr.meta.tasks import DATA_FAMILIES, OPTIMIZERS, materialise, sample_spec, task_seed
+from metalr.testing import pause_point
 
 log = logging.getLogger(__name__)
 TRAIN_STATE = "train_state.safetensors"
@@ -388,8 +389,8 @@ def train(cfg: MetaTrainConfig, resume: bool = False) -> MetaPolicy:
             bar.set_postfix(meta_loss=f"{stats['meta_loss']:.4f}", best=f"{best.get('val_score', float('nan')):.4f}")
         if rank == 0 and (step % cfg.checkpoint_every == 0 or step == cfg.meta_steps):
             save_train_state(ckpt, policy, meta_opt, cfg, step, history, best)
+            pause_point("meta_checkpoint", step)  # tests: kill at a known point (metalr.testing)
             log.info("meta-step %d: meta_loss %.4f, %d tasks seen, %.0f s", step, stats["meta_loss"], tasks_seen, record["wall_s"])
-            _after_checkpoint(step)
     if bar is not None:
         bar.close()
     if rank == 0:
@@ -417,15 +418,3 @@ def train(cfg: MetaTrainConfig, resume: bool = False) -> MetaPolicy:
         dist.barrier()  # rank 0 may still be writing; no rank tears gloo down under another
         dist.destroy_process_group()
     return policy
-
-
-def _after_checkpoint(step: int) -> None:
-    """Test hook: with METALR_STOP_AFTER_CHECKPOINT=N, announce checkpoint N on stdout and stop (SIGSTOP) to be killed."""
-    want = os.environ.get("METALR_STOP_AFTER_CHECKPOINT")
-    if want and int(want) == step:
-        import signal
-        import sys
-
-        print(f"METALR_CHECKPOINT_WRITTEN {step}", flush=True)
-        sys.stdout.flush()
-        os.kill(os.getpid(), signal.SIGSTOP)
