@@ -167,11 +167,15 @@ class SignalTracker:
             self._prev_lr = lr
 
     def state_dict(self) -> dict[str, Any]:
-        return {"step": self.step, "epoch": self.epoch, "prev_grad": self._prev_grad, "prev_params": self._prev_params, "prev_lr": self._prev_lr}
+        """Counters, the previous gradient/parameters and a pending evaluation (tensors, numbers, lists, None)."""
+        pending = None if self._pending_eval is None else list(self._pending_eval)
+        return {"step": self.step, "epoch": self.epoch, "prev_grad": self._prev_grad, "prev_params": self._prev_params, "prev_lr": self._prev_lr, "pending_eval": pending}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step, self.epoch = int(state["step"]), int(state["epoch"])
         self._prev_grad, self._prev_params, self._prev_lr = state["prev_grad"], state["prev_params"], state["prev_lr"]
+        pending = state.get("pending_eval")
+        self._pending_eval = None if pending is None else (float(pending[0]), None if pending[1] is None else float(pending[1]))
 
 
 def batch_accuracy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> float:
