@@ -61,7 +61,17 @@ def check_spec(spec: ControllerSpec | Controller, where: str) -> None:
 
 
 def build_controller(spec: ControllerSpec, optimizer: torch.optim.Optimizer, total_steps: int | None, **kwargs: Any) -> Controller:
-    """The controller `spec` on `optimizer`; `total_steps` fills the keyword for controllers that take it (unless given)."""
+    """The controller `spec` on `optimizer`; `total_steps` fills the keyword for controllers that take it (unless given).
+
+    Built under a forked CPU RNG: building a controller (e.g. the first load of the
+    meta-controller's policy network) must not shift the training run's random stream,
+    or a run with the callback would not repeat itself, nor match its resumed twin.
+    """
+    with torch.random.fork_rng(devices=[]):
+        return _build(spec, optimizer, total_steps, **kwargs)
+
+
+def _build(spec: ControllerSpec, optimizer: torch.optim.Optimizer, total_steps: int | None, **kwargs: Any) -> Controller:
     if not isinstance(spec, str):
         return spec(optimizer)
     name = "meta" if spec == "pretrained" else spec
