@@ -21,11 +21,12 @@ import torch  # noqa: E402
 transformers = pytest.importorskip("transformers")
 from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainerCallback, TrainingArguments  # noqa: E402
 
-from metalr.controllers import build, get  # noqa: E402
+from metalr.controllers import available, build, get  # noqa: E402
 from metalr.controllers.cosine import cosine_lr  # noqa: E402
 from metalr.integrations.hf import MetalrCallback  # noqa: E402
 
 STEPS, LR = 12, 1e-3
+NAMES = available()
 
 
 @pytest.fixture(autouse=True)
@@ -70,8 +71,9 @@ def tiny_bert() -> BertForSequenceClassification:
 
 def make_trainer(tmp_path, callbacks, report_to="none", optimizers=(None, None), eval_steps=None, model=None, **args_kw) -> Trainer:  # type: ignore[no-untyped-def]
     args_kw.setdefault("save_strategy", "no")
+    args_kw.setdefault("max_steps", STEPS)
     args = TrainingArguments(
-        output_dir=str(tmp_path / "out"), max_steps=STEPS, per_device_train_batch_size=8, learning_rate=LR, logging_steps=1,
+        output_dir=str(tmp_path / "out"), per_device_train_batch_size=8, learning_rate=LR, logging_steps=1,
         report_to=report_to, use_cpu=True, disable_tqdm=True, seed=0, dataloader_num_workers=0,
         eval_strategy="steps" if eval_steps else "no", eval_steps=eval_steps, per_device_eval_batch_size=16, **args_kw,
     )  # fmt: skip
@@ -165,7 +167,6 @@ class AppliedGroupLRs(TrainerCallback):
 
 
 RESUME_CASES = {  # name: (controller, kwargs, gradient_accumulation_steps, eval_steps)
-    "cosine": ("cosine", {}, 1, 3),  # closed form: needs only its step counter back
     "hypergradient_accum": ("hypergradient", {"beta": 0.2}, 2, 3),  # tracker's previous parameters; gradient accumulation
     "pretrained": ("pretrained", {}, 1, 3),  # meta-controller: feature state, previous gradient, accuracy
     # the evaluation at step 5 reaches the controller after the resume (mode="max": the second evaluation halves the LR)
@@ -216,3 +217,33 @@ def test_resume_without_metalr_state_refuses_to_restart_the_controller(tmp_path)
 def test_controllers_needing_a_task_are_refused_at_construction(name) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ValueError, match="metalr.train.run"):
         MetalrCallback(name)
+
+
+def _trainer_kwargs(name: str) -> dict:  # type: ignore[type-arg]
+    from test_contract import KWARGS  # the shared smoke-test keyword table
+
+    kwargs = {k: v for k, v in KWARGS.get(name, {}).items() if k != "total_steps"}  # the callback fills total_steps
+    if name == "resource_aware":
+        kwargs["reader"] = lambda: {"cpu_util": 0.5, "mem_util": 0.2}  # injected: machine load must not change the LRs
+    return kwargs
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if "uncertainty" not in get(n).requires])
+def test_every_controller_checkpoints_and_resumes_under_the_trainer(tmp_path, name) -> None:  # type: ignore[no-untyped-def]
+    """Six steps saving at 3 and 6, then a resume from checkpoint-3 applies the same LRs for steps 4-6."""
+    steps = 6
+    common = dict(max_steps=steps, save_strategy="steps", save_steps=3, eval_steps=2)
+
+    def trainer(lrs: AppliedGroupLRs) -> Trainer:
+        model = tiny_bert()
+        opt = get(name).make_optimizer(model.parameters(), total_steps=steps) if get(name).owns_optimizer else None  # type: ignore[attr-defined]
+        return make_trainer(tmp_path, [MetalrCallback(name, **_trainer_kwargs(name)), lrs], optimizers=(opt, None), model=model, **common)
+
+    full = AppliedGroupLRs()
+    trainer(full).train()
+    assert len(full.lrs) == steps and all(math.isfinite(lr) for step in full.lrs for lr in step)
+    state = torch.load(tmp_path / "out" / "checkpoint-3" / "metalr_state.pt", weights_only=True)
+    assert state["binding"]["controller"]["name"] == name and state["binding"]["controller"]["last_step"] == 3
+    resumed = AppliedGroupLRs()
+    trainer(resumed).train(resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-3"))
+    assert [lr for s in resumed.lrs for lr in s] == pytest.approx([lr for s in full.lrs[3:] for lr in s], rel=1e-6, abs=0)
