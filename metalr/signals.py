@@ -169,7 +169,14 @@ class SignalTracker:
     def state_dict(self) -> dict[str, Any]:
         """Counters, the previous gradient/parameters and a pending evaluation (tensors, numbers, lists, None)."""
         pending = None if self._pending_eval is None else list(self._pending_eval)
-        return {"step": self.step, "epoch": self.epoch, "prev_grad": self._prev_grad, "prev_params": self._prev_params, "prev_lr": self._prev_lr, "pending_eval": pending}
+        return {
+            "step": self.step,
+            "epoch": self.epoch,
+            "prev_grad": self._prev_grad,
+            "prev_params": self._prev_params,
+            "prev_lr": self._prev_lr,
+            "pending_eval": pending,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step, self.epoch = int(state["step"]), int(state["epoch"])

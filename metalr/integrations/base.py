@@ -133,7 +133,12 @@ class Binding:
         groups = self.controller.optimizer.param_groups
         if self._group_lrs() != self._written:
             if not self._warned_override:
-                log.warning("%s: the LR was changed outside the controller (%s -> %s); restoring the controller's", self.controller.name, self._written, self._group_lrs())
+                log.warning(
+                    "%s: the LR was changed outside the controller (%s -> %s); restoring the controller's",
+                    self.controller.name,
+                    self._written,
+                    self._group_lrs(),
+                )
                 self._warned_override = True
             for group, lr in zip(groups, self._written):
                 group["lr"] = lr

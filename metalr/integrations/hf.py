@@ -100,7 +100,9 @@ class MetalrCallback(TrainerCallback):
                 raise TypeError(f"{e}; pass it to the Trainer: Trainer(..., optimizers=(that_optimizer, None))") from e
             raise
         num_labels = getattr(getattr(model, "config", None), "num_labels", None)
-        self.binding = Binding(ctrl, params=model.parameters(), total_steps=total, task_info={"num_classes": num_labels} if num_labels else {}, model=model, device=args.device)
+        self.binding = Binding(
+            ctrl, params=model.parameters(), total_steps=total, task_info={"num_classes": num_labels} if num_labels else {}, model=model, device=args.device
+        )
         if state.global_step > 0:
             self._resume(args, state)
         self._scheduler = lr_scheduler

@@ -56,7 +56,9 @@ class MetalrCallback(pl.Callback):
     `lrs` holds the LR each optimizer step applied (the whole run's, across a resume).
     """
 
-    def __init__(self, controller: ControllerSpec = "cosine", *, val_loss_key: str = "val_loss", val_accuracy_key: str = "val_accuracy", **controller_kwargs: Any) -> None:
+    def __init__(
+        self, controller: ControllerSpec = "cosine", *, val_loss_key: str = "val_loss", val_accuracy_key: str = "val_accuracy", **controller_kwargs: Any
+    ) -> None:
         check_spec(controller, "the Lightning Trainer")
         self.spec = controller
         self.controller_kwargs = controller_kwargs
