@@ -125,7 +125,8 @@ class MetalrCallback(pl.Callback):
         logits = outputs.get("logits") if isinstance(outputs, dict) else None
         targets = outputs.get("targets") if isinstance(outputs, dict) else None
         self.binding.after_step(mean, logits, targets)
-        if trainer.global_step % max(1, trainer.log_every_n_steps) == 0:
+        every = int(getattr(trainer, "log_every_n_steps", 50) or 0)  # set by Lightning's logger connector; 0 = barebones
+        if every > 0 and trainer.global_step % every == 0:
             for logger in trainer.loggers:
                 logger.log_metrics({"charts/lr": self.binding.applied_lrs()[0]}, step=trainer.global_step)
 
