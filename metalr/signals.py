@@ -198,14 +198,15 @@ class SignalTracker:
             self._prev_lr = lr
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything the next `collect` depends on (a copy): the divergence recovery restores it."""
+        """Everything the next `collect` depends on (a copy; tensors, numbers, lists, dicts, None): recovery and checkpoints restore it."""
+        pending = None if self._pending_eval is None else list(self._pending_eval)
         state = {
             "step": self.step,
             "epoch": self.epoch,
             "prev_grad": self._prev_grad,
             "prev_params": self._prev_params,
             "prev_lr": self._prev_lr,
-            "pending_eval": self._pending_eval,
+            "pending_eval": pending,
             "align": self._align.state_dict(),
             "sources": {name: source.state_dict() for name, source in self.sources.items()},
         }
@@ -217,7 +218,8 @@ class SignalTracker:
         state = copy.deepcopy(state)
         self.step, self.epoch = int(state["step"]), int(state["epoch"])
         self._prev_grad, self._prev_params, self._prev_lr = state["prev_grad"], state["prev_params"], state["prev_lr"]
-        self._pending_eval = state["pending_eval"]
+        pending = state.get("pending_eval")
+        self._pending_eval = None if pending is None else (float(pending[0]), None if pending[1] is None else float(pending[1]))
         self._align.load_state_dict(state.get("align", {"prev": None}))
         for name, source in self.sources.items():
             source.load_state_dict(state["sources"][name])

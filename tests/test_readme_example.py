@@ -16,8 +16,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "plain_pytorch.py"
-COSINE_LINE = 'ctrl = metalr.controllers.build("cosine", opt, total_steps=200)\n'
-PRETRAINED_LINE = "# ctrl = metalr.load_pretrained(optimizer=opt, total_steps=200)  # the pretrained meta-controller instead\n"
+COSINE_LINE = 'ctrl = metalr.hook("cosine", opt, total_steps=200)\n'
+PRETRAINED_LINE = '# ctrl = metalr.hook("pretrained", opt, total_steps=200)  # the pretrained meta-controller instead\n'
 
 
 def _run(code: str, tmp_path: Path) -> dict:  # type: ignore[type-arg]
@@ -35,7 +35,8 @@ def _run(code: str, tmp_path: Path) -> dict:  # type: ignore[type-arg]
 def test_example_trains_with_cosine(tmp_path: Path) -> None:
     code = EXAMPLE.read_text()
     assert COSINE_LINE in code and PRETRAINED_LINE in code
-    assert len([line for line in code.splitlines() if line.strip()]) <= 17
+    assert len([line for line in code.splitlines() if line.strip()]) <= 15
+    assert code.count("ctrl.") == 1  # the loop's one added line
     env = _run(code, tmp_path)
     ctrl, loss = env["ctrl"], env["loss"].item()
     assert ctrl.last_step == 200 and ctrl.get_last_lr()[0] == pytest.approx(0.0, abs=1e-8)  # cosine reached its end
