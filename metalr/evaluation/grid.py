@@ -400,7 +400,7 @@ def _with_progress(finished: Iterable[dict[str, Any]], todo: list[RunSpec], cloc
     from tqdm.auto import tqdm
 
     pending = {s.run_id: s for s in todo}
-    fmt = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} runs [{elapsed} elapsed, {postfix}]"
+    fmt = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} runs [{elapsed} elapsed{postfix}]"
     bar = tqdm(total=len(todo), desc="runs", bar_format=fmt, disable=not progress or not todo, dynamic_ncols=True)
     bar.set_postfix_str("time left: after the first run")
     try:
@@ -409,7 +409,7 @@ def _with_progress(finished: Iterable[dict[str, Any]], todo: list[RunSpec], cloc
             clock.observe(rec)
             left = clock.seconds_left(pending.values())
             eta = f"~{format_duration(left)} left" if left is not None else "time left: unknown"
-            bar.set_postfix_str(f"{eta}; {rec['id']}: {rec['status']}")
+            bar.set_postfix_str(f"{eta}; {rec['id']}: {rec['status']}", refresh=False)
             bar.update(1)
             yield rec
     finally:

@@ -31,6 +31,7 @@ EFFICIENCY = [
     ("uncertainty_pearson", "unc-err Pearson"),
     ("uncertainty_spearman", "unc-err Spearman"),
     ("wall_time", "wall s"),
+    ("ms_per_step", "ms/step"),
     ("peak_memory_mb", "peak MB"),
 ]
 TARGET_KEYS = ("steps_to_target", "time_to_target")
