@@ -13,11 +13,11 @@ install:
 	# Fashion-MNIST IDX files (Debian package); optional: the task says how to get it when missing.
 	-(command -v apt-get >/dev/null && (dpkg -s dataset-fashion-mnist >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist)))
 
-# The quick grid (1 seed, shorter text/NER runs, a reduced LR sweep): about 13 minutes on 2 cores.
+# The quick grid (1 seed, shorter text/NER runs, a reduced LR sweep): about 10 minutes on 2 cores, install included.
 run: install
 	$(PY) evaluate.py --config configs/eval.yaml
 
-# The published grid (3 seeds, full-length runs, the whole LR sweep): hours on 2 cores; resumable.
+# The published grid (3 seeds, full-length runs, the whole LR sweep): ~3 hours on 2 cores; resumable, or backend=ray.
 run-full: install
 	$(PY) evaluate.py --config configs/eval_full.yaml
 

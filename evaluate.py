@@ -32,7 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     group.add_argument("--fresh", action="store_true", help="redo every run even if out_dir holds it")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--dry-run", action="store_true", help="print the plan (runs per task and group) and a time estimate; train nothing")
-    p.add_argument("--timings", metavar="DIR", action="append", default=[], help="--dry-run: estimate from the runs/*.json of these evaluations (default: out_dir's)")
+    p.add_argument(
+        "--timings", metavar="DIR", action="append", default=[], help="--dry-run: estimate from the runs/*.json of these evaluations (default: out_dir's)"
+    )
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. seeds=[0,1] workers=2")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

@@ -67,26 +67,25 @@ def build_specs(cfg: EvalConfig) -> list[RunSpec]:
     Multiplier 1 is stored as `lr_factor=None`, so the sweep's x1 runs and the tuned grid's
     x1 run have the main run's content key and are trained once (see `run_grid`).
     """
-    common = dict(preset=cfg.preset, steps=cfg.steps, eval_every=cfg.eval_every, nan_recovery=cfg.nan_recovery)
     sens = cfg.sensitivity
-    sweep = cfg.sweep_strategies()
     specs = []
-    for task in cfg.tasks:
+
+    def spec(task: str, label: str, name: str, seed: int, kwargs: dict[str, Any], lr_factor: float | None = None, group: str = "main") -> RunSpec:
         overrides = dict(cfg.task_overrides.get(task, {}))
+        return RunSpec(task, label, name, seed, dict(kwargs), overrides, lr_factor, cfg.preset, cfg.steps, cfg.eval_every, cfg.nan_recovery, group)
+
+    for task in cfg.tasks:
         for s in cfg.strategies:
-            for seed in cfg.seeds:
-                specs.append(RunSpec(task, s.label, s.name, seed, dict(s.controller_kwargs), overrides, **common))  # type: ignore[arg-type]
+            specs += [spec(task, s.label, s.name, seed, s.controller_kwargs) for seed in cfg.seeds]
         for factor in cfg.tuned.lr_factors():
             label = tuned_label(cfg.tuned.strategy, factor)
-            for seed in cfg.seeds:
-                specs.append(RunSpec(task, label, cfg.tuned.strategy, seed, dict(cfg.tuned.controller_kwargs), overrides, _factor(factor), group="tuned", **common))  # type: ignore[arg-type]
+            specs += [spec(task, label, cfg.tuned.strategy, seed, cfg.tuned.controller_kwargs, _factor(factor), "tuned") for seed in cfg.seeds]
         if sens.tasks is not None and task not in sens.tasks:
             continue
-        for s in sweep:
+        for s in cfg.sweep_strategies():
             for m in sens.multipliers:
-                for seed in cfg.seeds if sens.seeds is None else sens.seeds:
-                    label = sweep_label(s.label, m)
-                    specs.append(RunSpec(task, label, s.name, seed, dict(s.controller_kwargs), overrides, _factor(m), group="sensitivity", **common))  # type: ignore[arg-type]
+                seeds = cfg.seeds if sens.seeds is None else sens.seeds
+                specs += [spec(task, sweep_label(s.label, m), s.name, seed, s.controller_kwargs, _factor(m), "sensitivity") for seed in seeds]
     return specs
 
 
