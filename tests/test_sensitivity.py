@@ -126,3 +126,14 @@ def test_time_left_from_finished_runs_by_hand() -> None:
 def test_runs_are_interleaved_across_tasks() -> None:
     specs = [RunSpec(t, s, "constant", 0) for t in ("a", "b") for s in ("1", "2", "3")]
     assert [(s.task, s.label) for s in interleave_tasks(specs)] == [("a", "1"), ("b", "1"), ("a", "2"), ("b", "2"), ("a", "3"), ("b", "3")]
+
+
+def test_adding_a_sweep_to_a_finished_grid_reuses_its_runs(tmp_path: Path) -> None:
+    first = evaluate(_cfg(tmp_path, plots=False), progress=False)
+    assert first["counts"] == {"reused": 0, "executed": 2, "errors": 0}
+    swept = evaluate(_cfg(tmp_path, plots=False, sensitivity={"enabled": True, "multipliers": [0.1, 1.0]}), progress=False)
+    # the x1 runs are copies of the grid's finished runs: only x0.1 trains
+    assert swept["counts"] == {"reused": 4, "executed": 2, "errors": 0}
+    by_id = {r["id"]: r for r in swept["runs"]}
+    assert by_id["digits_mlp__constant@x1__0"]["same_training_as"] == "digits_mlp__constant__0"
+    assert by_id["digits_mlp__constant@x1__0"]["metrics"] == by_id["digits_mlp__constant__0"]["metrics"]

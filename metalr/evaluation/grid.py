@@ -264,6 +264,12 @@ def run_grid(
             found = load_finished(spec, out_dir)
             if found is not None:
                 records[spec.run_id] = found
+        # A spec that trains exactly like a finished run under another label (adding a sweep to a
+        # finished grid: its x1 runs are the grid's) is a copy of that run, not a new training.
+        done = {RunSpec(**r["spec"]).content_key(): r for r in records.values()}
+        for spec in specs:
+            if spec.run_id not in records and spec.content_key() in done:
+                records[spec.run_id] = _relabel(done[spec.content_key()], spec, out_dir)
     pending = [s for s in specs if s.run_id not in records]
     # Identical training under two labels (e.g. plain cosine and the tuned grid's lr x1) runs once.
     groups: dict[str, list[RunSpec]] = {}
