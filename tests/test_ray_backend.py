@@ -11,8 +11,6 @@ import pytest
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-os.environ.setdefault("RAY_raylet_start_wait_time_s", "300")  # a loaded CI machine starts the raylet slowly
-
 ray = pytest.importorskip("ray")
 
 from metalr.config import from_dict  # noqa: E402

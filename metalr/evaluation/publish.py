@@ -46,7 +46,8 @@ PUBLISHED = ("heuristics", "baselines", "task_suite", "eval_full")
 READMES = ("README.md", "benchmarks/README.md")
 #: Config keys that say how an evaluation runs, not what it computes: overridable when publishing.
 EXECUTION_KEYS = frozenset({"workers", "out_dir", "resume", "tensorboard", "plots", "backend", "ray_address", "validate_build"})
-BLOCK = re.compile(r"(<!-- results:(?P<name>[A-Za-z0-9_.-]+) (?P<view>[a-z_]+)(?P<args>[^>]*?) -->\n)(?P<body>.*?)(<!-- /results -->)", re.S)
+BLOCK = re.compile(r"^(<!-- results:(?P<name>[A-Za-z0-9_.-]+) (?P<view>[a-z_]+)(?P<args>[^>]*?) -->\n)(?P<body>.*?)(?P<close><!-- /results -->)", re.S | re.M)
+OPEN = re.compile(r"^<!-- results:", re.M)  # a marker starts a line; prose may quote one
 HEADERS = {**dict(QUALITY), **dict(EFFICIENCY), "steps_run": "steps", "last_lr": "last LR", "best_val_accuracy": "acc (best)"}
 
 
@@ -69,6 +70,11 @@ def check_publishable(name: str, results: dict[str, Any], root: Path = ROOT) -> 
         raise PublishError(f"{name}: {config_file} changed since these results were made ({', '.join(diff)}): evaluate it again")
     if results["counts"]["errors"]:
         raise PublishError(f"{name}: {results['counts']['errors']} run(s) failed; fix them and evaluate again (finished runs are reused)")
+
+
+def checkpoint_mismatches(results: dict[str, Any], shipped_sha256: str) -> list[str]:
+    """Labels of the `meta` strategies in `results` that ran with a checkpoint other than `shipped_sha256`."""
+    return [label for label, c in (results.get("meta_checkpoints") or {}).items() if c["sha256"] != shipped_sha256]
 
 
 def config_diff(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
@@ -125,13 +131,21 @@ def update_text(text: str, results_dir: Path = RESULTS_DIR) -> str:
 
     def repl(m: re.Match[str]) -> str:
         body = render(m["name"], m["view"], _args(m["args"]), results_dir)
-        return m.group(1) + body + m.group(5)
+        return m.group(1) + body + m["close"]
 
+    _check_markers(text)
     return BLOCK.sub(repl, text)
+
+
+def _check_markers(text: str) -> None:
+    n_open, n_blocks = len(OPEN.findall(text)), len(BLOCK.findall(text))
+    if n_open != n_blocks:
+        raise ValueError(f"{n_open} `<!-- results:NAME VIEW -->` markers but {n_blocks} complete blocks: each needs its own `<!-- /results -->` line")
 
 
 def stale_blocks(text: str, results_dir: Path = RESULTS_DIR) -> list[str]:
     """The marker lines of blocks whose text differs from what `results_dir` generates."""
+    _check_markers(text)
     out = []
     for m in BLOCK.finditer(text):
         if m["body"] != render(m["name"], m["view"], _args(m["args"]), results_dir):
