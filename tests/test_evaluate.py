@@ -170,12 +170,23 @@ def test_script_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert "unknown strategy" in capsys.readouterr().err
 
 
-def test_shipped_config_is_valid() -> None:
+@pytest.mark.parametrize("name", ["eval", "eval_full"])
+def test_shipped_configs_are_valid_and_hold_out_the_meta_training_tasks(name: str) -> None:
+    import yaml
+
     from metalr.config import load_config
 
-    cfg = load_config(EvalConfig, Path(__file__).resolve().parents[1] / "configs" / "eval.yaml")
-    assert len(cfg.seeds) >= 3 and "mnist1d_cnn" in cfg.tasks
-    assert not {"digits_mlp", "digits_cnn", "wine_mlp", "breast_cancer_mlp"} & set(cfg.tasks)  # held out from meta-training
+    root = Path(__file__).resolve().parents[1]
+    cfg = load_config(EvalConfig, root / "configs" / f"{name}.yaml")
+    full = load_config(EvalConfig, root / "configs" / "eval_full.yaml", ["validate_build=false"])
+    assert {"mnist1d_cnn", "fashion_mnist_mlp", "rt_bilstm", "twitter_ner_bilstm_crf"} <= set(cfg.tasks)
+    meta_train = yaml.safe_load((root / "configs" / "meta_train.yaml").read_text())["tasks"]
+    assert not set(meta_train) & set(cfg.tasks)  # held out from meta-training
+    # the quick grid is the full one cut down: same strategies and tasks, a tuned reference and an LR sweep
+    assert [s.label for s in cfg.strategies] == [s.label for s in full.strategies] and cfg.tasks == full.tasks
+    assert cfg.tuned.n_lrs >= 3 and cfg.sensitivity.enabled and {0.1, 1.0, 10.0} <= set(cfg.sensitivity.multipliers)
+    if name == "eval_full":
+        assert len(cfg.seeds) >= 3 and cfg.sensitivity.strategies is None and len(cfg.sensitivity.multipliers) >= 5
 
 
 def test_sigkill_mid_evaluation_then_resume_matches_uninterrupted(tmp_path: Path) -> None:
@@ -210,3 +221,16 @@ def test_sigkill_mid_evaluation_then_resume_matches_uninterrupted(tmp_path: Path
     assert len(a["runs"]) == len(b["runs"]) == 6
     for ra, rb in zip(a["runs"], b["runs"]):
         assert ra["id"] == rb["id"] and _untimed(ra["metrics"]) == _untimed(rb["metrics"])
+
+
+def test_dry_run_prints_the_plan_and_an_estimate_from_earlier_timings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "eval.yaml"
+    cfg.write_text("tasks: [digits_mlp]\nstrategies: [constant]\nseeds: [0]\nsteps: 20\neval_every: 10\ntuned: {n_lrs: 0}\ntensorboard: false\nplots: false\n")
+    assert evaluate_script.main(["--config", str(cfg), "--quiet", f"out_dir={tmp_path / 'timed'}", "workers=1"]) == 0
+    capsys.readouterr()
+    bigger = ["seeds=[0,1]", "strategies=[constant,cosine]", "sensitivity={enabled: true, multipliers: [0.1, 1]}", f"out_dir={tmp_path / 'new'}"]
+    assert evaluate_script.main(["--config", str(cfg), "--dry-run", "--timings", str(tmp_path / "timed"), "workers=1", *bigger]) == 0
+    out = capsys.readouterr().out
+    # 4 main runs + 8 sweep runs, of which the 4 at x1 share the main runs' training
+    assert ": 12 runs" in out and "8 distinct trainings" in out and "digits_mlp: 20 steps; main 4, sensitivity 8" in out
+    assert "estimated wall time with 1 worker(s): ~" in out and not (tmp_path / "new").exists()

@@ -25,7 +25,7 @@ BOOKKEEPING = frozenset({"step", "epoch", "wall_time", "peak_memory_mb"})
 #: Keys of a `History.uncertainty` record: the estimate and the error it should predict.
 STABILITY_WINDOW = 5
 #: Name parts that make a metric lower-is-better (val_loss, val_ece, time_to_target ...).
-LOWER_IS_BETTER_WORDS = frozenset({"loss", "ece", "error", "perplexity", "time", "memory", "std"})
+LOWER_IS_BETTER_WORDS = frozenset({"loss", "ece", "error", "perplexity", "time", "memory", "std", "ms"})
 FRACTION_OF_FINAL = 0.95
 
 
@@ -165,4 +165,7 @@ def compute(history: Any, target: dict[str, float] | None = None) -> dict[str, A
     out["wall_time"] = float(h.get("wall_time") or 0.0)
     out["peak_memory_mb"] = float(h.get("peak_memory_mb") or 0.0)
     out["steps_run"] = len(h.get("steps") or [])
+    out["ms_per_step"] = 1000.0 * out["wall_time"] / out["steps_run"] if out["steps_run"] else None  # evaluations included
+    lrs = [x for x in (h.get("lr") or []) if _finite(x)]
+    out["last_lr"] = float(lrs[-1]) if lrs else None  # the LR of the last step (not "final_": defined for diverged runs too)
     return out
