@@ -230,9 +230,9 @@ def test_controllers_needing_a_task_are_refused_at_construction(name) -> None:  
 
 
 def _trainer_kwargs(name: str) -> dict:  # type: ignore[type-arg]
-    from test_contract import KWARGS  # the shared smoke-test keyword table
+    from metalr.testing import smoke_kwargs  # the shared smoke-test keyword table
 
-    kwargs = {k: v for k, v in KWARGS.get(name, {}).items() if k != "total_steps"}  # the callback fills total_steps
+    kwargs = {k: v for k, v in smoke_kwargs(name).items() if k != "total_steps"}  # the callback fills total_steps
     if name == "resource_aware":
         kwargs["reader"] = lambda: {"cpu_util": 0.5, "mem_util": 0.2}  # injected: machine load must not change the LRs
     return kwargs

@@ -17,12 +17,13 @@ from typing import Any
 
 import pytest
 import torch
-from test_contract import KWARGS, make
+from test_contract import make
 
 import metalr
 from metalr import controllers
 from metalr.integrations.base import build_controller
 from metalr.signals import Signals, SignalTracker
+from metalr.testing import smoke_kwargs
 
 NAMES = controllers.available()
 LOOP_NAMES = [n for n in NAMES if "uncertainty" not in controllers.get(n).requires]
@@ -40,7 +41,7 @@ def one_thread():  # type: ignore[no-untyped-def]
 
 
 def _kwargs(name: str) -> dict[str, Any]:
-    kwargs = {k: v for k, v in KWARGS.get(name, {}).items() if k != "total_steps"}
+    kwargs = {k: v for k, v in smoke_kwargs(name).items() if k != "total_steps"}
     if name == "resource_aware":
         kwargs["reader"] = lambda: dict(READING)  # injected: machine load must not change the LRs
     return kwargs

@@ -17,11 +17,10 @@ import pytest
 import torch
 
 L = pytest.importorskip("lightning.pytorch")
-from test_contract import KWARGS  # noqa: E402
-
 from metalr.controllers import available, get  # noqa: E402
 from metalr.controllers.cosine import cosine_lr  # noqa: E402
 from metalr.integrations.lightning import MetalrCallback  # noqa: E402
+from metalr.testing import smoke_kwargs  # noqa: E402
 
 EPOCHS, BATCHES, LR = 3, 4, 1e-2
 
@@ -146,7 +145,7 @@ def test_ckpt_path_resume_applies_the_uninterrupted_lrs(tmp_path: Path, case: st
 
 @pytest.mark.parametrize("name", [n for n in available() if "uncertainty" not in get(n).requires])
 def test_every_controller_resumes_under_lightning(tmp_path: Path, name: str) -> None:
-    kwargs = {k: v for k, v in KWARGS.get(name, {}).items() if k != "total_steps"}
+    kwargs = {k: v for k, v in smoke_kwargs(name).items() if k != "total_steps"}
     if name == "resource_aware":
         kwargs["reader"] = lambda: {"cpu_util": 0.5, "mem_util": 0.2}
     full = AppliedLR()
