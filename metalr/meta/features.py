@@ -125,11 +125,12 @@ class FeatureState:
         return self.l_fast is not None and self.loss0 is not None and self.l_fast > ratio * self.loss0
 
     def state_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Plain floats only (a statistic not yet seen is NaN), so any framework can checkpoint it."""
+        return {k: (math.nan if v is None else float(v)) for k, v in asdict(self).items()}
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> FeatureState:
-        return cls(**{k: (None if v is None else float(v)) for k, v in state.items()})
+        return cls(**{k: (None if v is None or not math.isfinite(float(v)) else float(v)) for k, v in state.items()})
 
 
 def _log_ratio(a: float | None, b: float | None) -> float:
