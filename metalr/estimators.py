@@ -357,9 +357,11 @@ class ResourceSource:
         del self.records[int(state["n_records"]) :]
 
 
-def build_source(request: SourceRequest, *, model: nn.Module, task: Any = None, device: torch.device | str = "cpu") -> UncertaintySource | ResourceSource:
+def build_source(request: SourceRequest, *, model: nn.Module | None, task: Any = None, device: torch.device | str = "cpu") -> UncertaintySource | ResourceSource:
     """The source that serves `request` for `model` (and `task`, for probe batches)."""
     if isinstance(request, UncertaintyRequest):
+        if model is None:
+            raise ValueError("an uncertainty source needs the model (and a task for its probe batch)")
         return UncertaintySource(request, model, task, device)
     if isinstance(request, ResourceRequest):
         return ResourceSource(request, device)

@@ -58,7 +58,7 @@ def grad_stats(grads: Sequence[torch.Tensor | None], refs: Sequence[torch.Tensor
         g32 = g.detach().to(dtype)
         sq = sq + (g32 * g32).sum().cpu()
         if refs is not None and refs[i] is not None:
-            r32 = refs[i].detach().to(dtype)
+            r32 = refs[i].detach().to(dtype)  # type: ignore[union-attr]
             dot = dot + (g32 * r32).sum().cpu()
             rsq = rsq + (r32 * r32).sum().cpu()
     norm = math.sqrt(float(sq))
@@ -99,4 +99,4 @@ class GradAlign:
 
     def load_state_dict(self, state: dict[str, object]) -> None:
         prev = state.get("prev")
-        self.prev = None if prev is None else [None if t is None else t.clone() for t in prev]  # type: ignore[union-attr]
+        self.prev = None if prev is None else [None if t is None else t.clone() for t in prev]  # type: ignore[attr-defined]
