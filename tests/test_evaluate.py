@@ -20,7 +20,7 @@ from metalr.evaluation import EvalConfig, TunedConfig, evaluate  # noqa: E402
 from metalr.evaluation.grid import RunSpec, build_specs, execute, run_grid  # noqa: E402
 
 TINY = {"tasks": ["digits_mlp"], "strategies": ["constant", "cosine"], "seeds": [0, 1], "steps": 30, "eval_every": 10, "tuned": {"n_lrs": 0}}
-TIMING = {"wall_time", "time_to_target", "peak_memory_mb"}
+TIMING = {"wall_time", "time_to_target", "peak_memory_mb", "ms_per_step"}
 
 
 def _cfg(tmp: Path, **kw: Any) -> EvalConfig:

@@ -129,9 +129,9 @@ def test_runs_are_interleaved_across_tasks() -> None:
 
 
 def test_adding_a_sweep_to_a_finished_grid_reuses_its_runs(tmp_path: Path) -> None:
-    first = evaluate(_cfg(tmp_path, plots=False), progress=False)
+    first = evaluate(_cfg(tmp_path, plots=False, tuned={"n_lrs": 0}), progress=False)
     assert first["counts"] == {"reused": 0, "executed": 2, "errors": 0}
-    swept = evaluate(_cfg(tmp_path, plots=False, sensitivity={"enabled": True, "multipliers": [0.1, 1.0]}), progress=False)
+    swept = evaluate(_cfg(tmp_path, plots=False, tuned={"n_lrs": 0}, sensitivity={"enabled": True, "multipliers": [0.1, 1.0]}), progress=False)
     # the x1 runs are copies of the grid's finished runs: only x0.1 trains
     assert swept["counts"] == {"reused": 4, "executed": 2, "errors": 0}
     by_id = {r["id"]: r for r in swept["runs"]}

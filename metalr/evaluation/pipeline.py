@@ -95,6 +95,8 @@ def summarise(cfg: EvalConfig, records: list[dict[str, Any]], counts: dict[str, 
             "versions": versions(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "counts": counts,
+            # summed over runs (reused ones included): what the grid costs, however often it was resumed
+            "training_seconds": sum(float((r.get("metrics") or {}).get("wall_time") or 0.0) for r in records),
             "runs": runs,
             "aggregate": agg,
             "tuned_reference": tuned,

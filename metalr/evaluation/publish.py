@@ -184,7 +184,7 @@ def caption(name: str, results: dict[str, Any]) -> str:
     stamp = "; ".join(f"`{label}` checkpoint sha256 `{c['sha256'][:12]}…`" for label, c in (results.get("meta_checkpoints") or {}).items())
     return (
         f"_From [`docs/results/{name}/`](/docs/results/{name}/results.md), made by `python evaluate.py --config configs/{name}.yaml` "
-        f"({len(cfg['seeds'])} seeds, preset `{cfg['preset']}`, {results.get('workers')} workers, {format_duration(results.get('wall_time') or 0)}; "
+        f"({len(cfg['seeds'])} seeds, preset `{cfg['preset']}`, {format_duration(results.get('training_seconds') or 0)} of training summed over runs; "
         f"torch {v.get('torch')}, metalr {v.get('metalr')}; {results.get('created', '')[:10]}{'; ' + stamp if stamp else ''}). "
         "Mean ± std over seeds; **bold** = best in column._\n"
     )
@@ -258,7 +258,7 @@ def _rows(results: dict[str, Any], args: dict[str, str]) -> list[str]:
     for task in results["aggregate"]:
         rows = _main_rows(results, task, only)
         by = dict(rows)
-        bold = {c: _best_rows(rows, c) if "/" not in c else set() for c in cols}
+        bold = {c: _best_rows(rows, c) if "/" not in c and c != "steps_run" else set() for c in cols}
         for label, cell in rows:
             cells = [_cell(cell, c, by) for c in cols]
             cells = [f"**{x}**" if label in bold[c] else x for x, c in zip(cells, cols)]
