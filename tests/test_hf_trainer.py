@@ -141,13 +141,13 @@ def test_optimizer_owning_strategy_reports_effective_lr(tmp_path) -> None:  # ty
 
 
 def test_pretrained_is_the_shipped_meta_controller(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    import metalr
-
-    by_name, by_factory = MetalrCallback("pretrained"), MetalrCallback(lambda opt: metalr.load_pretrained(optimizer=opt, total_steps=STEPS))
-    make_trainer(tmp_path, [by_name]).train()
-    make_trainer(tmp_path, [by_factory]).train()
-    assert by_name.controller is not None and by_name.controller.name == "meta"
-    assert by_name.lrs == by_factory.lrs and len(set(by_name.lrs)) > 1
+    cb = MetalrCallback("pretrained")
+    make_trainer(tmp_path, [cb]).train()
+    assert cb.controller is not None and cb.controller.name == "meta" and cb.controller.total_steps == STEPS  # type: ignore[attr-defined]
+    assert len(set(cb.lrs)) > 1
+    missing = tmp_path / "missing.safetensors"
+    with pytest.raises(FileNotFoundError, match="missing.safetensors"):  # path= reaches the controller as its checkpoint
+        make_trainer(tmp_path, [MetalrCallback("pretrained", path=str(missing))]).train()
 
 
 def test_unknown_controller_name_lists_valid_ones() -> None:
