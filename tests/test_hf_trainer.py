@@ -29,13 +29,7 @@ STEPS, LR = 12, 1e-3
 NAMES = available()
 
 
-@pytest.fixture(autouse=True)
-def one_thread():  # type: ignore[no-untyped-def]
-    """Tiny models on a shared 2-core machine: intra-op threads only contend (measured 30x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 class TokenData(torch.utils.data.Dataset):

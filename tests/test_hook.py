@@ -31,13 +31,7 @@ STEPS = 30
 READING = {"cpu_util": 0.5, "mem_util": 0.2}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():  # type: ignore[no-untyped-def]
-    """Tiny models on a shared 2-core machine: intra-op threads only contend."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _kwargs(name: str) -> dict[str, Any]:

@@ -25,12 +25,7 @@ from metalr.testing import smoke_kwargs  # noqa: E402
 EPOCHS, BATCHES, LR = 3, 4, 1e-2
 
 
-@pytest.fixture(autouse=True)
-def one_thread():  # type: ignore[no-untyped-def]
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 class Module(L.LightningModule):
