@@ -172,16 +172,16 @@ def test_script_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
 
 @pytest.mark.parametrize("name", ["eval", "eval_full"])
 def test_shipped_configs_are_valid_and_hold_out_the_meta_training_tasks(name: str) -> None:
-    import yaml
-
     from metalr.config import load_config
 
     root = Path(__file__).resolve().parents[1]
     cfg = load_config(EvalConfig, root / "configs" / f"{name}.yaml")
     full = load_config(EvalConfig, root / "configs" / "eval_full.yaml", ["validate_build=false"])
     assert {"mnist1d_cnn", "fashion_mnist_mlp", "rt_bilstm", "twitter_ner_bilstm_crf"} <= set(cfg.tasks)
-    meta_train = yaml.safe_load((root / "configs" / "meta_train.yaml").read_text())["tasks"]
-    assert not set(meta_train) & set(cfg.tasks)  # held out from meta-training
+    from metalr.meta.trainer import MetaTrainConfig
+
+    meta_train = load_config(MetaTrainConfig, root / "configs" / "meta_train.yaml")  # refuses held-out data as training families
+    assert set(cfg.tasks) <= set(meta_train.held_out)  # every evaluated task is held out from meta-training
     # the quick grid is the full one cut down: same strategies and tasks, a tuned reference and an LR sweep
     assert [s.label for s in cfg.strategies] == [s.label for s in full.strategies] and cfg.tasks == full.tasks
     assert cfg.tuned.n_lrs >= 3 and cfg.sensitivity.enabled and {0.1, 1.0, 10.0} <= set(cfg.sensitivity.multipliers)

@@ -11,12 +11,8 @@ assert _spec is not None and _spec.loader is not None
 check_imports = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(check_imports)
 
-#: Being removed by the meta-controller rewrite (the checkpoint stops importing the controller); delete then.
-KNOWN = {"import cycle: metalr.controllers.meta <-> metalr.meta.checkpoint"}
-
-
 def test_metalr_has_no_import_cycle_and_no_upward_import() -> None:
-    assert set(check_imports.problems()) <= KNOWN
+    assert check_imports.problems() == []
 
 
 def test_the_check_finds_cycles_upward_imports_and_unplaced_modules(tmp_path: Path) -> None:
