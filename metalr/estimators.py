@@ -357,7 +357,9 @@ class ResourceSource:
         del self.records[int(state["n_records"]) :]
 
 
-def build_source(request: SourceRequest, *, model: nn.Module | None, task: Any = None, device: torch.device | str = "cpu") -> UncertaintySource | ResourceSource:
+def build_source(
+    request: SourceRequest, *, model: nn.Module | None, task: Any = None, device: torch.device | str = "cpu"
+) -> UncertaintySource | ResourceSource:
     """The source that serves `request` for `model` (and `task`, for probe batches)."""
     if isinstance(request, UncertaintyRequest):
         if model is None:

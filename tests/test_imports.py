@@ -11,6 +11,7 @@ assert _spec is not None and _spec.loader is not None
 check_imports = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(check_imports)
 
+
 def test_metalr_has_no_import_cycle_and_no_upward_import() -> None:
     assert check_imports.problems() == []
 
