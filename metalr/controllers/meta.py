@@ -57,25 +57,31 @@ class MetaController(Controller):
             log.warning("meta controller: total_steps not given; assuming a %d-step run (pass total_steps=...)", self.rule.default_total_steps)
         self.total_steps = int(total_steps or self.rule.default_total_steps)
         self.log_rel = 0.0
-        self.rule_state: dict[str, Any] = RuleState().state_dict()
+        self._rule_state = RuleState()  # live object; `rule_state` is its plain-dict form for state_dict()
         bases = [float(g.get("initial_lr", g["lr"])) for g in optimizer.param_groups]
         super().__init__(optimizer, min_lr=min(bases) * self.rule.min_factor, max_lr=max(bases) * self.rule.max_factor)
 
+    @property
+    def rule_state(self) -> dict[str, Any]:
+        return self._rule_state.state_dict()
+
+    @rule_state.setter
+    def rule_state(self, state: dict[str, Any]) -> None:
+        self._rule_state = RuleState.from_state(state)
+
     def _compute_lrs(self, signals: Signals) -> list[float]:
-        state = RuleState.from_state(self.rule_state)
         with torch.no_grad():
             log_rel = lr_rule(
-                self.frozen.policy, self.rule, state, torch.tensor(self.log_rel, dtype=torch.float64), signals.loss, signals.grad_norm, signals.grad_align,
+                self.frozen.policy, self.rule, self._rule_state, torch.tensor(self.log_rel, dtype=torch.float64), signals.loss, signals.grad_norm, signals.grad_align,
                 self.last_step, self.total_steps,
             )  # fmt: skip
-        self.rule_state = state.state_dict()
         value = float(log_rel)
         self.log_rel = value if math.isfinite(value) else self.log_rel  # cannot happen with finite weights and clipped features
         factor = float(torch.exp(torch.tensor(self.log_rel, dtype=torch.float64)))  # exactly as the unroll computes it
         return [b * factor for b in self.base_lrs]
 
     def extra_logs(self) -> dict[str, float]:
-        return {"meta_lr_factor": math.exp(self.log_rel), "meta_guard_fired": float(self.rule_state["guard_fired"])}
+        return {"meta_lr_factor": math.exp(self.log_rel), "meta_guard_fired": float(self._rule_state.guard_fired)}
 
 
 def load_pretrained(path: str | os.PathLike[str] | None = None, optimizer: torch.optim.Optimizer | None = None, **kwargs: Any) -> Any:
