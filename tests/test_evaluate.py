@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -108,6 +109,28 @@ def test_resume_skips_finished_runs_and_matches_an_uninterrupted_run(tmp_path: P
     # a changed spec (more steps) is not reused
     longer = evaluate(_cfg(tmp_path / "resumed", tensorboard=False, plots=False, steps=40), progress=False)
     assert longer["counts"]["executed"] == 4
+
+
+def test_resume_redoes_meta_runs_when_the_checkpoint_changes(tmp_path: Path) -> None:
+    """The strategy name `meta` is not the controller: a resumed grid must not reuse runs of other weights."""
+    import shutil
+
+    from metalr.meta.checkpoint import DEFAULT_PATH, save_policy
+    from metalr.meta.policy import MetaPolicy
+    from metalr.meta.rule import RuleConfig
+
+    ckpt = tmp_path / "policy.safetensors"
+    shutil.copy(DEFAULT_PATH, ckpt)
+    strategies = ["constant", {"name": "meta", "controller_kwargs": {"checkpoint": str(ckpt)}}]
+    cfg = _cfg(tmp_path / "out", strategies=strategies, seeds=[0], tensorboard=False, plots=False)
+    first = evaluate(cfg, progress=False)
+    assert first["counts"] == {"reused": 0, "executed": 2, "errors": 0}
+    assert evaluate(cfg, progress=False)["counts"] == {"reused": 2, "executed": 0, "errors": 0}
+    torch.manual_seed(1)
+    save_policy(ckpt, MetaPolicy(), rule=RuleConfig(), config={})  # other weights, same path and label
+    again = evaluate(cfg, progress=False)
+    assert again["counts"] == {"reused": 1, "executed": 1, "errors": 0}  # constant reused, meta redone
+    assert again["meta_checkpoints"]["meta"]["sha256"] != first["meta_checkpoints"]["meta"]["sha256"]
 
 
 def test_tuned_reference_grid_and_report(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ over cores. Everything a worker calls is a top-level function.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -49,6 +50,7 @@ class RunSpec:
     eval_every: int | None = None
     nan_recovery: bool = True
     group: str = "main"  # main | tuned
+    weights_sha256: str | None = None  # learned controllers (`meta`): the checkpoint's hash, so resume redoes runs of other weights
 
     @property
     def run_id(self) -> str:
@@ -73,7 +75,8 @@ def build_specs(cfg: EvalConfig) -> list[RunSpec]:
 
     def spec(task: str, label: str, name: str, seed: int, kwargs: dict[str, Any], lr_factor: float | None = None, group: str = "main") -> RunSpec:
         overrides = dict(cfg.task_overrides.get(task, {}))
-        return RunSpec(task, label, name, seed, dict(kwargs), overrides, lr_factor, cfg.preset, cfg.steps, cfg.eval_every, cfg.nan_recovery, group)
+        weights = checkpoint_sha256(kwargs) if name == "meta" else None
+        return RunSpec(task, label, name, seed, dict(kwargs), overrides, lr_factor, cfg.preset, cfg.steps, cfg.eval_every, cfg.nan_recovery, group, weights)
 
     for task in cfg.tasks:
         for s in cfg.strategies:
@@ -88,6 +91,25 @@ def build_specs(cfg: EvalConfig) -> list[RunSpec]:
                 seeds = cfg.seeds if sens.seeds is None else sens.seeds
                 specs += [spec(task, sweep_label(s.label, m), s.name, seed, s.controller_kwargs, _factor(m), "sensitivity") for seed in seeds]
     return specs
+
+
+def checkpoint_path(controller_kwargs: dict[str, Any]) -> Path:
+    """The policy file a `meta` strategy loads (its `checkpoint` argument, else the shipped one)."""
+    from metalr.meta.checkpoint import DEFAULT_PATH
+
+    return Path(controller_kwargs.get("checkpoint") or DEFAULT_PATH).expanduser().resolve()
+
+
+def checkpoint_sha256(controller_kwargs: dict[str, Any]) -> str:
+    return sha256_file(checkpoint_path(controller_kwargs))
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _factor(m: float) -> float | None:
@@ -237,7 +259,9 @@ def load_finished(spec: RunSpec, out_dir: str | Path) -> dict[str, Any] | None:
     except (OSError, json.JSONDecodeError):
         log.warning("ignoring unreadable %s; the run is redone", path)
         return None
-    if json.dumps(record.get("spec"), sort_keys=True) != json.dumps(clean(asdict(spec)), sort_keys=True):
+    saved = dict(record.get("spec") or {})
+    saved.setdefault("weights_sha256", None)  # records from before the field: no learned weights, or stale ones (redone)
+    if json.dumps(saved, sort_keys=True) != json.dumps(clean(asdict(spec)), sort_keys=True):
         log.warning("%s was made from a different spec; the run is redone", path)
         return None
     return record

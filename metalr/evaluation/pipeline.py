@@ -17,7 +17,6 @@ Layout of `out_dir`:
 
 from __future__ import annotations
 
-import hashlib
 import time
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from typing import Any
 from metalr.config import to_dict
 from metalr.evaluation import report
 from metalr.evaluation.config import EvalConfig
-from metalr.evaluation.grid import build_specs, clean, default_workers, run_grid
+from metalr.evaluation.grid import build_specs, checkpoint_path, clean, default_workers, run_grid, sha256_file
 from metalr.io import atomic_write_json, atomic_write_text, versions
 
 PROFILE_MEASURES = {"steps": "steps_to_target", "wall time": "time_to_target"}
@@ -62,19 +61,11 @@ def meta_checkpoints(cfg: EvalConfig) -> dict[str, dict[str, str]]:
     for s in cfg.strategies:
         if s.name != "meta":
             continue
-        path = Path(s.controller_kwargs.get("checkpoint") or DEFAULT_PATH).expanduser().resolve()
+        path = checkpoint_path(s.controller_kwargs)
         root = DEFAULT_PATH.resolve().parents[1]
         shown = str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
         out[s.label] = {"path": shown, "sha256": sha256_file(path)}
     return out
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def summarise(cfg: EvalConfig, records: list[dict[str, Any]], counts: dict[str, int]) -> dict[str, Any]:
