@@ -28,6 +28,11 @@ KWARGS: dict[str, dict[str, Any]] = {
     "step": {"step_size": 3, "gamma": 0.5},
     "plateau": {"patience": 1, "factor": 0.5},
     "onecycle": {"total_steps": 50},
+    # calibrated heuristics: short histories and windows, so 25 signals reach their decisions
+    "uncertainty_relative": {"history": 2},
+    "uncertainty_ensemble_relative": {"history": 2, "n_members": 2},
+    "grad_variability_relative": {"window": 2, "interval": 1, "history": 2},
+    "loss_patterns_relative": {"window": 3, "interval_steps": 2},
 }
 
 NAMES = controllers.available()

@@ -18,7 +18,9 @@ and only once the same side has held for `confirm` (2) decisions in a row. The
 band is wider than the uncertainty variants' (0.1) because v is far noisier;
 `confirm` is the hysteresis that keeps single noisy windows from moving the LR.
 Both are relative, so multiplying v (or every gradient) by a constant changes no
-decision. measure="direction" works as in the plan rule.
+decision. measure="direction" works as in the plan rule. A step whose reading is
+missing or non-finite makes no decision (the plan rule would re-judge the same
+window).
 """
 
 from __future__ import annotations
@@ -59,8 +61,9 @@ class GradVariabilityRelative(RelativeLevel, GradVariability):
     def _factor(self, signals: Signals) -> float:
         self.last_factor = 1.0
         reading = self._reading(signals)
-        if reading is not None:
-            self.window_values = (self.window_values + [reading])[-self.window :]
+        if reading is None:  # a non-finite gradient norm: no new information, so no decision this step
+            return 1.0
+        self.window_values = (self.window_values + [reading])[-self.window :]
         if self.last_step % self.interval or len(self.window_values) < self.window:
             return 1.0
         v = self._variability()

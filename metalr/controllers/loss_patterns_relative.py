@@ -18,12 +18,15 @@ constant changes no decision. With w the last `window` (5) period losses,
     1 plateau         cv < plateau_cv (0.02) and |rate| < plateau_rate (0.01)   LR *= 0.8
     2 sharp drop      drop < -sharp_drop (0.2)                                  LR kept
     3 oscillation     >= 2 sign changes among the steps that count              LR *= 0.8
-    4 steady decline  every step counts and goes down                           LR *= 1.2
+    4 steady decline  no step that counts goes up, and rate < -plateau_rate     LR *= 1.2
     5 rise            rate > plateau_rate                                       LR *= 0.8
     0 none            anything else, or fewer than `window` periods             LR kept
 
 The dead band is what "its own running statistics" means here: wiggles smaller
-than 1 % of the current loss level are noise, not a pattern.
+than 1 % of the current loss level are noise, not a pattern, so they neither
+make a declining loss "oscillate" nor stop it from being a steady decline (the
+plan's rule needs every step strictly down, and cuts the LR on any two
+wiggles).
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ def classify_relative(w: list[float], plateau_cv: float = 0.02, plateau_rate: fl
         return "sharp_drop"
     if changes >= 2:
         return "oscillation"
-    if len(signs) == len(steps) and not any(signs):
+    if not any(signs) and rate < -plateau_rate:
         return "steady_decline"
     if rate > plateau_rate:
         return "rise"
