@@ -39,7 +39,7 @@ from metalr.signals import Signals
 class GradVariabilityRelative(RelativeLevel, GradVariability):
     """Gradient-norm variability against its running median: clearly higher -> LR x0.9, clearly lower -> x1.1, else kept."""
 
-    _state_keys = (*GradVariability._state_keys, *RelativeLevel.LEVEL_STATE_KEYS)
+    _state_keys = (*GradVariability._state_keys, *RelativeLevel.LEVEL_STATE_KEYS)  # type: ignore[assignment]  # the base inferred a fixed-length tuple
 
     def __init__(
         self,

@@ -61,7 +61,7 @@ class TrainBatchDisagreement:
 class EnsembleUncertaintyRelative(RelativeLevel, EnsembleUncertainty):
     """Deep-ensemble disagreement against its running median: clearly lower -> LR x1.2, clearly higher -> x0.8, else kept."""
 
-    _state_keys = (*EnsembleUncertainty._state_keys, *RelativeLevel.LEVEL_STATE_KEYS)
+    _state_keys = (*EnsembleUncertainty._state_keys, *RelativeLevel.LEVEL_STATE_KEYS)  # type: ignore[assignment]  # the base inferred a fixed-length tuple
 
     def __init__(
         self,

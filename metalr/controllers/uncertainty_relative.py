@@ -105,7 +105,7 @@ class UncertaintyRelative(RelativeLevel, MCDropoutUncertainty):
     """MC-Dropout uncertainty against its running median: clearly lower -> LR x1.2, clearly higher -> x0.8, else kept."""
 
     requires = frozenset({"uncertainty", "accuracy"})
-    _state_keys = (*MCDropoutUncertainty._state_keys, *RelativeLevel.LEVEL_STATE_KEYS)
+    _state_keys = (*MCDropoutUncertainty._state_keys, *RelativeLevel.LEVEL_STATE_KEYS)  # type: ignore[assignment]  # the base inferred a fixed-length tuple
 
     def __init__(
         self,
