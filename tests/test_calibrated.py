@@ -205,6 +205,12 @@ def test_classify_relative_is_scale_free_and_the_plan_is_not() -> None:
     assert plan_flips > 0
 
 
+def test_classify_relative_survives_huge_finite_losses() -> None:
+    assert classify_relative([1e308, -1e308, 1.0]) in {"none", "oscillation", "sharp_drop", "rise", "steady_decline", "plateau"}
+    assert classify_relative([1.0, 2.0, -1e308, 1e308, 5.0]) == classify_relative([1e-300, 2e-300, -1e8, 1e8, 5e-300])
+    assert classify_relative([math.inf, 1.0, 1.0]) == "none"
+
+
 def test_loss_patterns_relative_direction_and_size_per_period() -> None:
     ctrl = controllers.build("loss_patterns_relative", opt(0.1), interval_steps=1)
     lrs = [ctrl.step(Signals(loss=x))[0] for x in [2.0, 1.8, 1.6, 1.4, 1.2]]

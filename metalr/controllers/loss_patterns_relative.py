@@ -41,10 +41,15 @@ from metalr.controllers.loss_patterns import LossPatterns
 
 def classify_relative(w: list[float], plateau_cv: float = 0.02, plateau_rate: float = 1e-2, sharp_drop: float = 0.2, band: float = 1e-2) -> str:
     """The pattern of a window of period losses, every threshold relative to its mean (see the module docstring)."""
+    top = max(abs(x) for x in w)
+    if not math.isfinite(top):
+        return "none"
+    if top > 0:  # every quantity below is scale-free, so work on w / max|w|: no overflow for huge finite losses
+        w = [x / top for x in w]
     n = len(w)
     ma = sum(w) / n
     level = max(abs(ma), 1e-12)
-    cv = math.sqrt(sum((x - ma) ** 2 for x in w) / n) / level
+    cv = math.sqrt(sum((x - ma) * (x - ma) for x in w) / n) / level
     rate = (w[-1] - w[0]) / ((n - 1) * level)
     drop = (w[-1] - w[-2]) / max(abs(w[-2]), 1e-12)
     steps = [b - a for a, b in zip(w[:-1], w[1:])]
