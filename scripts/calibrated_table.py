@@ -69,8 +69,8 @@ def table(out_dir: Path) -> str:
     runs = load_runs(out_dir)
     tasks = sorted({t for t, _ in runs})
     lines = [
-        "| task | idea | constant acc | plan rule acc | variant acc | final LR / base (plan, variant) | time / step vs constant (plan, variant) | unc-err Pearson (plan, variant) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| task | idea | seeds (constant, plan, variant) | constant acc | plan rule acc | variant acc | final LR / base (plan, variant) | time / step vs constant (plan, variant) | unc-err Pearson (plan, variant) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for task in tasks:
         const = runs.get((task, "constant"), [])
@@ -80,9 +80,8 @@ def table(out_dir: Path) -> str:
             if not p and not v:
                 continue
             t = [f"{_per_step(r) / base:.2f}x" if r and math.isfinite(base) else "—" for r in (p, v)]
-            n = f" (n={len(p)}, {len(v)})" if len(p) != len(v) else ""
             lines.append(
-                f"| {task} | {idea}{n} | {_mean_std(_acc(const))} | {_mean_std(_acc(p))} | {_mean_std(_acc(v))} | "
+                f"| {task} | {idea} | {len(const)}, {len(p)}, {len(v)} | {_mean_std(_acc(const))} | {_mean_std(_acc(p))} | {_mean_std(_acc(v))} | "
                 f"{_lr_ratio(p)}, {_lr_ratio(v)} | {t[0]}, {t[1]} | {_pearson(p)}, {_pearson(v)} |"
             )
     return "\n".join(lines)
