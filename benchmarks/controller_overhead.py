@@ -26,25 +26,16 @@ from typing import Any
 import torch
 
 from metalr import controllers, tasks
-from metalr.signals import SignalTracker
-from metalr.train import _to, build_controller, seed_everything
-
-#: Constructor arguments for controllers that need them (as in tests/test_contract.py).
-KWARGS: dict[str, dict[str, Any]] = {"cosine": {"warmup_steps": 5}, "step": {"step_size": 30}}
+from metalr.tasks.base import to_device
+from metalr.testing import smoke_kwargs
+from metalr.train import setup
 
 
 def time_steps(task: tasks.Task, name: str, batches: list[Any], warmup: int = 5) -> float:
     """Seconds per training step under controller `name` (after `warmup` untimed steps)."""
-    prepare_task = getattr(controllers.get(name), "prepare_task", None)
-    if prepare_task is not None:  # as the harness does: e.g. a deep ensemble replaces the model
-        task = prepare_task(task, **KWARGS.get(name, {}))
-    seed_everything(0)
-    model = task.model_fn()
-    optimizer, ctrl = build_controller(name, task, model, len(batches) + warmup, dict(KWARGS.get(name, {})))
-    tracker = SignalTracker(model.parameters(), optimizer, requires=ctrl.requires, total_steps=len(batches) + warmup, task_info=task.info())
-    attach = getattr(ctrl, "attach", None)
-    if attach is not None:
-        attach(model=model, task=task, tracker=tracker, device=torch.device("cpu"))
+    s = setup(name, task=task, total_steps=len(batches) + warmup, controller_kwargs=smoke_kwargs(name, quick=False), seed=0)
+    assert s.task is not None
+    task, model, optimizer, ctrl, tracker = s.task, s.model, s.optimizer, s.controller, s.tracker
     model.train()
 
     def step(batch: Any) -> None:
@@ -97,7 +88,7 @@ def main() -> None:
         loader = task.train_loader(0)
         batches: list[Any] = []
         while len(batches) < args.steps + 5:
-            batches.extend(_to(b, torch.device("cpu")) for b in loader)
+            batches.extend(to_device(b, torch.device("cpu")) for b in loader)
         batches = batches[: args.steps + 5]
         times: dict[str, list[float]] = {n: [] for n in names}
         failed: dict[str, str] = {}

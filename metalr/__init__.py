@@ -5,13 +5,14 @@
 - `metalr.tasks`: registered tasks (data + model + loss + metrics).
 - `metalr.train.run`: the training harness.
 - `metalr.load_pretrained`: the shipped meta-learned controller.
+- `metalr.hook`: a controller on an optimizer's step hook, for a one-line plain loop.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from metalr._version import __version__
 
 if TYPE_CHECKING:
     import torch
@@ -20,12 +21,23 @@ if TYPE_CHECKING:
 def load_pretrained(path: str | None = None, optimizer: torch.optim.Optimizer | None = None, **kwargs: Any) -> Any:
     """Load the shipped (or a given) meta-learned controller checkpoint.
 
-    With `optimizer`, returns a bound `Controller`; without, the frozen policy,
-    which `.bind(optimizer)` turns into a Controller.
+    With `optimizer`, returns a bound `Controller` (pass `total_steps=` too); without,
+    the frozen policy, which `controllers.build("meta", optimizer, checkpoint=frozen)` binds.
     """
-    from metalr.meta.checkpoint import load_pretrained as _load
+    from metalr.controllers.meta import load_pretrained as _load
 
     return _load(path, optimizer=optimizer, **kwargs)
 
 
-__all__ = ["__version__", "load_pretrained"]
+def hook(controller: Any, optimizer: torch.optim.Optimizer | None = None, **kwargs: Any) -> Any:
+    """`controller` (name, "pretrained", factory or Controller) gathering its own signals from `optimizer`'s step hook.
+
+    The loop then adds one line after `optimizer.step()`: `ctrl.step(loss)`. See
+    `metalr.integrations.plain`.
+    """
+    from metalr.integrations.plain import hook as _hook
+
+    return _hook(controller, optimizer, **kwargs)
+
+
+__all__ = ["__version__", "hook", "load_pretrained"]

@@ -1,8 +1,11 @@
 """Uncertainty and resource readings: the one place those signals are computed.
 
-Controllers that read `signals.uncertainty` or `signals.resources` install one of
-these on the `SignalTracker` from their `attach` hook (`tracker.uncertainty_fn`,
-`tracker.resource_fn`); tests call them directly or inject readings instead.
+A controller that reads `signals.uncertainty` or `signals.resources` declares
+what it needs as data (`UncertaintyRequest`, `ResourceRequest`, returned by its
+`Controller.signal_sources()`); `build_source` turns a request into a source
+(`UncertaintySource`, `ResourceSource`) that the `SignalTracker` owns, schedules
+(`due`) and reads. Data flows one way: source -> tracker -> `Signals` -> controller.
+Tests call the estimators directly or inject readings (`ResourceRequest.reader`).
 
 Uncertainty is measured on a *fixed probe batch* (drawn once, seeded, from the
 training set by default), so successive estimates are comparable and each
@@ -33,12 +36,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
+
+from metalr.ensemble import DeepEnsemble
+from metalr.tasks.base import to_device
 
 MEASURES = ("entropy", "variance", "disagreement")
 PROBES = ("train", "val")
@@ -71,9 +78,7 @@ def probe_batch(task: Any, size: int = 256, source: str = "train", seed: int = 0
         raise ValueError(f"unknown probe source {source!r}; valid: {', '.join(PROBES)}")
     data = task.train_data if source == "train" else task.val_data
     loader = DataLoader(data, batch_size=min(size, len(data)), shuffle=True, generator=torch.Generator().manual_seed(seed), collate_fn=task.collate_fn)
-    from metalr.train import _to
-
-    return _to(next(iter(loader)), torch.device(device))
+    return to_device(next(iter(loader)), torch.device(device))
 
 
 def _record(step: int, probs: torch.Tensor, targets: torch.Tensor | None, measure: str) -> dict[str, float]:
@@ -238,3 +243,128 @@ class ResourceMonitor:
 def _device_of(model: nn.Module) -> torch.device:
     p = next(model.parameters(), None)
     return p.device if p is not None else torch.device("cpu")
+
+
+# ---------------------------------------------------------------- signal sources
+@dataclass(frozen=True)
+class UncertaintyRequest:
+    """An uncertainty estimate every `interval` steps (steps 1, 1 + interval, ...) on a fixed probe batch.
+
+    estimator="mc_dropout" uses `passes`, `dropout_p` and `mode` (`MCDropoutEstimator`);
+    estimator="ensemble" needs the model to be an `n_members` `DeepEnsemble` (`EnsembleEstimator`).
+    """
+
+    estimator: str = "mc_dropout"
+    interval: int = 10
+    measure: str = "entropy"
+    probe: str = "train"
+    probe_size: int = 256
+    probe_seed: int = 0
+    passes: int = 50
+    dropout_p: float = 0.5
+    mode: str = "head"
+    n_members: int = 0
+
+
+@dataclass(frozen=True)
+class ResourceRequest:
+    """Resource readings at the first step, then every `interval_steps` steps (None: at each new epoch).
+
+    `reader` replaces `ResourceMonitor(device).read`, e.g. with fixed readings for reproducible runs.
+    """
+
+    interval_steps: int | None = None
+    reader: Callable[[], dict[str, float]] | None = None
+
+
+SourceRequest = UncertaintyRequest | ResourceRequest
+
+
+class UncertaintySource:
+    """Fills `signals.uncertainty` on estimation steps; keeps every estimate in `records`."""
+
+    signal = "uncertainty"
+
+    def __init__(self, request: UncertaintyRequest, model: nn.Module, task: Any, device: torch.device | str = "cpu") -> None:
+        if task is None:
+            raise ValueError("uncertainty estimates need a metalr Task (the probe batch is drawn from its data); run through metalr.train")
+        self.interval = int(request.interval)
+        batch = probe_batch(task, request.probe_size, request.probe, request.probe_seed, device)
+        self.estimator: MCDropoutEstimator | EnsembleEstimator
+        if request.estimator == "ensemble":
+            if not isinstance(model, DeepEnsemble) or len(model.members) != request.n_members:
+                raise ValueError(
+                    f"ensemble uncertainty needs the model to be a {request.n_members}-member DeepEnsemble: run it through metalr.train "
+                    "(which calls the controller's prepare_task) or build the task with metalr.ensemble.ensemble_task"
+                )
+            self.estimator = EnsembleEstimator(model.members, task.forward, batch, measure=request.measure)
+        elif request.estimator == "mc_dropout":
+            self.estimator = MCDropoutEstimator(
+                model, task.forward, batch, passes=request.passes, p=request.dropout_p, measure=request.measure, mode=request.mode, seed=request.probe_seed
+            )
+        else:
+            raise ValueError(f"unknown uncertainty estimator {request.estimator!r}; valid: mc_dropout, ensemble")
+        self.records: list[dict[str, float]] = []
+
+    def due(self, step: int, epoch: int) -> bool:
+        return (step - 1) % self.interval == 0
+
+    def read(self, step: int, epoch: int) -> float:
+        record = self.estimator.estimate(step)
+        self.records.append(record)
+        return record["uncertainty"]
+
+    def state_dict(self) -> dict[str, Any]:
+        generator = getattr(self.estimator, "generator", None)
+        return {"n_records": len(self.records), "rng": None if generator is None else generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        del self.records[int(state["n_records"]) :]
+        generator = getattr(self.estimator, "generator", None)
+        if generator is not None and state["rng"] is not None:
+            generator.set_state(state["rng"])
+
+
+class ResourceSource:
+    """Fills `signals.resources` at the first step, then per epoch or every `interval_steps`."""
+
+    signal = "resources"
+
+    def __init__(self, request: ResourceRequest, device: torch.device | str = "cpu") -> None:
+        self.reader = request.reader or ResourceMonitor(device).read
+        self.interval_steps = request.interval_steps
+        self.last_step, self.last_epoch = -1, -1
+        self.records: list[dict[str, float]] = []
+
+    def due(self, step: int, epoch: int) -> bool:
+        if self.last_step < 0:
+            return True
+        if self.interval_steps is None:
+            return epoch != self.last_epoch
+        return step - self.last_step >= self.interval_steps
+
+    def read(self, step: int, epoch: int) -> dict[str, float]:
+        self.last_step, self.last_epoch = step, epoch
+        readings = dict(self.reader())
+        self.records.append({"step": float(step), **readings})
+        return readings
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"last_step": self.last_step, "last_epoch": self.last_epoch, "n_records": len(self.records)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.last_step, self.last_epoch = int(state["last_step"]), int(state["last_epoch"])
+        del self.records[int(state["n_records"]) :]
+
+
+def build_source(
+    request: SourceRequest, *, model: nn.Module | None, task: Any = None, device: torch.device | str = "cpu"
+) -> UncertaintySource | ResourceSource:
+    """The source that serves `request` for `model` (and `task`, for probe batches)."""
+    if isinstance(request, UncertaintyRequest):
+        if model is None:
+            raise ValueError("an uncertainty source needs the model (and a task for its probe batch)")
+        return UncertaintySource(request, model, task, device)
+    if isinstance(request, ResourceRequest):
+        return ResourceSource(request, device)
+    raise TypeError(f"unknown signal source request {request!r}; valid: UncertaintyRequest, ResourceRequest")

@@ -52,9 +52,9 @@ def versions() -> dict[str, str]:
 
     import torch
 
-    import metalr
+    from metalr._version import __version__
 
-    out = {"metalr": metalr.__version__, "torch": torch.__version__, "python": platform.python_version()}
+    out = {"metalr": __version__, "torch": torch.__version__, "python": platform.python_version()}
     try:
         import higher
 

@@ -15,16 +15,26 @@ Call order in a training loop (the harness does exactly this):
 Validation results are attached with `tracker.record_eval(val_loss, val_accuracy)`;
 they appear in the *next* `collect` only (`signals.val_loss` is None otherwise),
 so event-driven controllers such as reduce-on-plateau react once per evaluation.
+
+Signals that need a model-level estimate (uncertainty, resource readings) come
+from *sources* the tracker owns and schedules (`metalr.estimators`): a controller
+declares them (`Controller.signal_sources()`), `metalr.train.setup` builds them,
+and on each `collect` the tracker reads the ones that are due. Nothing is
+installed on the tracker from outside; the tracker's `state_dict` covers its
+sources, so a restored run reads them on the same steps.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import torch
+
+from metalr.gradstats import GradAlign
 
 #: Every signal a controller may list in `requires`.
 SIGNAL_NAMES = frozenset(
@@ -33,28 +43,28 @@ SIGNAL_NAMES = frozenset(
         "accuracy",  # batch accuracy in [0, 1] (classification tasks)
         "grad_norm",  # global L2 norm of the gradient
         "grad_cos",  # cosine between this and the previous step's gradient
+        "grad_align",  # cosine between the gradient and the optimizer's running gradient average (metalr.gradstats)
         "hypergrad",  # g_t . u_{t-1}: dot of gradient and previous update direction (Baydin et al.)
         "val_loss",  # validation loss, only on the step after an evaluation
         "val_accuracy",  # validation accuracy, idem
-        "uncertainty",  # predictive uncertainty in [0, 1] (set by uncertainty estimators)
-        "resources",  # dict of resource readings (cpu/gpu utilisation, memory)
+        "uncertainty",  # predictive uncertainty in [0, 1] (from an uncertainty source, on its steps only)
+        "resources",  # dict of resource readings, fractions in [0, 1]: cpu_util, mem_util, gpu_util, gpu_mem (idem)
     }
 )
 
 
 @dataclass
 class Signals:
-    """One step's observations. Always present: step, epoch, progress, lr."""
+    """One step's observations. Always present: step, epoch, progress."""
 
     step: int = 0
     epoch: int = 0
     progress: float = 0.0  # fraction of the planned run done, in [0, 1]
-    lr: float = 0.0  # LR used for this step (first param group)
-    base_lr: float = 0.0
     loss: float | None = None
     accuracy: float | None = None
     grad_norm: float | None = None
     grad_cos: float | None = None
+    grad_align: float | None = None
     hypergrad: float | None = None
     hypergrad_cos: float | None = None  # g_t . u_{t-1} / (|g_t| |u_{t-1}|), scale-free
     val_loss: float | None = None
@@ -64,8 +74,17 @@ class Signals:
     resources: dict[str, float] | None = None
     task_info: dict[str, Any] = field(default_factory=dict)  # e.g. num_classes, num_features
 
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+
+class SignalSource(Protocol):
+    """A signal the tracker reads on the steps it is due (see `metalr.estimators`)."""
+
+    signal: str  # the `Signals` field it fills
+    records: list[dict[str, float]]  # every reading made, for evaluation
+
+    def due(self, step: int, epoch: int) -> bool: ...
+    def read(self, step: int, epoch: int) -> Any: ...
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
 def _finite_or_nan(x: float) -> float:
@@ -80,6 +99,8 @@ class SignalTracker:
         optimizer: used to read the LR of the step.
         requires: signal names wanted (see `SIGNAL_NAMES`); others stay None.
         total_steps: planned length of the run, for `progress`.
+        task_info: dataset facts passed on in every `Signals` (see `Task.info`).
+        sources: estimators for signals that need one (uncertainty, resources).
     """
 
     def __init__(
@@ -89,24 +110,27 @@ class SignalTracker:
         requires: Iterable[str] = (),
         total_steps: int | None = None,
         task_info: dict[str, Any] | None = None,
+        sources: Iterable[SignalSource] = (),
     ) -> None:
         self.requires = frozenset(requires)
         unknown = self.requires - SIGNAL_NAMES
         if unknown:
             raise ValueError(f"unknown signal(s) {sorted(unknown)}; valid: {sorted(SIGNAL_NAMES)}")
+        self.sources = {s.signal: s for s in sources}
+        unrequested = sorted(set(self.sources) - self.requires)
+        if unrequested:
+            raise ValueError(f"sources for signal(s) {unrequested} that are not required; required: {sorted(self.requires)}")
         self.params = [p for p in params if p.requires_grad]
         self.optimizer = optimizer
         self.total_steps = total_steps
         self.task_info = dict(task_info or {})
         self.step = 0
         self.epoch = 0
-        self._base_lr = float(optimizer.param_groups[0].get("initial_lr", optimizer.param_groups[0]["lr"]))
         self._prev_grad: torch.Tensor | None = None
         self._prev_params: torch.Tensor | None = None
         self._prev_lr: float | None = None
         self._pending_eval: tuple[float, float | None] | None = None
-        self.uncertainty_fn: Any = None  # optional callable () -> float, set by the harness
-        self.resource_fn: Any = None  # optional callable () -> dict, set by the harness
+        self._align = GradAlign()
 
     def record_eval(self, val_loss: float, val_accuracy: float | None = None) -> None:
         """Attach an evaluation result to the next `collect`."""
@@ -126,8 +150,6 @@ class SignalTracker:
             step=self.step,
             epoch=self.epoch,
             progress=min(1.0, self.step / self.total_steps) if self.total_steps else 0.0,
-            lr=lr,
-            base_lr=self._base_lr,
             batch_size=batch_size,
             task_info=self.task_info,
         )
@@ -137,14 +159,23 @@ class SignalTracker:
             s.accuracy = batch_accuracy(logits, targets)
         if self.requires & {"grad_norm", "grad_cos", "hypergrad"}:
             self._gradient_signals(s, lr)
+        if "grad_align" in self.requires:
+            params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            norm, s.grad_align = self._align([p.grad for p in params], [self.optimizer.state.get(p) for p in params])
+            if s.grad_norm is None:
+                s.grad_norm = norm
         if self._pending_eval is not None:
             s.val_loss, s.val_accuracy = self._pending_eval
             self._pending_eval = None
-        if "uncertainty" in self.requires and self.uncertainty_fn is not None:
-            s.uncertainty = self.uncertainty_fn()
-        if "resources" in self.requires and self.resource_fn is not None:
-            s.resources = self.resource_fn()
+        for name, source in self.sources.items():
+            if source.due(self.step, self.epoch):
+                setattr(s, name, source.read(self.step, self.epoch))
         return s
+
+    def records(self, signal: str) -> list[dict[str, float]]:
+        """Every reading the source of `signal` made (empty when there is none)."""
+        source = self.sources.get(signal)
+        return list(source.records) if source is not None else []
 
     def _gradient_signals(self, s: Signals, lr: float) -> None:
         grads = [p.grad.reshape(-1) if p.grad is not None else torch.zeros(p.numel(), device=p.device) for p in self.params]
@@ -167,11 +198,31 @@ class SignalTracker:
             self._prev_lr = lr
 
     def state_dict(self) -> dict[str, Any]:
-        return {"step": self.step, "epoch": self.epoch, "prev_grad": self._prev_grad, "prev_params": self._prev_params, "prev_lr": self._prev_lr}
+        """Everything the next `collect` depends on (a copy; tensors, numbers, lists, dicts, None): recovery and checkpoints restore it."""
+        pending = None if self._pending_eval is None else list(self._pending_eval)
+        state = {
+            "step": self.step,
+            "epoch": self.epoch,
+            "prev_grad": self._prev_grad,
+            "prev_params": self._prev_params,
+            "prev_lr": self._prev_lr,
+            "pending_eval": pending,
+            "align": self._align.state_dict(),
+            "sources": {name: source.state_dict() for name, source in self.sources.items()},
+        }
+        return copy.deepcopy(state)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if set(state["sources"]) != set(self.sources):
+            raise ValueError(f"tracker state has sources {sorted(state['sources'])}, this tracker {sorted(self.sources)}")
+        state = copy.deepcopy(state)
         self.step, self.epoch = int(state["step"]), int(state["epoch"])
         self._prev_grad, self._prev_params, self._prev_lr = state["prev_grad"], state["prev_params"], state["prev_lr"]
+        pending = state.get("pending_eval")
+        self._pending_eval = None if pending is None else (float(pending[0]), None if pending[1] is None else float(pending[1]))
+        self._align.load_state_dict(state.get("align", {"prev": None}))
+        for name, source in self.sources.items():
+            source.load_state_dict(state["sources"][name])
 
 
 def batch_accuracy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> float:

@@ -5,13 +5,18 @@
     hist.evals[-1]["val_accuracy"]
 
 Every strategy goes through this same loop, so comparisons are like for like.
-The loop, per step: forward, backward, signals (only those the controller
-requires), optimizer step, controller step. Every `eval_every` steps the model
-is evaluated (the controller's `on_eval_start/end` hooks wrap it, which is where
-schedule-free swaps to its averaged weights) and a snapshot of the last good
-state is kept. A non-finite training loss restores that snapshot and halves the
-LR (up to `max_retries` times) before the run is declared diverged; either way
-it is recorded, never dropped.
+`setup` builds what a run trains with (also used by the HF callback, the
+benchmarks and config validation); `run` is the loop over its pieces:
+
+- `_train_step`: forward, backward, signals (only those the controller
+  requires), optimizer step, controller step;
+- `_evaluate`: every `eval_every` steps, between the controller's
+  `on_eval_start/end` hooks (where schedule-free swaps to its averaged weights);
+  then a snapshot of the last good state is kept (`_snapshot`);
+- `_recover`: a non-finite training loss rolls model, optimizer, controller,
+  tracker and the step counter back to that snapshot and halves the LR (up to
+  `max_retries` times) before the run is declared diverged; either way it is
+  recorded (`History.recoveries`, `History.diverged`).
 """
 
 from __future__ import annotations
@@ -32,8 +37,10 @@ import torch
 
 from metalr import controllers
 from metalr.controllers.base import Controller
+from metalr.estimators import build_source
+from metalr.registry import accepted_kwargs
 from metalr.signals import SignalTracker
-from metalr.tasks.base import Task
+from metalr.tasks.base import Task, to_device
 
 log = logging.getLogger(__name__)
 
@@ -90,34 +97,63 @@ def _cycle(task: Task, seed: int) -> Any:
         epoch += 1
 
 
-def _to(batch: Any, device: torch.device) -> Any:
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device)
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(_to(b, device) for b in batch)
-    if isinstance(batch, dict):
-        return {k: _to(v, device) for k, v in batch.items()}
-    return batch
+@dataclass
+class Setup:
+    """What a run trains with, built by `setup` (the harness, the HF callback, benchmarks, config checks)."""
+
+    task: Task | None
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    controller: Controller
+    tracker: SignalTracker
+    name: str  # the controller's registered name (or its class name)
 
 
-def build_controller(
-    spec: ControllerSpec, task: Task, model: torch.nn.Module, steps: int, kwargs: dict[str, Any] | None = None
-) -> tuple[torch.optim.Optimizer, Controller]:
-    """The optimizer and controller for a run; fills `total_steps` for schedules that take it."""
-    kwargs = dict(kwargs or {})
-    if not isinstance(spec, str):
-        optimizer = task.make_optimizer(model.parameters())
-        return optimizer, spec(optimizer)
-    cls = controllers.get(spec)
-    if cls.owns_optimizer:
-        optimizer = cls.make_optimizer(model.parameters(), task=task, total_steps=steps, **kwargs.pop("optimizer_kwargs", {}))  # type: ignore[attr-defined]
+def setup(
+    controller: ControllerSpec,
+    *,
+    total_steps: int,
+    task: Task | None = None,
+    model: torch.nn.Module | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    controller_kwargs: dict[str, Any] | None = None,
+    seed: int | None = None,
+    device: str | torch.device = "cpu",
+    task_info: dict[str, Any] | None = None,
+) -> Setup:
+    """Task -> model -> optimizer -> controller -> tracker (with its signal sources), in that order.
+
+    Give a `task` (its `model_fn` and optimizer are used) or a ready `model` and
+    `optimizer` (e.g. a `transformers.Trainer`'s). `controller_kwargs` go to the
+    controller, `total_steps` filled in when it takes it; `optimizer_kwargs`
+    among them go to `make_optimizer`. `seed`, if given, seeds every RNG right
+    before the model is built.
+    """
+    kwargs = dict(controller_kwargs or {})
+    optimizer_kwargs = kwargs.pop("optimizer_kwargs", {})
+    cls = controllers.get(controller) if isinstance(controller, str) else Controller
+    if task is not None:
+        task = cls.prepare_task(task, **kwargs)  # e.g. a deep ensemble: the model becomes the ensemble
+    dev = torch.device(device)
+    if model is None:
+        if task is None:
+            raise ValueError("setup needs a task or a model")
+        if seed is not None:
+            seed_everything(seed)
+        model = task.model_fn().to(dev)
+    if optimizer is None:
+        optimizer = cls.make_optimizer(model.parameters(), task=task, total_steps=total_steps, **optimizer_kwargs)
+    if isinstance(controller, str):
+        if "total_steps" in accepted_kwargs(cls):
+            kwargs.setdefault("total_steps", total_steps)
+        ctrl = controllers.build(controller, optimizer, **kwargs)
     else:
-        optimizer = task.make_optimizer(model.parameters())
-    from metalr.registry import accepted_kwargs
-
-    if "total_steps" in accepted_kwargs(cls) and "total_steps" not in kwargs:
-        kwargs["total_steps"] = steps
-    return optimizer, controllers.build(spec, optimizer, **kwargs)
+        ctrl = controller(optimizer)
+    sources = [build_source(r, model=model, task=task, device=dev) for r in ctrl.signal_sources()]
+    info = task.info() if task is not None else dict(task_info or {})
+    tracker = SignalTracker(model.parameters(), optimizer, requires=ctrl.requires, total_steps=total_steps, task_info=info, sources=sources)
+    name = controller if isinstance(controller, str) else (ctrl.name or type(ctrl).__name__)
+    return Setup(task, model, optimizer, ctrl, tracker, name)
 
 
 def run(
@@ -146,103 +182,142 @@ def run(
     """
     if steps is not None and epochs is not None:
         raise ValueError("give steps or epochs, not both")
-    dev = torch.device(device)
-    prepare_task = getattr(controllers.get(controller), "prepare_task", None) if isinstance(controller, str) else None
-    if prepare_task is not None:  # e.g. a deep ensemble: the model becomes the ensemble, each member with its own loss
-        task = prepare_task(task, **(controller_kwargs or {}))
-    seed_everything(seed)
-    model = task.model_fn().to(dev)
     steps_per_epoch = max(1, len(task.train_loader(seed)))
     total = int(epochs * steps_per_epoch) if epochs is not None else int(steps or task.steps)
     if total < 1:
         raise ValueError(f"a run needs at least one step, got {total}")
     eval_every = int(eval_every or task.eval_every)
-    optimizer, ctrl = build_controller(controller, task, model, total, controller_kwargs)
-    name = controller if isinstance(controller, str) else (ctrl.name or type(ctrl).__name__)
-    hist = History(task=task.name, controller=run_name or name, seed=seed)
-
-    tracker = SignalTracker(model.parameters(), optimizer, requires=ctrl.requires, total_steps=total, task_info=task.info())
-    attach = getattr(ctrl, "attach", None)
-    if attach is not None:
-        attach(model=model, task=task, tracker=tracker, device=dev)
-
-    writer = None
-    if log_dir is not None:
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(str(Path(log_dir) / f"{task.name}__{hist.controller}__{seed}"))
-
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=total, desc=f"{task.name}/{hist.controller}/{seed}", leave=False)
-
-    def snapshot() -> dict[str, Any]:
-        return {"model": copy.deepcopy(model.state_dict()), "opt": copy.deepcopy(optimizer.state_dict()), "ctrl": copy.deepcopy(ctrl.state_dict())}
-
-    good = snapshot()
-    batches = _cycle(task, seed)
+    dev = torch.device(device)
+    s = setup(controller, task=task, total_steps=total, controller_kwargs=controller_kwargs, seed=seed, device=dev)
+    assert s.task is not None
+    hist = History(task=task.name, controller=run_name or s.name, seed=seed)
+    logger = _Logger(log_dir, f"{task.name}__{hist.controller}__{seed}", total if progress else 0)
+    good = _snapshot(s)
+    batches = _cycle(s.task, seed)
     start = time.perf_counter()
-    step = 0
-    while step < total:
+    while s.tracker.step < total:  # the one step counter: the tracker's (the controller's `last_step` equals it)
         epoch, batch = next(batches)
-        tracker.epoch = epoch
-        model.train()
-        batch = _to(batch, dev)
-        optimizer.zero_grad(set_to_none=True)
-        out = task.forward(model, batch)
-        loss_value = float(out.loss.detach())
-        if not math.isfinite(loss_value):
-            log.warning("%s/%s/seed %d: non-finite loss %s at step %d", task.name, hist.controller, seed, loss_value, step)
+        s.tracker.epoch = epoch
+        loss = _train_step(s, to_device(batch, dev), hist)
+        if loss is None:  # non-finite loss
             if nan_recovery and hist.recoveries < max_retries:
-                hist.recoveries += 1
-                model.load_state_dict(good["model"])
-                optimizer.load_state_dict(good["opt"])
-                ctrl.load_state_dict(good["ctrl"])
-                ctrl.scale_lrs(recovery_lr_factor)
-                good = snapshot()
+                _recover(s, good, hist, recovery_lr_factor)
                 continue
             hist.diverged = True
-            hist.steps.append(step + 1)
-            hist.loss.append(loss_value)
-            hist.lr.append(ctrl.get_last_lr()[0])
             break
-        out.loss.backward()
-        signals = tracker.collect(loss=out.loss, logits=out.logits, targets=out.targets, batch_size=out.batch_size)
-        lr_used = ctrl.get_last_lr()[0]  # the LR this step applies (d*lr for Prodigy, warmup for schedule-free; else the group LR)
-        optimizer.step()
-        ctrl.step(signals)
-        step += 1
+        logger.step(s.tracker.step, hist.lr[-1], loss)
+        if s.tracker.step % eval_every == 0 or s.tracker.step == total:
+            metrics = _evaluate(s, epoch, start, dev)
+            hist.evals.append(metrics)
+            logger.eval(s.tracker.step, metrics)
+            if math.isfinite(metrics["val_loss"]):
+                good = _snapshot(s)
+    hist.wall_time = time.perf_counter() - start
+    hist.uncertainty = s.tracker.records("uncertainty")
+    hist.peak_memory_mb = peak_memory_mb(dev)
+    logger.close()
+    return hist
+
+
+def _train_step(s: Setup, batch: Any, hist: History) -> float | None:
+    """forward, backward, signals, optimizer step, controller step; the step's loss (None if non-finite: nothing stepped)."""
+    assert s.task is not None
+    s.model.train()
+    s.optimizer.zero_grad(set_to_none=True)
+    out = s.task.forward(s.model, batch)
+    loss_value = float(out.loss.detach())
+    if not math.isfinite(loss_value):
+        step = s.tracker.step + 1
+        log.warning("%s/%s/seed %d: non-finite loss %s at step %d", hist.task, hist.controller, hist.seed, loss_value, step)
         hist.steps.append(step)
         hist.loss.append(loss_value)
-        hist.lr.append(lr_used)
-        for k, v in ctrl.extra_logs().items():
-            hist.extras.setdefault(k, []).append(float(v))
-        if writer is not None:
-            writer.add_scalar("charts/lr", lr_used, step)
-            writer.add_scalar("losses/train", loss_value, step)
-        if bar is not None:
-            bar.update(1)
-        if step % eval_every == 0 or step == total:
-            ctrl.on_eval_start()
-            model.eval()
-            metrics = task.evaluate(model)
-            ctrl.on_eval_end()
-            metrics.update(step=step, epoch=epoch, wall_time=time.perf_counter() - start, peak_memory_mb=peak_memory_mb(dev))
-            hist.evals.append(metrics)
-            tracker.record_eval(metrics["val_loss"], metrics.get("val_accuracy"))
-            if writer is not None:
-                for k in ("val_loss", "val_accuracy"):
-                    if k in metrics and math.isfinite(metrics[k]):
-                        writer.add_scalar(f"eval/{k}", metrics[k], step)
-            if math.isfinite(metrics["val_loss"]):
-                good = snapshot()
-    hist.wall_time = time.perf_counter() - start
-    hist.uncertainty = [dict(r) for r in getattr(ctrl, "uncertainty_records", [])]
-    hist.peak_memory_mb = peak_memory_mb(dev)
-    if bar is not None:
-        bar.close()
-    if writer is not None:
-        writer.close()
-    return hist
+        hist.lr.append(s.controller.get_last_lr()[0])
+        return None
+    out.loss.backward()
+    signals = s.tracker.collect(loss=out.loss, logits=out.logits, targets=out.targets, batch_size=out.batch_size)
+    lr_used = s.controller.get_last_lr()[0]  # the LR this step applies (d*lr for Prodigy, warmup for schedule-free; else the group LR)
+    s.optimizer.step()
+    s.controller.step(signals)
+    hist.steps.append(s.tracker.step)
+    hist.loss.append(loss_value)
+    hist.lr.append(lr_used)
+    for k, v in s.controller.extra_logs().items():
+        hist.extras.setdefault(k, []).append(float(v))
+    return loss_value
+
+
+def _evaluate(s: Setup, epoch: int, start: float, device: torch.device) -> dict[str, float]:
+    """The task's metrics now, between the controller's eval hooks; the result reaches the controller next step."""
+    assert s.task is not None
+    s.controller.on_eval_start()
+    s.model.eval()
+    metrics = s.task.evaluate(s.model)
+    s.controller.on_eval_end()
+    metrics.update(step=s.tracker.step, epoch=epoch, wall_time=time.perf_counter() - start, peak_memory_mb=peak_memory_mb(device))
+    s.tracker.record_eval(metrics["val_loss"], metrics.get("val_accuracy"))
+    return metrics
+
+
+def _snapshot(s: Setup) -> dict[str, Any]:
+    """The last good state: model, optimizer, controller and tracker, all at the same step."""
+    return {
+        "model": copy.deepcopy(s.model.state_dict()),
+        "opt": copy.deepcopy(s.optimizer.state_dict()),
+        "ctrl": copy.deepcopy(s.controller.state_dict()),
+        "tracker": s.tracker.state_dict(),
+    }
+
+
+def _recover(s: Setup, good: dict[str, Any], hist: History, lr_factor: float) -> None:
+    """Roll back to the snapshot `good` (every piece, and the step counter, to its step) and scale the LR.
+
+    The history is cut back to that step too (the rolled-back steps are redone
+    on fresh batches); `hist.recoveries` counts the rollbacks.
+    """
+    hist.recoveries += 1
+    s.model.load_state_dict(good["model"])
+    s.optimizer.load_state_dict(good["opt"])
+    s.controller.load_state_dict(good["ctrl"])
+    s.tracker.load_state_dict(good["tracker"])
+    s.controller.scale_lrs(lr_factor)
+    step = s.tracker.step
+    assert s.controller.last_step == step, (s.controller.last_step, step)
+    del hist.steps[step:], hist.loss[step:], hist.lr[step:]
+    for values in hist.extras.values():
+        del values[step:]
+    hist.evals = [e for e in hist.evals if e["step"] <= step]
+    good.update(ctrl=copy.deepcopy(s.controller.state_dict()))  # a second rollback to here keeps the scaled LR
+
+
+class _Logger:
+    """TensorBoard scalars (`charts/`, `losses/`, `eval/`) and a progress bar, each optional."""
+
+    def __init__(self, log_dir: str | os.PathLike[str] | None, run_id: str, bar_total: int) -> None:
+        self.writer = self.bar = None
+        if log_dir is not None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(Path(log_dir) / run_id))
+        if bar_total:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=bar_total, desc=run_id.replace("__", "/"), leave=False)
+
+    def step(self, step: int, lr: float, loss: float) -> None:
+        if self.writer is not None:
+            self.writer.add_scalar("charts/lr", lr, step)
+            self.writer.add_scalar("losses/train", loss, step)
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def eval(self, step: int, metrics: dict[str, float]) -> None:
+        if self.writer is not None:
+            for k in ("val_loss", "val_accuracy"):
+                if k in metrics and math.isfinite(metrics[k]):
+                    self.writer.add_scalar(f"eval/{k}", metrics[k], step)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.writer is not None:
+            self.writer.close()

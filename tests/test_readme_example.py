@@ -6,7 +6,6 @@ The README shows the snippet in a ```python block right after a line naming
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import re
 import runpy
@@ -17,8 +16,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "plain_pytorch.py"
-COSINE_LINE = 'ctrl = metalr.controllers.build("cosine", opt, total_steps=200)\n'
-PRETRAINED_LINE = "# ctrl = metalr.load_pretrained(optimizer=opt, total_steps=200)  # the pretrained meta-controller instead\n"
+COSINE_LINE = 'ctrl = metalr.hook("cosine", opt, total_steps=200)\n'
+PRETRAINED_LINE = '# ctrl = metalr.hook("pretrained", opt, total_steps=200)  # the pretrained meta-controller instead\n'
 
 
 def _run(code: str, tmp_path: Path) -> dict:  # type: ignore[type-arg]
@@ -36,7 +35,8 @@ def _run(code: str, tmp_path: Path) -> dict:  # type: ignore[type-arg]
 def test_example_trains_with_cosine(tmp_path: Path) -> None:
     code = EXAMPLE.read_text()
     assert COSINE_LINE in code and PRETRAINED_LINE in code
-    assert len([line for line in code.splitlines() if line.strip()]) <= 17
+    assert len([line for line in code.splitlines() if line.strip()]) <= 15
+    assert code.count("ctrl.") == 1  # the loop's one added line
     env = _run(code, tmp_path)
     ctrl, loss = env["ctrl"], env["loss"].item()
     assert ctrl.last_step == 200 and ctrl.get_last_lr()[0] == pytest.approx(0.0, abs=1e-8)  # cosine reached its end
@@ -44,8 +44,6 @@ def test_example_trains_with_cosine(tmp_path: Path) -> None:
 
 
 def test_example_with_pretrained_controller(tmp_path: Path) -> None:
-    if importlib.util.find_spec("metalr.meta") is None:
-        pytest.skip("metalr.meta (the pretrained meta-controller) is not importable yet")
     code = EXAMPLE.read_text().replace(COSINE_LINE, "").replace(PRETRAINED_LINE, PRETRAINED_LINE[2:].split("  #")[0] + "\n")
     env = _run(code, tmp_path)
     lrs = env["ctrl"].get_last_lr()
@@ -54,9 +52,7 @@ def test_example_with_pretrained_controller(tmp_path: Path) -> None:
 
 
 def test_readme_snippet_is_the_example_file() -> None:
-    readme = ROOT / "README.md"
-    text = readme.read_text() if readme.exists() else ""
+    text = (ROOT / "README.md").read_text()
     match = re.search(r"examples/plain_pytorch\.py[^\n]*\n+```python\n(.*?)```", text, re.S)
-    if match is None:
-        pytest.skip("README.md has no plain-PyTorch snippet yet (a ```python block after a line naming examples/plain_pytorch.py)")
+    assert match is not None, "README.md lacks the plain-PyTorch snippet (a ```python block after a line naming examples/plain_pytorch.py)"
     assert match.group(1).strip() == EXAMPLE.read_text().strip(), "README snippet and examples/plain_pytorch.py differ"

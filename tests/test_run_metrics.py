@@ -100,7 +100,7 @@ def test_diverged_run_never_reaches_target_and_has_no_final() -> None:
 
 
 def test_uncertainty_correlation_from_history_records_and_fallback() -> None:
-    h = {"uncertainty": [{"uncertainty": u, "error": e} for u, e in [(0.1, 0.0), (0.5, 1.0), (0.9, 1.0), (0.2, 0.0)]]}
+    h = {"uncertainty": [{"uncertainty": u, "error_rate": e} for u, e in [(0.1, 0.0), (0.5, 1.0), (0.9, 1.0), (0.2, 0.0)]]}
     est, err, source = run_metrics.uncertainty_pairs(h)
     assert source == "history" and est == [0.1, 0.5, 0.9, 0.2] and err == [0.0, 1.0, 1.0, 0.0]
     m = run_metrics.compute(h)

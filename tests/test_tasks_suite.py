@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from metalr import tasks, train
-from metalr.tasks import hub, ner, qa, text
+from metalr import hub, tasks, train
+from metalr.tasks import ner, qa, text
 
 
 @pytest.fixture(autouse=True)

@@ -12,17 +12,32 @@ Subclasses implement `_compute_lrs(signals)` (pure: returns the proposed LRs)
 and list their scalar state in `_state_keys`. The base class guarantees the
 safety contract: every LR written is finite, non-negative and inside
 [min_lr, max_lr]; a non-finite proposal keeps the previous LR and is logged.
+
+Every hook the harness (`metalr.train`) calls is declared here with a no-op
+default, so a strategy overrides only what it needs:
+
+    prepare_task(task, **kwargs)      before the model is built (deep ensemble: the model becomes the ensemble)
+    make_optimizer(params, task=...)  the optimizer (default: the task's; Prodigy, schedule-free ... their own)
+    signal_sources()                  estimators the tracker must run (uncertainty, resource readings)
+    on_eval_start() / on_eval_end()   around each evaluation (schedule-free swaps to its averaged weights)
+    extra_logs()                      scalars logged beside the LR
+
+Data flows one way: tracker -> `Signals` -> controller -> optimizer. A
+controller never reaches into the tracker; it only reads the `Signals` it gets.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
 from metalr.signals import Signals
+
+if TYPE_CHECKING:
+    from metalr.estimators import SourceRequest
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +61,8 @@ class Controller:
     name: ClassVar[str] = ""
     #: Signal names this controller reads (see `metalr.signals.SIGNAL_NAMES`).
     requires: ClassVar[frozenset[str]] = frozenset()
-    #: True when the strategy replaces the optimizer (schedule-free, Prodigy ...):
-    #: the harness then calls `make_optimizer` instead of the task's default.
+    #: True when the strategy replaces the optimizer (schedule-free, Prodigy ...) and
+    #: overrides `make_optimizer`; its constructor refuses any other optimizer.
     owns_optimizer: ClassVar[bool] = False
     #: Names of attributes that make up the controller's state (beyond the base's).
     _state_keys: ClassVar[tuple[str, ...]] = ()
@@ -72,7 +87,6 @@ class Controller:
             group.setdefault("initial_lr", group["lr"])
         self.base_lrs: list[float] = [float(g["initial_lr"]) for g in optimizer.param_groups]
         self.last_step = 0
-        self.n_fallbacks = 0
         self._last_lr: list[float] = self._apply(self._initial_lrs())
 
     # ----------------------------------------------------------------- subclass API
@@ -104,7 +118,6 @@ class Controller:
             "base_lrs": list(self.base_lrs),
             "last_step": self.last_step,
             "last_lr": list(self._last_lr),
-            "n_fallbacks": self.n_fallbacks,
             "min_lr": self.min_lr,
             "max_lr": self.max_lr,
         }
@@ -123,7 +136,6 @@ class Controller:
             raise ValueError(f"controller state for {self.name!r} lacks keys {missing}")
         self.base_lrs = list(state["base_lrs"])
         self.last_step = int(state["last_step"])
-        self.n_fallbacks = int(state.get("n_fallbacks", 0))
         self.min_lr = float(state["min_lr"])
         self.max_lr = float(state["max_lr"])
         for key in self._state_keys:
@@ -135,7 +147,33 @@ class Controller:
         self.base_lrs = [b * factor for b in self.base_lrs]
         self._last_lr = self._apply([lr * factor for lr in self._last_lr])
 
-    # Hooks for strategies that need them (schedule-free switches weights).
+    # ------------------------------------------------------ hooks (no-op defaults)
+    @classmethod
+    def prepare_task(cls, task: Any, **controller_kwargs: Any) -> Any:
+        """The task to train, called with the controller's kwargs before the model is built. Default: `task`."""
+        return task
+
+    @classmethod
+    def make_optimizer(cls, params: Any, *, task: Any = None, total_steps: int | None = None, **optimizer_kwargs: Any) -> torch.optim.Optimizer:
+        """The optimizer this strategy drives. Default: the task's own (`task.make_optimizer`).
+
+        Strategies that own the optimizer (`owns_optimizer`) override this; only
+        they accept `optimizer_kwargs` (a config's `controller_kwargs.optimizer_kwargs`).
+        """
+        if optimizer_kwargs:
+            raise TypeError(f"controller {cls.name!r} uses the task's optimizer; optimizer_kwargs {sorted(optimizer_kwargs)} are for strategies that own it")
+        if task is None:
+            raise TypeError(f"controller {cls.name!r} uses the task's optimizer: pass task= (or build the optimizer yourself)")
+        return task.make_optimizer(params)
+
+    def signal_sources(self) -> tuple[SourceRequest, ...]:
+        """Estimators the tracker must own and schedule for this controller (`metalr.estimators` requests).
+
+        Each request says what to estimate and how often; the tracker reads it on
+        those steps into `Signals`. Default: none.
+        """
+        return ()
+
     def on_eval_start(self) -> None:
         """Called by the harness before evaluating the model."""
 
@@ -156,7 +194,6 @@ class Controller:
         for i, lr in enumerate(lrs):
             lr = float(lr)
             if not math.isfinite(lr):
-                self.n_fallbacks += 1
                 log.warning("%s proposed a non-finite LR (%s) at step %d; keeping %g", self.name, lr, self.last_step, previous[i])
                 lr = float(previous[i]) if math.isfinite(previous[i]) else self.base_lrs[i]
             lr = min(max(lr, self.min_lr), self.max_lr)

@@ -38,7 +38,7 @@ def classify(w: list[float], plateau_variance: float = 1e-3, plateau_rate: float
     """The pattern of a window of period losses (see the module docstring for the rule)."""
     n = len(w)
     ma = sum(w) / n
-    var = sum((x - ma) ** 2 for x in w) / n
+    var = sum((x - ma) * (x - ma) for x in w) / n  # not ** 2: a float power overflows with an error, a product to inf
     rate = (w[-1] - w[0]) / ((n - 1) * max(abs(ma), 1e-12))
     drop = (w[-1] - w[-2]) / max(abs(w[-2]), 1e-12)
     steps = [b - a for a, b in zip(w[:-1], w[1:])]

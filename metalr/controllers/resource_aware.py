@@ -32,6 +32,7 @@ import torch
 
 from metalr.controllers import register
 from metalr.controllers.base import Controller
+from metalr.estimators import ResourceRequest
 from metalr.signals import Signals
 
 log = logging.getLogger(__name__)
@@ -100,12 +101,9 @@ class ResourceAware(Controller):
         self.readings: dict[str, float] = {}
         super().__init__(optimizer, min_lr=min_lr, max_lr=max_lr)
 
-    def attach(self, *, tracker: Any, device: torch.device | str = "cpu", **_: Any) -> None:
-        """Install the resource reader on the tracker; it is read only on decision steps."""
-        from metalr.estimators import ResourceMonitor
-
-        read = self.reader or ResourceMonitor(device).read
-        tracker.resource_fn = lambda: read() if self.due(tracker.step, tracker.epoch) else None
+    def signal_sources(self) -> tuple[ResourceRequest, ...]:
+        """Readings on the decision steps only: the tracker's schedule is the same as `due`'s."""
+        return (ResourceRequest(self.interval_steps, self.reader),)
 
     def due(self, step: int, epoch: int) -> bool:
         """Whether the step `step` (1-based) of epoch `epoch` recomputes the LR."""

@@ -9,9 +9,10 @@ estimated on a fixed probe batch (see `metalr.estimators`); on that step
 and the LR is kept on every other step. `uncertainty` estimates u by MC Dropout
 (p = 0.5, 50 passes, predictive entropy by default); `uncertainty_ensemble`
 trains a 5-member deep ensemble *as the model* and uses its members'
-disagreement (mutual information). Every estimate is kept in
-`uncertainty_records` (step, uncertainty, error_rate, confidence on the probe
-batch), which the harness copies into `History.uncertainty`.
+disagreement (mutual information). The controller only declares the estimate
+(`signal_sources`: an `UncertaintyRequest`); the tracker runs it on those steps
+and keeps every estimate (step, uncertainty, error_rate, confidence on the
+probe batch), which the harness copies into `History.uncertainty`.
 
 Default LR bounds (not given by the plan): [base/100, 10 * base], which suits
 both SGD (base ~0.05) and Adam (base ~1e-3).
@@ -26,6 +27,8 @@ import torch
 
 from metalr.controllers import register
 from metalr.controllers.base import MultiplicativeController, relative_lr_bounds
+from metalr.ensemble import ensemble_task
+from metalr.estimators import MEASURES, PROBES, UncertaintyRequest
 from metalr.signals import Signals
 
 #: Upper bound on MC-Dropout passes: beyond this an estimate costs more than the training it steers.
@@ -53,8 +56,6 @@ class _UncertaintyController(MultiplicativeController):
         min_lr: float | None = None,
         max_lr: float | None = None,
     ) -> None:
-        from metalr.estimators import MEASURES, PROBES
-
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"threshold must be in (0, 1), got {threshold}")
         if not (0.0 < decrease <= 1.0 <= increase and math.isfinite(increase)):
@@ -67,30 +68,15 @@ class _UncertaintyController(MultiplicativeController):
         self.measure, self.probe, self.probe_size, self.probe_seed = measure, probe, int(probe_size), int(probe_seed)
         self.last_uncertainty = math.nan
         self.last_factor = 1.0
-        self.uncertainty_records: list[dict[str, float]] = []
-        self.estimator: Any = None
         lo, hi = relative_lr_bounds(optimizer, min_lr, max_lr)
         super().__init__(optimizer, min_lr=lo, max_lr=hi)
 
-    # -------------------------------------------------------------- harness hook
-    def attach(self, *, model: torch.nn.Module, task: Any, tracker: Any, device: torch.device | str = "cpu", **_: Any) -> None:
-        """Build the estimator on a fixed probe batch and install it on the tracker."""
-        from metalr.estimators import probe_batch
+    def signal_sources(self) -> tuple[UncertaintyRequest, ...]:
+        """One estimate every `interval` steps (1, 1 + interval, ...) on the fixed probe batch."""
+        return (self._request(),)
 
-        batch = probe_batch(task, self.probe_size, self.probe, self.probe_seed, device)
-        self.estimator = self._make_estimator(model, task, batch)
-        tracker.uncertainty_fn = lambda: self.estimate(tracker.step)
-
-    def _make_estimator(self, model: torch.nn.Module, task: Any, batch: Any) -> Any:
+    def _request(self) -> UncertaintyRequest:
         raise NotImplementedError
-
-    def estimate(self, step: int) -> float | None:
-        """u on estimation steps (1, 1 + interval, ...), None otherwise; records every estimate."""
-        if self.estimator is None or (step - 1) % self.interval:
-            return None
-        record = self.estimator.estimate(step)
-        self.uncertainty_records.append(record)
-        return record["uncertainty"]
 
     # ---------------------------------------------------------------------- rule
     def _factor(self, signals: Signals) -> float:
@@ -141,10 +127,18 @@ class MCDropoutUncertainty(_UncertaintyController):
             probe=probe, probe_size=probe_size, probe_seed=probe_seed, min_lr=min_lr, max_lr=max_lr,
         )  # fmt: skip
 
-    def _make_estimator(self, model: torch.nn.Module, task: Any, batch: Any) -> Any:
-        from metalr.estimators import MCDropoutEstimator
-
-        return MCDropoutEstimator(model, task.forward, batch, passes=self.passes, p=self.dropout_p, measure=self.measure, mode=self.mode, seed=self.probe_seed)
+    def _request(self) -> UncertaintyRequest:
+        return UncertaintyRequest(
+            "mc_dropout",
+            self.interval,
+            self.measure,
+            self.probe,
+            self.probe_size,
+            self.probe_seed,
+            passes=self.passes,
+            dropout_p=self.dropout_p,
+            mode=self.mode,
+        )
 
 
 @register("uncertainty_ensemble")
@@ -181,19 +175,9 @@ class EnsembleUncertainty(_UncertaintyController):
         )  # fmt: skip
 
     @classmethod
-    def prepare_task(cls, task: Any, n_members: int = 5, **_: Any) -> Any:
-        """The task whose model is an `n_members` deep ensemble (called by `metalr.train.run`)."""
-        from metalr.ensemble import ensemble_task
-
+    def prepare_task(cls, task: Any, n_members: int = 5, **controller_kwargs: Any) -> Any:
+        """The task whose model is an `n_members` deep ensemble (called by `metalr.train.setup`)."""
         return ensemble_task(task, n_members)
 
-    def _make_estimator(self, model: torch.nn.Module, task: Any, batch: Any) -> Any:
-        from metalr.ensemble import DeepEnsemble
-        from metalr.estimators import EnsembleEstimator
-
-        if not isinstance(model, DeepEnsemble) or len(model.members) != self.n_members:
-            raise ValueError(
-                f"uncertainty_ensemble needs the model to be a {self.n_members}-member DeepEnsemble: run it through metalr.train.run "
-                "(which calls prepare_task) or build the task with metalr.ensemble.ensemble_task"
-            )
-        return EnsembleEstimator(model.members, task.forward, batch, measure=self.measure)
+    def _request(self) -> UncertaintyRequest:
+        return UncertaintyRequest("ensemble", self.interval, self.measure, self.probe, self.probe_size, self.probe_seed, n_members=self.n_members)

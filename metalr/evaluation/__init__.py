@@ -3,7 +3,7 @@
 `evaluate.py` is a thin script over `evaluate(EvalConfig)`; see `pipeline` for the outputs.
 """
 
-from metalr.evaluation.config import EvalConfig, Strategy, TunedConfig
+from metalr.evaluation.config import EvalConfig, SensitivityConfig, Strategy, TunedConfig
 from metalr.evaluation.pipeline import evaluate
 
-__all__ = ["EvalConfig", "Strategy", "TunedConfig", "evaluate"]
+__all__ = ["EvalConfig", "SensitivityConfig", "Strategy", "TunedConfig", "evaluate"]

@@ -9,6 +9,7 @@ package fails here with a clear message rather than an hour into the grid.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from metalr.config import ConfigError
 DEFAULT_TASKS = ["mnist1d_cnn", "fashion_mnist_mlp"]
 DEFAULT_STRATEGIES: list[Any] = ["constant", "step", "exponential", "cosine", "plateau", "hypergradient"]
 _LABEL = re.compile(r"^[A-Za-z0-9_.+@-]+$")
+BACKENDS = ("local", "ray")
 
 
 @dataclass
@@ -43,6 +45,7 @@ class TunedConfig:
     n_lrs: int = 5  # 0 turns the tuned reference off
     factor: float = 10.0
     metric: str = "val_accuracy"  # best LR = best mean final value of this (val_loss when a task lacks it)
+    task_metrics: dict[str, str] = field(default_factory=dict)  # per task: a metric other than `metric` (e.g. val_entity_f1 for NER)
     controller_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -52,9 +55,52 @@ class TunedConfig:
             raise ValueError(f"tuned.factor must be > 1, got {self.factor}")
 
     def lr_factors(self) -> list[float]:
-        """Multipliers of the task's default LR: factor ** linspace(-1, 1, n_lrs)."""
+        """Multipliers of the task's default LR: factor ** linspace(-1, 1, n_lrs), to 6 significant digits."""
         n = self.n_lrs
-        return [self.factor ** (-1.0 + 2.0 * i / (n - 1)) for i in range(n)] if n else []
+        return [canonical_factor(self.factor ** (-1.0 + 2.0 * i / (n - 1))) for i in range(n)] if n else []
+
+    def metric_for(self, task: str) -> str:
+        return self.task_metrics.get(task, self.metric)
+
+
+def canonical_factor(x: float) -> float:
+    """An LR multiplier rounded to 6 significant digits, so that 10**-0.5 from the tuned grid and
+    0.316228 written in a config name the same run (equal specs train once)."""
+    return float(f"{x:.6g}")
+
+
+#: Half-decades from x0.1 to x10: the same points as the default tuned grid, so cosine's sweep runs are shared with it.
+DEFAULT_MULTIPLIERS = [0.1, 0.316228, 1.0, 3.16228, 10.0]
+
+
+@dataclass
+class SensitivityConfig:
+    """LR-sensitivity sweep: every swept strategy again at `multipliers` x its base LR.
+
+    The base LR is the task's LR for strategies that use the task's optimizer, and the
+    strategy's own LR argument for those that build their own (Prodigy, D-Adaptation:
+    their d-multiplier, default 1.0; schedule-free: its LR); the report says which.
+    """
+
+    enabled: bool = False
+    multipliers: list[float] = field(default_factory=lambda: list(DEFAULT_MULTIPLIERS))
+    strategies: list[str] | None = None  # labels to sweep (null: every strategy of the grid)
+    tasks: list[str] | None = None  # null: every task of the grid
+    seeds: list[int] | None = None  # null: every seed of the grid
+    reference_tol: float = 0.02  # robustness: a multiplier counts if within this fraction of the tuned reference
+    best_tol: float = 0.01  # robustness: LR-range width (decades) within this fraction of the strategy's own best
+
+    def __post_init__(self) -> None:
+        if self.enabled and not self.multipliers:
+            raise ValueError("sensitivity.multipliers is empty; give at least two (e.g. [0.1, 1, 10]) or set enabled: false")
+        if any(not (m > 0 and math.isfinite(m)) for m in self.multipliers):
+            raise ValueError(f"sensitivity.multipliers must be positive, got {self.multipliers}")
+        self.multipliers = sorted(canonical_factor(m) for m in self.multipliers)
+        if len(set(self.multipliers)) != len(self.multipliers):
+            raise ValueError(f"sensitivity.multipliers lists a value twice: {self.multipliers}")
+        for key in ("reference_tol", "best_tol"):
+            if not 0.0 <= getattr(self, key) < 1.0:
+                raise ValueError(f"sensitivity.{key} must be in [0, 1), got {getattr(self, key)}")
 
 
 @dataclass
@@ -77,6 +123,9 @@ class EvalConfig:
     plots: bool = True
     profile_tau_max: float = 4.0  # x-range of the performance profile
     tuned: TunedConfig = field(default_factory=TunedConfig)
+    sensitivity: SensitivityConfig = field(default_factory=SensitivityConfig)
+    backend: str = "local"  # local: worker processes on this machine | ray: tasks on a Ray cluster (pip install "metalr[ray]")
+    ray_address: str | None = None  # ray: cluster address (null: $RAY_ADDRESS, else a local Ray instance)
     validate_build: bool = True  # build each strategy once on a probe model at load time
 
     def __post_init__(self) -> None:
@@ -118,6 +167,12 @@ class EvalConfig:
         dup = sorted({x for x in labels if labels.count(x) > 1})
         if dup:
             raise ValueError(f"strategy label(s) {dup} used twice; give each entry a distinct `label`")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"unknown backend {self.backend!r}; valid: {', '.join(BACKENDS)}")
+        bad_metric_tasks = sorted(set(self.tuned.task_metrics) - set(self.tasks))
+        if bad_metric_tasks:
+            raise ValueError(f"tuned.task_metrics for task(s) not in the grid: {bad_metric_tasks}; grid: {self.tasks}")
+        self._check_sensitivity(labels)
         if self.tuned.n_lrs and self.tuned.strategy not in controllers.available():
             raise ValueError(f"tuned.strategy: unknown controller {self.tuned.strategy!r}; valid: {', '.join(controllers.available())}")
         if self.validate_build:
@@ -125,6 +180,25 @@ class EvalConfig:
                 probe_build(s.name, s.controller_kwargs, s.label)
             if self.tuned.n_lrs:
                 probe_build(self.tuned.strategy, self.tuned.controller_kwargs, "tuned")
+
+    def _check_sensitivity(self, labels: list[str]) -> None:
+        sens = self.sensitivity
+        for key, grid in (("strategies", labels), ("tasks", self.tasks), ("seeds", self.seeds)):
+            chosen = getattr(sens, key)
+            if chosen is None:
+                continue
+            if not chosen:
+                raise ValueError(f"sensitivity.{key} is empty; leave it out (null) to sweep every one of the grid")
+            missing = [x for x in chosen if x not in grid]
+            if missing:
+                raise ValueError(f"sensitivity.{key}: {missing} not in the grid; valid: {', '.join(map(str, grid))}")
+
+    def sweep_strategies(self) -> list[Strategy]:
+        """The strategies the sensitivity sweep runs (empty when it is off)."""
+        if not self.sensitivity.enabled:
+            return []
+        chosen = self.sensitivity.strategies
+        return [s for s in self.strategies if chosen is None or s.label in chosen]
 
     def _strategy(self, entry: Any) -> Strategy:
         from metalr import controllers
@@ -158,7 +232,7 @@ def probe_build(name: str, kwargs: dict[str, Any], label: str) -> None:
     from torch.utils.data import TensorDataset
 
     from metalr.tasks.base import Task
-    from metalr.train import build_controller
+    from metalr.train import setup
 
     x, y = torch.zeros(8, 4), torch.zeros(8, dtype=torch.long)
     probe = Task(
@@ -171,6 +245,6 @@ def probe_build(name: str, kwargs: dict[str, Any], label: str) -> None:
         steps=10_000,
     )
     try:
-        build_controller(name, probe, probe.model_fn(), probe.steps, kwargs)
+        setup(name, task=probe, total_steps=probe.steps, controller_kwargs=kwargs)
     except Exception as e:  # noqa: BLE001 - any failure here is a config problem to report
         raise ValueError(f"strategy {label!r} (controller {name!r}, kwargs {kwargs}) cannot be built: {type(e).__name__}: {e}") from None

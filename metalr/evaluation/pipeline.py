@@ -10,12 +10,14 @@ Layout of `out_dir`:
     results.md              the tables (mean ± std over seeds, best in bold)
     plots/<task>.png        val loss and LR against step, one line per strategy
     plots/profile.png       performance profile of time to target across tasks
+    plots/sensitivity_<task>.png   final metric against the LR multiplier (when `sensitivity.enabled`)
     runs/<id>.json          one finished run each (with its history); what resume reuses
     tensorboard/<id>/       the LR, training loss and eval curves of every run
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from pathlib import Path
 from typing import Any
@@ -29,25 +31,60 @@ from metalr.io import atomic_write_json, atomic_write_text, versions
 PROFILE_MEASURES = {"steps": "steps_to_target", "wall time": "time_to_target"}
 
 
-def evaluate(cfg: EvalConfig, progress: bool = True) -> dict[str, Any]:
-    """Run (or resume) the grid in `cfg`, write every output, return the results dict."""
+def evaluate(cfg: EvalConfig, progress: bool = True, source: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run (or resume) the grid in `cfg`, write every output, return the results dict.
+
+    `source` ({"config": path, "overrides": [...]}, as evaluate.py passes it) is recorded in
+    results.json, so a published result says which committed config produced it.
+    """
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     specs = build_specs(cfg)
     workers = cfg.workers or default_workers()
-    records, counts = run_grid(specs, out, workers=workers, resume=cfg.resume, tensorboard=cfg.tensorboard, progress=progress)
+    records, counts = run_grid(
+        specs, out, workers=workers, resume=cfg.resume, tensorboard=cfg.tensorboard, progress=progress, backend=cfg.backend, ray_address=cfg.ray_address
+    )
     results = summarise(cfg, records, counts)
+    results["source"] = source
     results["wall_time"] = time.perf_counter() - start
     results["workers"] = workers
     write(results, out, cfg)
     return results
 
 
+def meta_checkpoints(cfg: EvalConfig) -> dict[str, dict[str, str]]:
+    """{label: {path, sha256}} of the checkpoint each `meta` strategy loads: the stamp that ties
+    results to the exact controller weights (the shipped file's path is given relative to the repo)."""
+    from metalr.meta.checkpoint import DEFAULT_PATH
+
+    out = {}
+    for s in cfg.strategies:
+        if s.name != "meta":
+            continue
+        path = Path(s.controller_kwargs.get("checkpoint") or DEFAULT_PATH).expanduser().resolve()
+        root = DEFAULT_PATH.resolve().parents[1]
+        shown = str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+        out[s.label] = {"path": shown, "sha256": sha256_file(path)}
+    return out
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def summarise(cfg: EvalConfig, records: list[dict[str, Any]], counts: dict[str, int]) -> dict[str, Any]:
     """Everything reported, computed from the run records alone (histories left in runs/)."""
     agg = report.aggregate(records)
-    tuned = report.tuned_reference(records, agg, cfg.tuned.metric) if cfg.tuned.n_lrs else {}
+    tuned = report.tuned_reference(records, agg, cfg.tuned.metric, cfg.tuned.task_metrics) if cfg.tuned.n_lrs else {}
+    sens = {}
+    if cfg.sensitivity.enabled:
+        metrics = {t: cfg.tuned.metric_for(t) for t in cfg.tasks}
+        sens = report.sensitivity(records, tuned, metrics, cfg.sensitivity.reference_tol, cfg.sensitivity.best_tol)
     profiles = {}
     for name, key in PROFILE_MEASURES.items():
         profiles[name] = report.performance_profile(report.times_to_target(records, key, tuned), cfg.profile_tau_max)
@@ -58,11 +95,15 @@ def summarise(cfg: EvalConfig, records: list[dict[str, Any]], counts: dict[str, 
             "versions": versions(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "counts": counts,
+            # summed over runs (reused ones included): what the grid costs, however often it was resumed
+            "training_seconds": sum(float((r.get("metrics") or {}).get("wall_time") or 0.0) for r in records),
             "runs": runs,
             "aggregate": agg,
             "tuned_reference": tuned,
             "delta_vs_tuned_pct": report.delta_vs_tuned(agg, tuned),
             "profile": profiles,
+            "sensitivity": sens,
+            "meta_checkpoints": meta_checkpoints(cfg),
         }
     )
 
@@ -73,10 +114,12 @@ def write(results: dict[str, Any], out: Path, cfg: EvalConfig) -> None:
     if not cfg.plots:
         return
     (out / "plots").mkdir(exist_ok=True)
-    records = [_load_history(out, r) for r in results["runs"]]
+    records = [_load_history(out, r) for r in results["runs"] if r["spec"]["group"] != "sensitivity"]
     for task in cfg.tasks:
         report.plot_task(task, records, results["tuned_reference"].get(task), str(out / "plots" / f"{task}.png"))
     report.plot_profile(results["profile"], str(out / "plots" / "profile.png"))
+    for task, t in (results.get("sensitivity") or {}).get("tasks", {}).items():
+        report.plot_sensitivity(task, t, str(out / "plots" / f"sensitivity_{task}.png"), cfg.sensitivity.reference_tol)
 
 
 def _load_history(out: Path, run: dict[str, Any]) -> dict[str, Any]:

@@ -31,6 +31,7 @@ EFFICIENCY = [
     ("uncertainty_pearson", "unc-err Pearson"),
     ("uncertainty_spearman", "unc-err Spearman"),
     ("wall_time", "wall s"),
+    ("ms_per_step", "ms/step"),
     ("peak_memory_mb", "peak MB"),
 ]
 TARGET_KEYS = ("steps_to_target", "time_to_target")
@@ -81,8 +82,10 @@ def mean_of(cell: dict[str, Any], key: str) -> float | None:
 
 
 # ------------------------------------------------------------ tuned reference
-def tuned_reference(records: list[dict[str, Any]], agg: dict[str, dict[str, dict[str, Any]]], metric: str = "val_accuracy") -> dict[str, dict[str, Any]]:
-    """Per task, the tuned grid's best LR by mean final `metric` over seeds.
+def tuned_reference(
+    records: list[dict[str, Any]], agg: dict[str, dict[str, dict[str, Any]]], metric: str = "val_accuracy", task_metrics: dict[str, str] | None = None
+) -> dict[str, dict[str, Any]]:
+    """Per task, the tuned grid's best LR by mean final `metric` (`task_metrics[task]` if given) over seeds.
 
     Diverged or failed seeds count as the worst value (0 for accuracy-like metrics,
     +inf for losses), so an LR that diverges on some seeds is not picked for its
@@ -94,7 +97,8 @@ def tuned_reference(records: list[dict[str, Any]], agg: dict[str, dict[str, dict
         if rec["spec"]["group"] == "tuned":
             by_task.setdefault(rec["spec"]["task"], {}).setdefault(rec["spec"]["label"], []).append(rec)
     for task, by_label in by_task.items():
-        key = metric if any(_num(r.get("metrics", {}).get(f"final_{metric}")) for rs in by_label.values() for r in rs) else "val_loss"
+        want = (task_metrics or {}).get(task, metric)
+        key = want if any(_num(r.get("metrics", {}).get(f"final_{want}")) for rs in by_label.values() for r in rs) else "val_loss"
         worst = math.inf if lower_is_better(key) else 0.0
         rows: list[dict[str, Any]] = []
         for label, recs in by_label.items():
@@ -122,6 +126,8 @@ def delta_vs_tuned(agg: dict[str, dict[str, dict[str, Any]]], tuned: dict[str, d
     for task, ref in tuned.items():
         out[task] = {}
         for label, cell in agg[task].items():
+            if cell["group"] == "sensitivity":
+                continue
             m = mean_of(cell, f"final_{ref['metric']}")
             ok = m is not None and ref["mean"] is not None and ref["mean"] != 0
             out[task][label] = 100.0 * (m - ref["mean"]) / abs(ref["mean"]) if ok else None  # type: ignore[operator]
@@ -139,6 +145,8 @@ def times_to_target(records: list[dict[str, Any]], key: str, tuned: dict[str, di
     for rec in records:
         spec = rec["spec"]
         label = spec["label"]
+        if spec["group"] == "sensitivity":
+            continue
         if spec["group"] == "tuned":
             if tuned.get(spec["task"], {}).get("best_label") != label:
                 continue
@@ -266,6 +274,11 @@ def markdown(results: dict[str, Any]) -> str:
         labels = sorted({label for p in prof.values() for label in p["score"]})
         for label in labels:
             lines.append(f"| {label} | " + " | ".join(f"{p['score'].get(label, 0.0):.3f}" for p in prof.values()) + " |")
+    lines += sensitivity_markdown(results.get("sensitivity") or {})
+    stamp = results.get("meta_checkpoints") or {}
+    if stamp:
+        lines += ["", "## Meta-controller checkpoint", ""]
+        lines += [f"- `{label}`: `{c['path']}`, sha256 `{c['sha256']}`" for label, c in stamp.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -301,7 +314,7 @@ def plot_task(task: str, records: list[dict[str, Any]], tuned: dict[str, Any] | 
     series: dict[str, list[dict[str, Any]]] = {}
     for rec in records:
         spec = rec["spec"]
-        if spec["task"] != task or rec["status"] == "error":
+        if spec["task"] != task or rec["status"] == "error" or spec["group"] == "sensitivity":
             continue
         if spec["group"] == "tuned":
             if not tuned or tuned.get("best_label") != spec["label"]:
@@ -356,4 +369,197 @@ def plot_profile(profiles: dict[str, dict[str, Any]], path: str) -> None:
         ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------ LR sensitivity
+def sweep_base_label(label: str) -> str:
+    """`constant@x0.1` -> `constant` (the suffix is `grid.sweep_label`'s)."""
+    return label.rsplit("@x", 1)[0]
+
+
+def _within(score: float, ref: float, tol: float, lower: bool) -> bool:
+    if not (math.isfinite(score) and math.isfinite(ref)):
+        return False
+    return score <= ref + tol * abs(ref) if lower else score >= ref - tol * abs(ref)
+
+
+def _width_decades(multipliers: list[float], scores: list[float], tol: float, lower: bool) -> tuple[float, bool]:
+    """Width in decades of the contiguous run of multipliers, around the best one, whose score is
+    within `tol` (relative) of the best; and whether that run touches an end of the sweep (then
+    the true width is larger than measured)."""
+    finite = [s for s in scores if math.isfinite(s)]
+    if not finite:
+        return 0.0, False
+    best = min(finite) if lower else max(finite)
+    if not lower and best <= 0.0:
+        return 0.0, False
+    i = scores.index(best)
+    lo = hi = i
+    while lo > 0 and _within(scores[lo - 1], best, tol, lower):
+        lo -= 1
+    while hi < len(scores) - 1 and _within(scores[hi + 1], best, tol, lower):
+        hi += 1
+    return math.log10(multipliers[hi] / multipliers[lo]), lo == 0 or hi == len(scores) - 1
+
+
+def sensitivity(
+    records: list[dict[str, Any]],
+    tuned: dict[str, dict[str, Any]],
+    metrics: dict[str, str],
+    reference_tol: float = 0.02,
+    best_tol: float = 0.01,
+) -> dict[str, Any]:
+    """The LR-sensitivity sweep, per task and strategy, and one robustness score per strategy.
+
+    Per task the metric is the tuned reference's (`metrics[task]` when there is none). A
+    multiplier's score is the mean final metric over seeds, a diverged or failed seed counting
+    as the worst value (0 for accuracy-like metrics, +inf for losses). Robustness per strategy:
+    `within_ref_frac`, the fraction of (task, multiplier) cells within `reference_tol` of the
+    task's tuned reference (its best LR's score), and `width_decades`, the mean over tasks of
+    the width (decades of LR) of the range within `best_tol` of the strategy's own best.
+    """
+    cells: dict[str, dict[str, dict[float, list[dict[str, Any]]]]] = {}
+    for rec in records:
+        spec = rec["spec"]
+        if spec["group"] == "sensitivity":
+            m = float(spec["lr_factor"] or 1.0)
+            cells.setdefault(spec["task"], {}).setdefault(sweep_base_label(spec["label"]), {}).setdefault(m, []).append(rec)
+    out: dict[str, Any] = {"tasks": {}, "robustness": {}, "reference_tol": reference_tol, "best_tol": best_tol}
+    per_label: dict[str, dict[str, list[Any]]] = {}
+    for task, by_label in cells.items():
+        ref = tuned.get(task)
+        key = ref["metric"] if ref else metrics.get(task, "val_accuracy")
+        if not ref and not any(_num(r.get("metrics", {}).get(f"final_{key}")) for ms in by_label.values() for rs in ms.values() for r in rs):
+            key = "val_loss"
+        lower = lower_is_better(key)
+        worst = math.inf if lower else 0.0
+        ref_score = next((row["score"] for row in ref["grid"] if row["label"] == ref["best_label"]), None) if ref else None
+        task_out: dict[str, Any] = {"metric": key, "reference": ref_score, "reference_label": ref["best_label"] if ref else None, "strategies": {}}
+        for label, by_m in by_label.items():
+            mults = sorted(by_m)
+            scores, n, n_div, lrs = [], [], [], []
+            for m in mults:
+                recs = by_m[m]
+                vals = [r["metrics"][f"final_{key}"] if r["status"] != "error" and _num(r["metrics"].get(f"final_{key}")) else worst for r in recs]
+                scores.append(float(np.mean(vals)))
+                n.append(len(recs))
+                n_div.append(sum(r["status"] != "ok" for r in recs))
+                lrs.append(recs[0].get("lr"))
+            within = [_within(s, ref_score, reference_tol, lower) for s in scores] if ref_score is not None else None
+            width, open_ended = _width_decades(mults, scores, best_tol, lower)
+            first = by_m[mults[0]][0]
+            task_out["strategies"][label] = {
+                "controller": first["spec"]["controller"],
+                "lr_arg": first.get("lr_arg", "task"),
+                "multipliers": mults,
+                "lr": lrs,
+                "scores": scores,
+                "n": n,
+                "n_diverged": n_div,
+                "within_reference": within,
+                "width_decades": width,
+                "width_open_ended": open_ended,
+            }
+            acc = per_label.setdefault(label, {"within": [], "widths": [], "lr_arg": []})
+            acc["within"] += within or []
+            acc["widths"].append(width)
+            acc["lr_arg"].append(first.get("lr_arg", "task"))
+        out["tasks"][task] = task_out
+    for label, acc in per_label.items():
+        out["robustness"][label] = {
+            "within_ref_frac": float(np.mean(acc["within"])) if acc["within"] else None,
+            "width_decades": float(np.mean(acc["widths"])),
+            "lr_arg": "optimizer" if "optimizer" in acc["lr_arg"] else "task",
+            "n_tasks": len(acc["widths"]),
+        }
+    return out
+
+
+OWN_LR_MARK = "ᵒ"
+
+
+def sensitivity_markdown(sens: dict[str, Any]) -> list[str]:
+    """The sweep's Markdown: a table per task (score per multiplier) and the robustness table."""
+    if not sens or not sens.get("tasks"):
+        return []
+    rt, bt = sens["reference_tol"], sens["best_tol"]
+    lines = [
+        "",
+        "## LR sensitivity",
+        "",
+        f"Final metric (mean over seeds; a diverged seed counts as 0, or +inf for a loss) at each multiplier of the base LR. "
+        f"The base LR is the task's LR, except for strategies marked {OWN_LR_MARK}, which build their own optimizer: "
+        "their own LR argument is swept (Prodigy and D-Adaptation: the multiplier of their estimated step size, default 1.0; "
+        f"schedule-free: its LR). **Bold**: within {100 * rt:g}% of the tuned reference. (k div) = k seeds diverged. "
+        f"Width = decades of LR, around the strategy's best multiplier, within {100 * bt:g}% of that best (≥: the range reaches the end of the sweep).",
+    ]
+    for task, t in sens["tasks"].items():
+        mults = sorted({m for s in t["strategies"].values() for m in s["multipliers"]})
+        ref = f"{t['reference']:.4f} ({t['reference_label']})" if t["reference"] is not None else "none (tuned reference off)"
+        lines += ["", f"### {task}: final {t['metric']}", "", f"Tuned reference: {ref}.", ""]
+        lines.append("| strategy | " + " | ".join(f"x{m:.3g}" for m in mults) + f" | within {100 * rt:g}% of tuned | width (decades) |")
+        lines.append("|---|" + "---|" * (len(mults) + 2))
+        for label, s in t["strategies"].items():
+            row = [label + (f" {OWN_LR_MARK}" if s["lr_arg"] == "optimizer" else "")]
+            for m in mults:
+                if m not in s["multipliers"]:
+                    row.append("–")
+                    continue
+                i = s["multipliers"].index(m)
+                text = f"{s['scores'][i]:.4f}" if math.isfinite(s["scores"][i]) else "inf"
+                if s["n_diverged"][i]:
+                    text += f" ({s['n_diverged'][i]} div)"
+                row.append(f"**{text}**" if s["within_reference"] and s["within_reference"][i] else text)
+            within = s["within_reference"]
+            row.append(f"{sum(within)}/{len(within)}" if within is not None else "–")
+            row.append(("≥" if s["width_open_ended"] else "") + f"{s['width_decades']:.2f}")
+            lines.append("| " + " | ".join(row) + " |")
+    lines += [
+        "",
+        "### Robustness to the base LR",
+        "",
+        f"Per strategy, over every swept task: the fraction of (task, multiplier) cells within {100 * rt:g}% of the task's tuned reference, "
+        f"and the mean width (decades) of the LR range within {100 * bt:g}% of the strategy's own best.",
+        "",
+        f"| strategy | LR swept | within {100 * rt:g}% of tuned | width within {100 * bt:g}% of own best (decades) |",
+        "|---|---|---|---|",
+    ]
+    ranked = sorted(sens["robustness"].items(), key=lambda kv: (-(kv[1]["within_ref_frac"] or 0.0), -kv[1]["width_decades"]))
+    for label, r in ranked:
+        frac = f"{r['within_ref_frac']:.2f}" if r["within_ref_frac"] is not None else "–"
+        swept = "own LR argument" if r["lr_arg"] == "optimizer" else "task LR"
+        lines.append(f"| {label} | {swept} | {frac} | {r['width_decades']:.2f} |")
+    return lines
+
+
+def plot_sensitivity(task: str, t: dict[str, Any], path: str, reference_tol: float = 0.02) -> None:
+    """Final metric against the LR multiplier (log axis), one line per strategy; the tuned
+    reference as a dashed line with its tolerance band; diverged seeds marked with x."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    items = list(t["strategies"].items())
+    for color, (label, s) in zip(_colors(len(items)), items):
+        ys = [y if math.isfinite(y) else np.nan for y in s["scores"]]
+        own = s["lr_arg"] == "optimizer"
+        ax.plot(s["multipliers"], ys, "--" if own else "-", color=color, marker="o", markersize=4, label=label + (" (own LR)" if own else ""))
+        bad = [(m, y) for m, y, k in zip(s["multipliers"], ys, s["n_diverged"]) if k]
+        if bad:
+            ax.plot([m for m, _ in bad], [y for _, y in bad], "x", color=color, markersize=10, markeredgewidth=2)
+    if t["reference"] is not None and math.isfinite(t["reference"]):
+        ref = t["reference"]
+        ax.axhline(ref, color="black", linestyle=":", linewidth=1.5, label=f"tuned cosine ({ref:.3f})")
+        ax.axhspan(ref - reference_tol * abs(ref), ref + reference_tol * abs(ref), color="grey", alpha=0.15, linewidth=0)
+    ax.set_xscale("log")
+    mults = sorted({m for s in t["strategies"].values() for m in s["multipliers"]})
+    ax.set_xticks(mults, [f"x{m:.3g}" for m in mults])
+    ax.minorticks_off()
+    ax.set(xlabel="multiplier of the base LR", ylabel=f"final {t['metric']} (diverged seed = 0)", title=f"{task}: LR sensitivity (x = a seed diverged)")
+    ax.legend(fontsize=7, loc="best", ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
     plt.close(fig)

@@ -23,11 +23,9 @@ import numpy as np
 #: Eval-record keys that are bookkeeping, not task metrics.
 BOOKKEEPING = frozenset({"step", "epoch", "wall_time", "peak_memory_mb"})
 #: Keys of a `History.uncertainty` record: the estimate and the error it should predict.
-UNCERTAINTY_KEYS = ("uncertainty", "estimate")
-ERROR_KEYS = ("error", "batch_error", "error_rate")
 STABILITY_WINDOW = 5
 #: Name parts that make a metric lower-is-better (val_loss, val_ece, time_to_target ...).
-LOWER_IS_BETTER_WORDS = frozenset({"loss", "ece", "error", "perplexity", "time", "memory", "std"})
+LOWER_IS_BETTER_WORDS = frozenset({"loss", "ece", "error", "perplexity", "time", "memory", "std", "ms"})
 FRACTION_OF_FINAL = 0.95
 
 
@@ -123,15 +121,15 @@ def spearman(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -
 def uncertainty_pairs(history: dict[str, Any]) -> tuple[list[float], list[float], str]:
     """(estimates, errors, source) for the uncertainty-error correlation.
 
-    Preferred source: `History.uncertainty` records holding an estimate
-    (`uncertainty` or `estimate`) and the batch error (`error` or `batch_error`).
-    Fallback for controllers that only log `extra_logs()["uncertainty"]`: the
-    estimate against the same step's training loss (source "extras_vs_loss").
+    Preferred source: the `History.uncertainty` records (`metalr.estimators`:
+    `uncertainty` and the probe batch's `error_rate`). Fallback when no record
+    has a finite error rate (e.g. a probe without targets): the logged
+    `extra_logs()["uncertainty"]` against the same step's training loss
+    (source "extras_vs_loss").
     """
     est, err = [], []
     for record in history.get("uncertainty") or []:
-        u = next((record[k] for k in UNCERTAINTY_KEYS if k in record), None)
-        e = next((record[k] for k in ERROR_KEYS if k in record), None)
+        u, e = record.get("uncertainty"), record.get("error_rate")
         if _finite(u) and _finite(e):
             est.append(float(u))  # type: ignore[arg-type]
             err.append(float(e))  # type: ignore[arg-type]
@@ -167,4 +165,7 @@ def compute(history: Any, target: dict[str, float] | None = None) -> dict[str, A
     out["wall_time"] = float(h.get("wall_time") or 0.0)
     out["peak_memory_mb"] = float(h.get("peak_memory_mb") or 0.0)
     out["steps_run"] = len(h.get("steps") or [])
+    out["ms_per_step"] = 1000.0 * out["wall_time"] / out["steps_run"] if out["steps_run"] else None  # evaluations included
+    lrs = [x for x in (h.get("lr") or []) if _finite(x)]
+    out["last_lr"] = float(lrs[-1]) if lrs else None  # the LR of the last step (not "final_": defined for diverged runs too)
     return out

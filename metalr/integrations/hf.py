@@ -1,47 +1,59 @@
-"""Any metalr controller drives the LR of an unmodified `transformers.Trainer`.
+"""Any metalr controller drives the LR of an unmodified `transformers.Trainer`, checkpoints included.
 
     trainer = Trainer(model=model, args=args, train_dataset=ds, callbacks=[MetalrCallback("cosine")])
+    trainer.train()                                   # saves checkpoint-N/ as usual, metalr state inside
+    trainer.train(resume_from_checkpoint=True)        # the controller resumes where it stopped
 
 One added argument. How it fits the Trainer's loop (transformers 4.40 - 5.x):
 
-- `on_train_begin`: builds the controller on the Trainer's optimizer (filling
-  `total_steps` from `state.max_steps`) and *adopts* the Trainer's own LR scheduler:
-  its `step()` becomes a no-op and its `get_last_lr()` returns the controller's. So
-  the scheduler never overwrites the controller's LR, and the Trainer's own logging
-  (`learning_rate` in `log_history`, `train/learning_rate` in TensorBoard, W&B ...)
-  records the LR the controller set, through the Trainer's usual code path.
+- `on_train_begin`: builds the controller on the Trainer's optimizer (`total_steps`
+  from `state.max_steps`) with its tracker (`metalr.integrations.base.Binding`); on a
+  resumed run (`state.global_step > 0`) loads the metalr state of that checkpoint.
 - a forward hook on the model captures the training loss (and logits/labels for
-  accuracy) of every micro-batch, since the Trainer hands callbacks no per-step loss;
-- `on_pre_optimizer_step` (gradients final, after clipping): `SignalTracker.collect`
-  computes the gradient statistics the controller `requires`;
-- `on_step_end` (after the Trainer's scheduler step): `controller.step(signals)`
-  sets the LR of the next optimizer step;
-- `on_evaluate`: `eval_loss` / `eval_accuracy` reach the controller on the next step.
+  accuracy) of every micro-batch, since the Trainer hands callbacks no per-step
+  loss; with gradient accumulation the controller sees their mean;
+- `on_pre_optimizer_step` (gradients final, after clipping): the gradient
+  statistics the controller `requires`, and the LR this step applies;
+- `on_step_end` (after the Trainer's own scheduler step): `controller.step` sets
+  the LR of the next step, overwriting whatever the Trainer's scheduler wrote;
+- `on_evaluate`: `eval_loss` / `eval_accuracy` reach the controller on the next step;
+- `on_save` (the Trainer has just written `checkpoint-N/`): the controller's, the
+  tracker's and the callback's state go to `checkpoint-N/metalr_state.pt`
+  (atomically; readable with `torch.load(..., weights_only=True)`).
+
+The Trainer keeps its own scheduler, unmodified, so its checkpoints save and load as
+always; only the LR it reports is made the applied one (its `get_last_lr()` list is
+set to the controller's, a plain list of floats, so `learning_rate` in the Trainer's
+logs and `train/learning_rate` in TensorBoard show the LR the controller set).
+
+Resume: the state is looked up in `args.resume_from_checkpoint` (when it is a
+directory) and `<output_dir>/checkpoint-<global_step>` (what `resume_from_checkpoint=True`
+picks); a resumed run without it raises rather than silently restarting the controller.
 
 Strategies that own the optimizer (Prodigy, D-Adaptation, schedule-free) need their
 optimizer passed in: `optimizers=(metalr.controllers.get("prodigy").make_optimizer(
-model.parameters(), total_steps=n), None)`. The Trainer itself switches schedule-free
-optimizers between train and eval mode.
-
-Caveat: controller state is not written into Trainer checkpoints; resuming a run
-restarts the controller (closed-form schedules resume exactly only from step 0).
+model.parameters(), total_steps=n), None)`; the Trainer itself switches schedule-free
+optimizers between train and eval mode. The uncertainty controllers need a metalr
+Task and are refused at construction (see `metalr.integrations.base.check_spec`).
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
+import logging
+import os
+from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import TrainerCallback
 
-from metalr import controllers
 from metalr.controllers.base import Controller
-from metalr.registry import accepted_kwargs
-from metalr.signals import Signals, SignalTracker
+from metalr.integrations.base import Binding, ControllerSpec, build_controller, check_spec
 
-ControllerFactory = Callable[[torch.optim.Optimizer], Controller]
+log = logging.getLogger(__name__)
+
+#: File written into every Trainer checkpoint directory.
+STATE_FILE = "metalr_state.pt"
 
 
 class MetalrCallback(TrainerCallback):
@@ -52,53 +64,69 @@ class MetalrCallback(TrainerCallback):
             meta-learned controller, `metalr.load_pretrained`), or a factory.
         **controller_kwargs: passed to the controller (`total_steps` is filled in).
 
-    After training, `lrs` holds the LR each optimizer step applied and
-    `controller` the controller itself.
+    During and after training, `lrs` holds the LR each optimizer step applied (the
+    whole run's, across a resume) and `controller` the controller itself.
     """
 
-    def __init__(self, controller: str | ControllerFactory = "cosine", **controller_kwargs: Any) -> None:
-        if isinstance(controller, str) and controller != "pretrained":
-            controllers.get(controller)  # fail now, listing valid names, not at train time
-        elif not isinstance(controller, str) and not callable(controller):
-            raise TypeError(f"controller must be a registered name, 'pretrained' or a callable optimizer -> Controller, got {controller!r}")
+    def __init__(self, controller: ControllerSpec = "cosine", **controller_kwargs: Any) -> None:
+        check_spec(controller, "the HF Trainer")
         self.spec = controller
         self.controller_kwargs = controller_kwargs
-        self.controller: Controller | None = None
-        self.tracker: SignalTracker | None = None
-        self.lrs: list[float] = []
-        self._applied: list[float] | None = None
+        self.binding: Binding | None = None
         self._hook: Any = None
-        self._signals: Signals | None = None
+        self._scheduler: Any = None
         self._reset_batch()
 
+    @property
+    def controller(self) -> Controller | None:
+        return self.binding.controller if self.binding is not None else None
+
+    @property
+    def tracker(self) -> Any:
+        return self.binding.tracker if self.binding is not None else None
+
+    @property
+    def lrs(self) -> list[float]:
+        return self.binding.lrs if self.binding is not None else []
+
     # ------------------------------------------------------------------ building
-    def _build(self, optimizer: torch.optim.Optimizer, total_steps: int) -> Controller:
-        kwargs = dict(self.controller_kwargs)
-        if self.spec == "pretrained":
-            import metalr
-
-            return metalr.load_pretrained(optimizer=optimizer, **kwargs)
-        if isinstance(self.spec, str):
-            if "total_steps" in accepted_kwargs(controllers.get(self.spec)):
-                kwargs.setdefault("total_steps", total_steps)
-            return controllers.build(self.spec, optimizer, **kwargs)
-        return self.spec(optimizer)
-
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None, lr_scheduler: Any = None, **kwargs: Any) -> None:
         opt = getattr(optimizer, "optimizer", optimizer)  # unwrap accelerate's AcceleratedOptimizer
         total = int(state.max_steps)
-        self.controller = ctrl = self._build(opt, total)
+        try:
+            ctrl = build_controller(self.spec, opt, total, **self.controller_kwargs)
+        except TypeError as e:
+            if "make_optimizer" in str(e):  # an optimizer-owning strategy on the Trainer's AdamW
+                raise TypeError(f"{e}; pass it to the Trainer: Trainer(..., optimizers=(that_optimizer, None))") from e
+            raise
         num_labels = getattr(getattr(model, "config", None), "num_labels", None)
-        self.tracker = SignalTracker(
-            model.parameters(), opt, requires=ctrl.requires, total_steps=total, task_info={"num_classes": num_labels} if num_labels else {}
+        self.binding = Binding(
+            ctrl, params=model.parameters(), total_steps=total, task_info={"num_classes": num_labels} if num_labels else {}, model=model, device=args.device
         )
-        attach = getattr(ctrl, "attach", None)
-        if attach is not None:
-            attach(model=model, task=None, tracker=self.tracker, device=args.device)
-        if lr_scheduler is not None:
-            _adopt(lr_scheduler, self)
+        if state.global_step > 0:
+            self._resume(args, state)
+        self._scheduler = lr_scheduler
         self._hook = model.register_forward_hook(self._capture, with_kwargs=True)
-        self.lrs, self._applied = [], None
+        self._reset_batch()
+
+    def _resume(self, args: Any, state: Any) -> None:
+        assert self.binding is not None
+        candidates = []
+        if isinstance(getattr(args, "resume_from_checkpoint", None), str):
+            candidates.append(Path(args.resume_from_checkpoint))
+        candidates.append(Path(args.output_dir) / f"checkpoint-{state.global_step}")
+        for folder in candidates:
+            path = folder / STATE_FILE
+            if path.is_file():
+                saved = torch.load(path, map_location="cpu", weights_only=True)
+                if int(saved["global_step"]) == int(state.global_step):
+                    self.binding.load_state_dict(saved["binding"])
+                    return
+        raise FileNotFoundError(
+            f"MetalrCallback: the Trainer resumed at global step {state.global_step}, but no {STATE_FILE} of that step is in "
+            f"{', '.join(str(c) for c in candidates)}. Without it the controller would restart from step 0. Resume from a "
+            f"checkpoint saved with MetalrCallback, or set TrainingArguments(resume_from_checkpoint=<that checkpoint folder>)."
+        )
 
     # ---------------------------------------------------------------- per step
     def _reset_batch(self) -> None:
@@ -114,54 +142,55 @@ class MetalrCallback(TrainerCallback):
         if loss is not None:
             self._loss_sum += float(loss.detach().float().mean())
             self._n_micro += 1
-        if self.tracker is not None and "accuracy" in self.tracker.requires:
+        if self.binding is not None and "accuracy" in self.binding.tracker.requires:
             logits = output.get("logits") if isinstance(output, dict) else getattr(output, "logits", None)
             labels = kwargs.get("labels")
             if logits is not None and labels is not None:
                 self._logits, self._labels = logits.detach(), labels.detach()
 
     def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        assert self.tracker is not None and self.controller is not None, "MetalrCallback: training did not begin"
+        assert self.binding is not None, "MetalrCallback: training did not begin"
         loss = self._loss_sum / self._n_micro if self._n_micro else None
-        self._signals = self.tracker.collect(loss=loss, logits=self._logits, targets=self._labels, batch_size=args.per_device_train_batch_size)
+        self.binding.before_step(loss=loss, logits=self._logits, targets=self._labels, batch_size=args.per_device_train_batch_size)
         self._reset_batch()
-        self._applied = self.controller.get_last_lr()
-        self.lrs.append(self._applied[0])
+
+    def on_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._report_applied_lr()  # transformers 5 reads the LR to log between the optimizer and scheduler steps
 
     def applied_lrs(self) -> list[float]:
-        """The LRs the latest optimizer step applied (before any step: those the first will apply).
-
-        Read before the step: for Prodigy/D-Adaptation the step itself updates d.
-        """
-        if self._applied is not None:
-            return list(self._applied)
-        return self.controller.get_last_lr() if self.controller is not None else []
+        """The LRs the latest optimizer step applied (before any step: those the first will apply)."""
+        return self.binding.applied_lrs() if self.binding is not None else []
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        assert self.tracker is not None and self.controller is not None
-        self.tracker.epoch = int(state.epoch or 0)
-        self.controller.step(self._signals)
-        self._signals = None
+        assert self.binding is not None
+        self.binding.tracker.epoch = int(state.epoch or 0)
+        self.binding.after_step()
+        self._report_applied_lr()  # transformers 4 reads it after on_step_end
+
+    def _report_applied_lr(self) -> None:
+        """Make the Trainer's scheduler report the applied LR, so the Trainer's own logging records it."""
+        if self._scheduler is not None and isinstance(getattr(self._scheduler, "_last_lr", None), list):
+            self._scheduler._last_lr = self.applied_lrs()
 
     def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict[str, float] | None = None, **kwargs: Any) -> None:
-        if self.tracker is None or not metrics or "eval_loss" not in metrics:
+        if self.binding is None or not metrics or "eval_loss" not in metrics:
             return
-        val_loss = float(metrics["eval_loss"])
-        if math.isfinite(val_loss):
-            self.tracker.record_eval(val_loss, metrics.get("eval_accuracy"))
+        self.binding.record_eval(float(metrics["eval_loss"]), metrics.get("eval_accuracy"))
+
+    # -------------------------------------------------------------- checkpoints
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """The Trainer has written checkpoint-<global_step>/: add the metalr state to it."""
+        if self.binding is None or not state.is_world_process_zero:
+            return
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if not folder.is_dir():  # e.g. hyperparameter search writes run-<id>/checkpoint-N
+            log.warning("MetalrCallback: no checkpoint folder %s; the controller state of step %d is not saved", folder, state.global_step)
+            return
+        tmp = folder / f".{STATE_FILE}.tmp"
+        torch.save({"global_step": int(state.global_step), "binding": self.binding.state_dict()}, tmp)
+        os.replace(tmp, folder / STATE_FILE)
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self._hook is not None:
             self._hook.remove()
             self._hook = None
-
-
-def _adopt(scheduler: Any, callback: MetalrCallback) -> None:
-    """Make the Trainer's scheduler a view of the controller: no LR writes, applied LR read back.
-
-    The Trainer steps its scheduler after every optimizer step and logs its
-    `get_last_lr()` in between; replacing those two methods on this one instance
-    keeps the Trainer's loop and logging unmodified while the controller owns the LR.
-    """
-    scheduler.step = lambda *args, **kwargs: None
-    scheduler.get_last_lr = callback.applied_lrs

@@ -1,12 +1,13 @@
 """Frozen policy files: safetensors weights + JSON metadata, never pickle.
 
 One `.safetensors` file holds the policy's tensors and, in its header, the
-metadata (format tag and version, feature names, normalisation, LR bounds,
-library versions, the training config). A `.json` copy of the metadata is written
-beside it for people to read; loading never needs it. Loading checks everything
-before building anything (format, features, tensor names, shapes, finiteness),
-so a mismatched or corrupt file is refused with a clear error and nothing is
-half-loaded.
+metadata: format tag and version, feature names, the policy's constructor
+arguments (`model_args`, enough to rebuild it), the LR rule's settings
+(`rule`: bounds, horizon, guard), library versions and the training config. A
+`.json` copy of the metadata is written beside it for people to read; loading
+never needs it. Loading checks everything before building anything (format,
+features, tensor names, shapes, finiteness), so a mismatched or corrupt file is
+refused with a clear error and nothing is half-loaded.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +24,10 @@ import torch
 from metalr.io import atomic_write_bytes, atomic_write_json, versions
 from metalr.meta.features import FEATURE_NAMES
 from metalr.meta.policy import MetaPolicy
+from metalr.meta.rule import RuleConfig
 
 FORMAT = "metalr.meta_policy"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: model_args + rule settings; grad_align/loss features, no accuracy
 DEFAULT_PATH = Path(__file__).resolve().parents[2] / "checkpoints" / "metalr_default.safetensors"
 
 
@@ -35,33 +37,15 @@ class CheckpointError(ValueError):
 
 @dataclass
 class FrozenPolicy:
-    """A loaded, frozen policy plus its metadata. `.bind(optimizer)` makes a Controller."""
+    """A loaded, frozen policy, its LR-rule settings and its metadata (`metalr.controllers.meta` drives an optimizer with it)."""
 
     policy: MetaPolicy
     metadata: dict[str, Any] = field(default_factory=dict)
     path: str = ""
-
-    @property
-    def min_factor(self) -> float:
-        return float(self.metadata["min_factor"])
-
-    @property
-    def max_factor(self) -> float:
-        return float(self.metadata["max_factor"])
-
-    @property
-    def horizon_steps(self) -> int:
-        return int(self.metadata.get("horizon_steps", 0))
-
-    def bind(self, optimizer: torch.optim.Optimizer, **kwargs: Any) -> Any:
-        from metalr.controllers.meta import MetaController
-
-        return MetaController(optimizer, checkpoint=self, **kwargs)
+    rule: RuleConfig = field(default_factory=RuleConfig)
 
 
-def save_policy(
-    path: str | os.PathLike[str], policy: MetaPolicy, *, min_factor: float, max_factor: float, config: dict[str, Any], extra: dict[str, Any] | None = None
-) -> None:
+def save_policy(path: str | os.PathLike[str], policy: MetaPolicy, *, rule: RuleConfig, config: dict[str, Any], extra: dict[str, Any] | None = None) -> None:
     """Write `path` (.safetensors, atomically) and a readable `.json` copy of its metadata."""
     from safetensors.torch import save
 
@@ -69,11 +53,8 @@ def save_policy(
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "feature_names": list(FEATURE_NAMES),
-        "normalisation": {"shift": list(policy.feature_shift.tolist()), "scale": list(policy.feature_scale.tolist())},
-        "max_log_step": policy.max_log_step,
-        "min_factor": float(min_factor),
-        "max_factor": float(max_factor),
-        "architecture": "Linear(n,64)-ReLU-Linear(64,32)-ReLU-Linear(32,1), max_log_step*tanh",
+        "model_args": dict(policy.model_args),
+        "rule": rule.to_dict(),
         "versions": versions(),
         "config": config,
         **(extra or {}),
@@ -85,30 +66,37 @@ def save_policy(
 
 def read_policy(path: str | os.PathLike[str] | None = None) -> FrozenPolicy:
     """Load and validate a policy file (default: the shipped one)."""
-    from safetensors.torch import load
+    from safetensors import safe_open
 
     p = Path(path) if path is not None else DEFAULT_PATH
     if not p.is_file():
         raise FileNotFoundError(
             f"meta-controller checkpoint not found: {p}" + (" (the shipped default; run train_meta.py to create it)" if path is None else "")
         )
-    data = p.read_bytes()
     try:
-        tensors = load(data)
+        with safe_open(str(p), framework="pt") as f:
+            header = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:  # safetensors raises its own error types for truncated/corrupt files
         raise CheckpointError(f"{p}: not a readable safetensors file ({type(e).__name__}: {e})") from None
     try:
-        n = int.from_bytes(data[:8], "little")  # safetensors layout: u64 header size, JSON header, tensor bytes
-        meta = json.loads(json.loads(data[8 : 8 + n])["__metadata__"]["metalr"])
+        meta = json.loads(header["metalr"])
     except Exception as e:
         raise CheckpointError(f"{p}: no metalr metadata in the safetensors header ({type(e).__name__}: {e})") from None
     _validate(p, meta, tensors)
-    policy = MetaPolicy(len(FEATURE_NAMES), max_log_step=float(meta["max_log_step"]))
+    policy = MetaPolicy(**_model_args(meta))
     policy.load_state_dict(tensors, strict=True)
     policy.eval()
     for q in policy.parameters():
         q.requires_grad_(False)
-    return FrozenPolicy(policy, meta, str(p))
+    return FrozenPolicy(policy, meta, str(p), RuleConfig(**meta["rule"]))
+
+
+def _model_args(meta: dict[str, Any]) -> dict[str, Any]:
+    args = dict(meta["model_args"])
+    if "hidden" in args:
+        args["hidden"] = tuple(args["hidden"])
+    return args
 
 
 def _validate(p: Path, meta: Any, tensors: dict[str, torch.Tensor]) -> None:
@@ -118,13 +106,21 @@ def _validate(p: Path, meta: Any, tensors: dict[str, torch.Tensor]) -> None:
         raise CheckpointError(f"{p}: format_version {meta.get('format_version')!r} != {FORMAT_VERSION} (supported)")
     if meta.get("feature_names") != list(FEATURE_NAMES):
         raise CheckpointError(f"{p}: features {meta.get('feature_names')} do not match this metalr's {list(FEATURE_NAMES)}")
-    for key in ("max_log_step", "min_factor", "max_factor"):
-        v = meta.get(key)
-        if not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-            raise CheckpointError(f"{p}: metadata {key}={v!r} must be a positive number")
-    if not meta["min_factor"] < 1.0 < meta["max_factor"]:
-        raise CheckpointError(f"{p}: need min_factor < 1 < max_factor, got {meta['min_factor']}, {meta['max_factor']}")
-    expected = {k: tuple(v.shape) for k, v in MetaPolicy(len(FEATURE_NAMES)).state_dict().items()}
+    args = meta.get("model_args")
+    if not isinstance(args, dict) or set(args) - {"n_features", "max_log_step", "hidden"}:
+        raise CheckpointError(f"{p}: model_args {args!r} are not MetaPolicy's constructor arguments")
+    v = args.get("max_log_step")
+    if not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+        raise CheckpointError(f"{p}: model_args.max_log_step={v!r} must be a positive number")
+    rule = meta.get("rule")
+    known = {f.name for f in fields(RuleConfig)}
+    if not isinstance(rule, dict) or set(rule) - known:
+        raise CheckpointError(f"{p}: rule settings {rule!r} do not match this metalr's ({sorted(known)})")
+    try:
+        RuleConfig(**rule)
+        expected = {k: tuple(v.shape) for k, v in MetaPolicy(**_model_args(meta)).state_dict().items()}
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{p}: invalid settings ({e})") from None
     got = {k: tuple(v.shape) for k, v in tensors.items()}
     if got != expected:
         missing, extra = sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
@@ -148,13 +144,3 @@ def cached_policy(path: str | os.PathLike[str] | None = None) -> FrozenPolicy:
     if key not in _CACHE:
         _CACHE[key] = read_policy(p)
     return _CACHE[key]
-
-
-def load_pretrained(path: str | os.PathLike[str] | None = None, optimizer: torch.optim.Optimizer | None = None, **kwargs: Any) -> Any:
-    """The shipped (or given) controller: a `MetaController` with `optimizer`, else the `FrozenPolicy`."""
-    frozen = cached_policy(path)
-    if optimizer is None:
-        if kwargs:
-            raise TypeError(f"keyword arguments {sorted(kwargs)} need an optimizer (they configure the bound controller)")
-        return frozen
-    return frozen.bind(optimizer, **kwargs)

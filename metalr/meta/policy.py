@@ -2,12 +2,16 @@
 
 Linear(n, 64) -> ReLU -> Linear(64, 32) -> ReLU -> Linear(32, 1), then
 `max_log_step * tanh(.)`: the LR can change by at most a factor
-exp(±max_log_step) per step, whatever the weights. The last layer starts near
-zero, so an untrained policy is (almost) a constant LR: meta-training starts from
-the safe baseline instead of from noise.
+exp(±max_log_step) per `1/horizon_steps` of a run, whatever the weights
+(`metalr.meta.rule` applies it). The last layer starts near zero, so an
+untrained policy is (almost) a constant LR: meta-training starts from the safe
+baseline instead of from noise. `model_args` are the constructor arguments a
+checkpoint stores to rebuild it (nanoGPT's habit).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch import nn
@@ -16,20 +20,24 @@ from metalr.meta.features import N_FEATURES, SCALE, SHIFT
 
 
 class MetaPolicy(nn.Module):
-    def __init__(self, n_features: int = N_FEATURES, max_log_step: float = 0.03) -> None:
+    def __init__(self, n_features: int = N_FEATURES, max_log_step: float = 0.2, hidden: tuple[int, int] = (64, 32)) -> None:
         super().__init__()
         if not max_log_step > 0:
             raise ValueError(f"max_log_step must be > 0, got {max_log_step}")
+        if n_features != N_FEATURES:
+            raise ValueError(f"this metalr's features have {N_FEATURES} entries, got n_features={n_features}")
         self.max_log_step = float(max_log_step)
-        self.net = nn.Sequential(nn.Linear(n_features, 64), nn.ReLU(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 1))
+        self.model_args: dict[str, Any] = {"n_features": n_features, "max_log_step": self.max_log_step, "hidden": list(hidden)}
+        h1, h2 = hidden
+        self.net = nn.Sequential(nn.Linear(n_features, h1), nn.ReLU(), nn.Linear(h1, h2), nn.ReLU(), nn.Linear(h2, 1))
         last = self.net[-1]
         assert isinstance(last, nn.Linear)
         with torch.no_grad():
             last.weight.mul_(0.01)
             last.bias.zero_()
         # Normalisation travels with the weights (buffers are saved in checkpoints).
-        self.register_buffer("feature_shift", torch.tensor(SHIFT[:n_features], dtype=torch.float32))
-        self.register_buffer("feature_scale", torch.tensor(SCALE[:n_features], dtype=torch.float32))
+        self.register_buffer("feature_shift", torch.tensor(SHIFT, dtype=torch.float32))
+        self.register_buffer("feature_scale", torch.tensor(SCALE, dtype=torch.float32))
 
     feature_shift: torch.Tensor
     feature_scale: torch.Tensor
@@ -38,19 +46,3 @@ class MetaPolicy(nn.Module):
         """Log-LR change for a (..., n_features) input, in [-max_log_step, max_log_step]."""
         x = (features - self.feature_shift) / self.feature_scale
         return self.max_log_step * torch.tanh(self.net(x).squeeze(-1))
-
-
-def horizon_scale(horizon_steps: int, total_steps: int | None) -> float:
-    """Factor on the per-step log-LR change that makes the policy horizon-invariant.
-
-    The policy's output is read as the change per step of a `horizon_steps`-long
-    run; a run of T steps takes steps `horizon_steps / T` times as large (capped
-    at 4), so the same policy bends the LR by the same amount over a run of 100
-    or 10,000 steps, with `progress` telling it where it is. Without this, a
-    policy meta-trained on short runs compounds its per-step change over a long
-    run and drives the LR into its bounds (a form of short-horizon bias).
-    `horizon_steps == 0` (older checkpoints) or an unknown T gives 1.
-    """
-    if not horizon_steps or not total_steps:
-        return 1.0
-    return min(4.0, horizon_steps / total_steps)

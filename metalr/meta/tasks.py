@@ -1,43 +1,69 @@
-"""The meta-training task distribution: base tasks x widths x optimizers x base LRs x subsets.
+"""The meta-training task distribution: procedurally generated tasks, plus real sets nobody evaluates on.
 
 A `TaskSpec` is drawn from a seeded generator, so the i-th task of meta-step s is
 the same whether one process or several draw it (that is what makes the
-multi-process meta-gradient equal to the single-process one). Which base tasks
-are used, and which are held out, is chosen in config, never here.
+multi-process meta-gradient equal to the single-process one). Everything about a
+task is drawn: the data family, the model family and its size, normalisation,
+the optimizer (SGD with or without momentum, Adam with or without weight decay),
+the batch size, the base LR (log-uniform over three orders of magnitude around
+the optimizer's usual value: the policy must learn to find the LR level, not
+only to shape a schedule) and the run length (log-uniform up to a curriculum cap).
+
+Data families (all classification, cross-entropy):
+- `teacher`: Gaussian inputs labelled by a random teacher MLP (+ label noise).
+- `blobs`: a Gaussian mixture with random size and overlap.
+- `signal`: 1-D signals (random sinusoid mixtures + noise) labelled by a random teacher conv net.
+- `tokens`: token sequences labelled by a random teacher RNN (order matters).
+- `digits`, `iris`: real scikit-learn sets (never in any evaluation).
+
+Model families: MLP (depth 1-3, width 16-256, ReLU/tanh/GELU, none/LayerNorm/BatchNorm),
+1-D CNN, 2-D CNN (digits), GRU, LSTM, a one-block self-attention model, bag-of-embeddings MLP.
+
+Held out, never drawn here: every data set the evaluation uses (MNIST-1D, Fashion-MNIST,
+Rotten Tomatoes, Twitter NER, ...). Validation tasks for checkpoint selection
+(`validation_specs`) come from a separate seed stream and include real sets
+(wine, breast cancer) that meta-training never sees either.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from functools import cache
+from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from metalr import tasks
-from metalr.tasks.offline import SmallCNN2d, mlp
-
-#: Base tasks this sampler knows how to vary (plus the generated `synthetic_blobs`).
-SUPPORTED = ("digits_mlp", "digits_cnn", "wine_mlp", "breast_cancer_mlp", "synthetic_blobs")
+DATA_FAMILIES = ("teacher", "blobs", "signal", "tokens", "digits", "iris")
+#: Real sets used only to select checkpoints (neither meta-training nor evaluation).
+VALIDATION_REAL = ("wine", "breast_cancer")
+OPTIMIZERS = ("sgd", "sgdm", "adam")
+#: The optimizer's usual LR; a task's base LR is this times 10**U(-1.5, 1.5).
+USUAL_LR = {"sgd": 0.1, "sgdm": 0.03, "adam": 2e-3}
 
 
 @dataclass(frozen=True)
 class TaskSpec:
-    base: str
-    optimizer: str  # sgd | adam
+    data: str
+    model: str
+    optimizer: str  # sgd | sgdm | adam
     lr: float
-    width: int
-    train_fraction: float
-    steps: int
+    weight_decay: float
     batch_size: int
+    steps: int
     seed: int
+    params: dict[str, Any] = field(default_factory=dict, hash=False, compare=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass
 class InnerTask:
-    """Tensors and a model factory: everything one inner trajectory needs."""
+    """Tensors and a model: everything one inner trajectory needs."""
 
     spec: TaskSpec
     x_train: torch.Tensor
@@ -46,10 +72,27 @@ class InnerTask:
     y_val: torch.Tensor
     model: nn.Module
 
-    def make_optimizer(self) -> torch.optim.Optimizer:
-        if self.spec.optimizer == "sgd":
-            return torch.optim.SGD(self.model.parameters(), lr=self.spec.lr, momentum=0.9)
-        return torch.optim.Adam(self.model.parameters(), lr=self.spec.lr)
+    def make_optimizer(self, params: Any = None, lr: float | None = None) -> torch.optim.Optimizer:
+        params = self.model.parameters() if params is None else params
+        return make_optimizer(self.spec.optimizer, params, self.spec.lr if lr is None else lr, self.spec.weight_decay, self.spec.params.get("adam_eps", 1e-8))
+
+    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, y)
+
+
+def make_optimizer(name: str, params: Any, lr: float, weight_decay: float = 0.0, adam_eps: float = 1e-8) -> torch.optim.Optimizer:
+    """`sgd`, `sgdm` (momentum 0.9) or `adam`.
+
+    `higher`'s Adam adds eps to the uncorrected sqrt(v) where torch adds it to the bias-corrected
+    one; the two agree exactly only as eps -> 0 (the parity test uses `adam_eps` 1e-12).
+    """
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
+    if name == "sgdm":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, eps=adam_eps)
+    raise ValueError(f"unknown optimizer {name!r}; valid: {', '.join(OPTIMIZERS)}")
 
 
 def task_seed(seed: int, meta_step: int, index: int) -> int:
@@ -57,76 +100,250 @@ def task_seed(seed: int, meta_step: int, index: int) -> int:
     return (seed * 1_000_003 + meta_step * 10_007 + index * 101) % (2**31 - 1)
 
 
+class _Draw:
+    def __init__(self, seed: int) -> None:
+        self.rng = np.random.default_rng(seed)
+
+    def pick(self, xs: Any, p: Any = None) -> Any:
+        return xs[int(self.rng.choice(len(xs), p=p))]
+
+    def logu(self, lo: float, hi: float) -> float:
+        return float(math.exp(self.rng.uniform(math.log(lo), math.log(hi))))
+
+    def int(self, lo: int, hi: int) -> int:
+        return int(self.rng.integers(lo, hi + 1))
+
+
+#: Data family -> (weight, model families it can feed).
+_FAMILIES: dict[str, tuple[float, tuple[str, ...]]] = {
+    "teacher": (0.25, ("mlp",)),
+    "blobs": (0.12, ("mlp",)),
+    "signal": (0.2, ("cnn1d", "mlp")),
+    "tokens": (0.18, ("gru", "lstm", "attention", "bag")),
+    "digits": (0.17, ("mlp", "cnn2d")),
+    "iris": (0.08, ("mlp",)),
+}
+
+
 def sample_spec(
     seed: int,
-    base_tasks: list[str],
-    optimizers: list[str],
-    base_lrs: dict[str, float],
-    lr_factor_range: tuple[float, float],
-    widths: list[int],
-    steps: list[int],
-    train_fraction_range: tuple[float, float],
+    data_families: tuple[str, ...] = DATA_FAMILIES,
+    optimizers: tuple[str, ...] = OPTIMIZERS,
+    lr_decades: float = 1.5,
+    steps_range: tuple[int, int] = (100, 2000),
+    step_multiple: int = 20,
 ) -> TaskSpec:
-    g = torch.Generator().manual_seed(seed)
+    """Draw one meta-training task. Run length is log-uniform in `steps_range`, rounded to `step_multiple`."""
+    d = _Draw(seed)
+    fams = [f for f in _FAMILIES if f in data_families]
+    if not fams:
+        raise ValueError(f"no known data family in {data_families}; valid: {', '.join(DATA_FAMILIES)}")
+    w = np.array([_FAMILIES[f][0] for f in fams])
+    data = d.pick(fams, w / w.sum())
+    model = d.pick(_FAMILIES[data][1])
+    opt = d.pick(list(optimizers))
+    lr = USUAL_LR[opt] * 10 ** float(d.rng.uniform(-lr_decades, lr_decades))
+    wd = d.pick([0.0, 0.0, 1e-4, 1e-2]) if opt == "adam" else d.pick([0.0, 0.0, 5e-4])
+    lo, hi = steps_range
+    steps = max(step_multiple, int(round(d.logu(lo, hi) / step_multiple)) * step_multiple)
+    heavy = model in ("gru", "lstm", "attention", "cnn2d")
+    if heavy:
+        steps = min(steps, 600)  # the slowest models per step on CPU: shorter runs keep meta-batches balanced
+    params: dict[str, Any] = {}
+    if data == "teacher":
+        params.update(dim=d.int(8, 64), classes=d.int(2, 10), n=d.int(600, 4000), noise=float(d.rng.uniform(0, 0.2)), depth=d.int(1, 3))
+    elif data == "blobs":
+        params.update(dim=d.int(5, 40), classes=d.int(2, 8), n=d.int(600, 3000), spread=float(d.rng.uniform(0.5, 2.0)))
+    elif data == "signal":
+        params.update(length=d.pick([32, 48, 64]), classes=d.int(2, 8), n=d.int(800, 4000), noise=float(d.rng.uniform(0.1, 1.0)))
+    elif data == "tokens":
+        params.update(vocab=d.int(6, 24), length=d.int(6, 14), classes=d.int(2, 5), n=d.int(800, 3000))
+    if model == "mlp":
+        params.update(
+            width=d.pick([16, 32, 64, 128, 256]), layers=d.int(1, 3), act=d.pick(["relu", "tanh", "gelu"]), norm=d.pick(["none", "none", "layer", "batch"])
+        )
+    elif model == "cnn1d":
+        params.update(channels=d.pick([8, 16, 32]))
+    elif model == "cnn2d":
+        params.update(channels=d.pick([4, 8, 16]))
+    else:
+        params.update(width=d.pick([16, 24, 32]))
+    n_train = {"digits": 1437, "iris": 120}.get(data, int(params.get("n", 1000) * 0.8))
+    batch = min(d.pick([16, 32, 64, 128, 256]), max(8, n_train // 4), 64 if heavy else 256)
+    return TaskSpec(data=data, model=model, optimizer=opt, lr=lr, weight_decay=wd, batch_size=batch, steps=steps, seed=seed, params=params)
 
-    def pick(xs: list) -> object:  # type: ignore[type-arg]
-        return xs[int(torch.randint(len(xs), (1,), generator=g))]
 
-    def uniform(lo: float, hi: float) -> float:
-        return lo + (hi - lo) * float(torch.rand(1, generator=g))
+# ------------------------------------------------------------------------ data
+def _teacher_labels(x: torch.Tensor, classes: int, depth: int, g: torch.Generator) -> torch.Tensor:
+    h = x
+    for _ in range(depth):
+        w = torch.randn(h.shape[1], 64, generator=g) / math.sqrt(h.shape[1])
+        h = torch.tanh(h @ w * 2.0)
+    w = torch.randn(h.shape[1], classes, generator=g) / math.sqrt(h.shape[1])
+    return (h @ w).argmax(1)
 
-    opt = str(pick(optimizers))
-    lo, hi = lr_factor_range
-    factor = math.exp(uniform(math.log(lo), math.log(hi)))
-    base = str(pick(base_tasks))
-    return TaskSpec(
-        base=base,
-        optimizer=opt,
-        lr=base_lrs[opt] * factor,
-        width=int(pick(widths)),  # type: ignore[call-overload]
-        train_fraction=uniform(*train_fraction_range),
-        steps=int(pick(steps)),  # type: ignore[call-overload]
-        batch_size=int(pick([16, 32, 64])) if base != "digits_cnn" else 32,  # type: ignore[call-overload]
-        seed=seed,
-    )
+
+def _noisy(y: torch.Tensor, classes: int, noise: float, g: torch.Generator) -> torch.Tensor:
+    flip = torch.rand(len(y), generator=g) < noise
+    return torch.where(flip, torch.randint(classes, y.shape, generator=g), y)
 
 
 @cache
-def _base_tensors(name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
-    if name == "synthetic_blobs":
-        raise ValueError("synthetic_blobs is generated per seed")
-    t = tasks.build(name)
-    xt, yt = t.train_data.tensors  # type: ignore[attr-defined]
-    xv, yv = t.val_data.tensors  # type: ignore[attr-defined]
-    return xt, yt, xv, yv, t.num_classes
+def _sklearn(name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    from sklearn import datasets
+
+    loader = {"digits": datasets.load_digits, "iris": datasets.load_iris, "wine": datasets.load_wine, "breast_cancer": datasets.load_breast_cancer}[name]
+    x, y = loader(return_X_y=True)
+    x = (x - x.mean(0)) / (x.std(0) + 1e-6)
+    return torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.long)
 
 
-def _blobs(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
-    """A Gaussian-mixture classification problem with random size and overlap."""
-    rng = np.random.default_rng(seed)
-    d, k = int(rng.integers(5, 40)), int(rng.integers(2, 8))
-    centres = rng.normal(size=(k, d)) * rng.uniform(0.5, 2.0)
-    y = rng.integers(0, k, size=1200)
-    x = (centres[y] + rng.normal(size=(1200, d))).astype(np.float32)
-    xt, yt = torch.tensor(x), torch.tensor(y, dtype=torch.long)
-    return xt[:900], yt[:900], xt[900:], yt[900:], k
+def make_data(spec: TaskSpec) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """(x_train, y_train, x_val, y_val, classes) for the spec, deterministic in its seed."""
+    p, g = spec.params, torch.Generator().manual_seed(spec.seed + 11)
+    if spec.data in ("digits", "iris", "wine", "breast_cancer"):
+        x, y = _sklearn(spec.data)
+        perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))  # fixed split, as in metalr.tasks
+        x, y = x[perm], y[perm]
+        n_val = len(y) // 5
+        if spec.data == "digits" and spec.model == "cnn2d":
+            x = x.reshape(-1, 1, 8, 8)
+        return x[n_val:], y[n_val:], x[:n_val], y[:n_val], int(y.max()) + 1
+    n, k = int(p["n"]), int(p["classes"])
+    if spec.data == "teacher":
+        x = torch.randn(n, p["dim"], generator=g)
+        y = _noisy(_teacher_labels(x, k, p["depth"], g), k, p["noise"], g)
+    elif spec.data == "blobs":
+        centres = torch.randn(k, p["dim"], generator=g) * p["spread"]
+        y = torch.randint(k, (n,), generator=g)
+        x = centres[y] + torch.randn(n, p["dim"], generator=g)
+    elif spec.data == "signal":
+        t = torch.linspace(0, 1, p["length"])
+        freqs = torch.rand(n, 3, 1, generator=g) * 8 + 1
+        phase = torch.rand(n, 3, 1, generator=g) * 6.28
+        amp = torch.randn(n, 3, 1, generator=g)
+        x = (amp * torch.sin(freqs * t * 6.28 + phase)).sum(1) + p["noise"] * torch.randn(n, p["length"], generator=g)
+        kernel = torch.randn(4, 1, 5, generator=g)
+        feats = F.relu(F.conv1d(x.unsqueeze(1), kernel, padding=2)).mean(-1)
+        y = (feats @ torch.randn(4, k, generator=g)).argmax(1)
+    elif spec.data == "tokens":
+        v, length = int(p["vocab"]), int(p["length"])
+        x = torch.randint(v, (n, length), generator=g)
+        emb, wh = torch.randn(v, 16, generator=g), torch.randn(16, 16, generator=g) / 4.0
+        h = torch.zeros(n, 16)
+        for i in range(length):
+            h = torch.tanh(h @ wh + emb[x[:, i]])
+        y = (h @ torch.randn(16, k, generator=g)).argmax(1)
+    else:
+        raise ValueError(f"unknown data family {spec.data!r}; valid: {', '.join(DATA_FAMILIES + VALIDATION_REAL)}")
+    n_val = max(100, n // 5)
+    return x[n_val:], y[n_val:], x[:n_val], y[:n_val], k
 
 
-def materialise(spec: TaskSpec) -> InnerTask:
-    """Data subset and a freshly initialised model (seeded by the spec; global RNG untouched)."""
-    if spec.base not in SUPPORTED:
-        raise ValueError(f"unknown meta-training task {spec.base!r}; valid: {', '.join(SUPPORTED)}")
-    xt, yt, xv, yv, k = _blobs(spec.seed) if spec.base == "synthetic_blobs" else _base_tensors(spec.base)
-    g = torch.Generator().manual_seed(spec.seed + 1)
-    n = max(spec.batch_size * 2, int(len(yt) * spec.train_fraction))
-    idx = torch.randperm(len(yt), generator=g)[:n]
+# ---------------------------------------------------------------------- models
+_ACT = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
+
+
+def _mlp(n_in: int, k: int, width: int, layers: int, act: str, norm: str) -> nn.Module:
+    mods: list[nn.Module] = [nn.Flatten()]
+    for _ in range(layers):
+        mods.append(nn.Linear(n_in, width))
+        if norm == "layer":
+            mods.append(nn.LayerNorm(width))
+        elif norm == "batch":
+            mods.append(nn.BatchNorm1d(width))
+        mods.append(_ACT[act]())
+        n_in = width
+    mods.append(nn.Linear(n_in, k))
+    return nn.Sequential(*mods)
+
+
+class _Recurrent(nn.Module):
+    def __init__(self, vocab: int, k: int, width: int, cell: str) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(vocab, width)
+        self.rnn = (nn.GRU if cell == "gru" else nn.LSTM)(width, width, batch_first=True)
+        self.out = nn.Linear(width, k)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, _ = self.rnn(self.emb(x))
+        return self.out(h[:, -1])
+
+
+class _Attention(nn.Module):
+    """One pre-norm self-attention block with learned positions, mean-pooled."""
+
+    def __init__(self, vocab: int, k: int, width: int, length: int) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(vocab, width)
+        self.pos = nn.Parameter(torch.randn(length, width) * 0.1)
+        self.ln1, self.ln2 = nn.LayerNorm(width), nn.LayerNorm(width)
+        self.qkv = nn.Linear(width, 3 * width)
+        self.ff = nn.Sequential(nn.Linear(width, 2 * width), nn.GELU(), nn.Linear(2 * width, width))
+        self.out = nn.Linear(width, k)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.emb(x) + self.pos[: x.shape[1]]
+        q, kk, v = self.qkv(self.ln1(h)).chunk(3, -1)
+        h = h + torch.softmax(q @ kk.transpose(1, 2) / math.sqrt(q.shape[-1]), -1) @ v
+        h = h + self.ff(self.ln2(h))
+        return self.out(h.mean(1))
+
+
+class _Bag(nn.Module):
+    def __init__(self, vocab: int, k: int, width: int) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(vocab, width)
+        self.net = nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, k))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(self.emb(x).mean(1))
+
+
+def _cnn1d(length: int, k: int, c: int) -> nn.Module:
+    return nn.Sequential(
+        nn.Unflatten(1, (1, length)), nn.Conv1d(1, c, 5, stride=2, padding=2), nn.ReLU(),
+        nn.Conv1d(c, c, 3, stride=2, padding=1), nn.ReLU(), nn.AdaptiveAvgPool1d(4), nn.Flatten(), nn.Linear(4 * c, k),
+    )  # fmt: skip
+
+
+def _cnn2d(k: int, c: int) -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(1, c, 3, padding=1), nn.ReLU(), nn.Conv2d(c, 2 * c, 3, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(8 * c, k),
+    )  # fmt: skip
+
+
+def make_model(spec: TaskSpec, x: torch.Tensor, k: int) -> nn.Module:
+    p = spec.params
+    if spec.model == "mlp":
+        return _mlp(x[0].numel(), k, p["width"], p["layers"], p["act"], p["norm"])
+    if spec.model == "cnn1d":
+        return _cnn1d(x.shape[1], k, p["channels"])
+    if spec.model == "cnn2d":
+        return _cnn2d(k, p["channels"])
+    vocab = int(p["vocab"])
+    if spec.model in ("gru", "lstm"):
+        return _Recurrent(vocab, k, p["width"], spec.model)
+    if spec.model == "attention":
+        return _Attention(vocab, k, p["width"], x.shape[1])
+    if spec.model == "bag":
+        return _Bag(vocab, k, p["width"])
+    raise ValueError(f"unknown model family {spec.model!r}")
+
+
+def materialise(spec: TaskSpec, dtype: torch.dtype = torch.float32) -> InnerTask:
+    """Data and a freshly initialised model (seeded by the spec; global RNG untouched).
+
+    `dtype=torch.float64` is for exactness checks (the parity test): the same run in double precision.
+    """
+    xt, yt, xv, yv, k = make_data(spec)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(spec.seed + 2)
-        if spec.base == "digits_cnn":
-            model: nn.Module = SmallCNN2d(1, 10, max(4, spec.width // 8))
-        else:
-            model = mlp(xt[0].numel(), k, (spec.width,))
-    return InnerTask(spec, xt[idx], yt[idx], xv, yv, model)
+        model = make_model(spec, xt, k).to(dtype)
+    if xt.is_floating_point():
+        xt, xv = xt.to(dtype), xv.to(dtype)
+    return InnerTask(spec, xt, yt, xv, yv, model)
 
 
 def batch_stream(task: InnerTask) -> torch.Tensor:
@@ -138,3 +355,19 @@ def batch_stream(task: InnerTask) -> torch.Tensor:
         perm = torch.randperm(n, generator=g)
         rows.extend(perm[i : i + b] for i in range(0, n - b + 1, b))
     return torch.stack(rows[: task.spec.steps])
+
+
+def validation_specs(n_generated: int = 8, lr_factors: tuple[float, ...] = (0.1, 1.0, 10.0), seed: int = 987_654_321) -> list[TaskSpec]:
+    """Fixed checkpoint-selection tasks: generated ones from their own seed stream, plus wine and breast cancer.
+
+    Each base task is run at its drawn LR times every factor in `lr_factors` (selection rewards robustness to the base LR).
+    """
+    bases = [sample_spec(seed + i, steps_range=(200, 1000)) for i in range(n_generated)]
+    for j, name in enumerate(VALIDATION_REAL):
+        bases.append(TaskSpec(data=name, model="mlp", optimizer=("sgdm", "adam")[j % 2], lr=USUAL_LR[("sgdm", "adam")[j % 2]], weight_decay=0.0,
+                              batch_size=32, steps=300, seed=seed + 100 + j, params=dict(width=64, layers=1, act="relu", norm="none")))  # fmt: skip
+    out = []
+    for b in bases:
+        for f in lr_factors:
+            out.append(TaskSpec(**{**b.to_dict(), "lr": b.lr * f}))
+    return out

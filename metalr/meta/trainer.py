@@ -3,15 +3,31 @@
 One meta-step: every process draws its share of the meta-batch (task i of step s
 is seeded by (seed, s, i), so the draw does not depend on the process count),
 trains each task for its full trajectory as a chain of K-step truncations
-(`metalr.meta.unroll`), backpropagates each truncation's validation-loss terms
-into the policy as it goes, averages over the whole meta-batch (all-reduce when
-distributed), clips and takes one Adam step. The meta-loss of a task is the mean
-over its whole trajectory of log(val_loss / val_loss_at_init): every phase of
-training counts, not only the first K steps.
+(`metalr.meta.unroll`), and backpropagates each truncation's validation-loss
+terms into the policy as it goes. Two things fight short-horizon bias (Wu et al.
+2018; Metz et al. 2019):
+- the meta-loss of a task covers its whole trajectory: the validation soft error
+  (1 - mean probability of the true class, a differentiable stand-in for the error
+  rate) relative to its value at init, every `val_every` steps, weighted from 1 at
+  the start up to `end_weight` at the end: where training ends counts most, but
+  every phase counts;
+- `credit`: d(log LR)/d(policy) is carried forward across truncations (real-time
+  recurrent learning for that one scalar), so a loss late in training is credited
+  to every earlier decision that set its LR, not only to the last K steps'.
+Run lengths follow a curriculum: the longest run drawn grows from
+`3 * steps_range[0]` to `steps_range[1]` over the first `curriculum_meta_steps`.
+Gradients are averaged over the meta-batch (all-reduce when distributed),
+clipped, and Adam takes one step.
+
+Every `validate_every` meta-steps the current policy is run, frozen, through the
+deployed path (`metalr.meta.validate.run_spec`: real optimizer, `SignalTracker`,
+`MetaController`) on fixed validation tasks that are neither meta-training nor
+evaluation tasks, each at base LR x0.1, x1 and x10; the policy with the best mean
+final validation accuracy is the one exported.
 
 Everything a meta-step depends on is (policy, meta-optimizer, step, seed), so a
-checkpoint of those (plus RNG states and the loss history) taken between
-meta-steps lets `--resume` reproduce an uninterrupted run exactly.
+checkpoint of those (plus RNG state, history and the best policy so far) taken
+between meta-steps lets `--resume` reproduce an uninterrupted run exactly.
 """
 
 from __future__ import annotations
@@ -20,7 +36,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +44,17 @@ import torch
 import torch.distributed as dist
 
 from metalr.meta.checkpoint import save_policy
-from metalr.meta.policy import MetaPolicy, horizon_scale
-from metalr.meta.tasks import SUPPORTED, materialise, sample_spec, task_seed
+from metalr.meta.policy import MetaPolicy
+from metalr.meta.rule import RuleConfig
+from metalr.meta.tasks import DATA_FAMILIES, OPTIMIZERS, materialise, sample_spec, task_seed
+from metalr.testing import pause_point
 
 log = logging.getLogger(__name__)
 TRAIN_STATE = "train_state.safetensors"
+BEST_POLICY = "best_policy.safetensors"
+
+#: Data each evaluation task is built on: a held-out task's data may never be a meta-training family.
+TASK_DATA = {"digits_mlp": "digits", "digits_cnn": "digits", "wine_mlp": "wine", "breast_cancer_mlp": "breast_cancer"}
 
 
 @dataclass
@@ -40,28 +62,30 @@ class MetaTrainConfig:
     """Everything train_meta.py reads (configs/meta_train.yaml; `key=value` overrides)."""
 
     seed: int = 0
-    meta_steps: int = 200  # meta-updates
-    meta_batch: int = 4  # tasks per meta-update (split across processes)
+    meta_steps: int = 300  # meta-updates
+    meta_batch: int = 8  # tasks per meta-update (split across processes)
     meta_lr: float = 1e-3  # Adam on the policy
     grad_clip: float = 1.0  # meta-gradient norm clip
     truncation: int = 20  # K inner steps per differentiable truncation
     val_every: int = 5  # a meta-loss term every this many inner steps
     val_batch: int = 256
-    tasks: list[str] = field(default_factory=lambda: ["digits_mlp", "digits_cnn", "wine_mlp", "breast_cancer_mlp", "synthetic_blobs"])
-    held_out: list[str] = field(default_factory=lambda: ["mnist1d_cnn", "fashion_mnist_mlp"])  # never meta-trained on
-    optimizers: list[str] = field(default_factory=lambda: ["sgd", "adam"])
-    base_lrs: dict[str, float] = field(default_factory=lambda: {"sgd": 0.05, "adam": 0.001})
-    lr_factor_range: list[float] = field(default_factory=lambda: [0.3, 3.0])  # base LR x log-uniform factor
-    widths: list[int] = field(default_factory=lambda: [32, 64, 128])
-    steps: list[int] = field(default_factory=lambda: [100, 200, 300])  # inner trajectory lengths
-    train_fraction_range: list[float] = field(default_factory=lambda: [0.5, 1.0])
-    max_log_step: float = 0.03  # |log LR change| per step of a `horizon_steps`-long run
-    horizon_steps: int = 100  # a T-step run scales each change by horizon_steps / T (0: no scaling)
-    min_factor: float = 0.01  # LR >= min_factor * base LR
-    max_factor: float = 5.0  # LR <= max_factor * base LR
+    objective: str = "soft_error"  # validation quantity of the meta-loss: soft_error | log_val_loss (metalr.meta.unroll.val_objective)
+    end_weight: float = 4.0  # weight of the last meta-loss term relative to the first (linear in between)
+    credit: bool = True  # carry d(log LR)/d(policy) across truncations
+    data_families: list[str] = field(default_factory=lambda: list(DATA_FAMILIES))
+    optimizers: list[str] = field(default_factory=lambda: list(OPTIMIZERS))
+    lr_decades: float = 1.5  # base LR = usual LR * 10**U(-lr_decades, lr_decades)
+    steps_range: list[int] = field(default_factory=lambda: [100, 2000])  # inner run lengths, log-uniform
+    curriculum_meta_steps: int = 150  # the longest run drawn grows to steps_range[1] over these meta-steps
+    held_out: list[str] = field(default_factory=lambda: ["mnist1d_cnn", "fashion_mnist_mlp", "rt_bilstm", "twitter_ner_bilstm_crf"])
+    max_log_step: float = 0.2  # |log LR change| per 1/horizon_steps of a run
+    rule: dict[str, Any] = field(default_factory=dict)  # RuleConfig fields (bounds, horizon, guard); defaults if empty
+    validate_every: int = 25  # meta-steps between validation runs (0: never; the last policy is exported)
+    validation_tasks: int = 8  # generated validation tasks (plus wine and breast cancer), each at x0.1, x1, x10
+    validation_max_steps: int = 1000  # cap on a validation run's length
     out_dir: str = "runs/meta"
-    export_path: str = ""  # also write the final frozen policy here (e.g. checkpoints/metalr_default.safetensors)
-    checkpoint_every: int = 10  # meta-steps between (atomic) training checkpoints
+    export_path: str = ""  # also write the selected frozen policy here (e.g. checkpoints/metalr_default.safetensors)
+    checkpoint_every: int = 5  # meta-steps between (atomic) training checkpoints
     log_every: int = 1
     trajectory_every: int = 25  # log a sampled LR trajectory to TensorBoard every this many meta-steps
     num_threads: int = 1  # torch CPU threads per process (fixed for reproducibility)
@@ -71,84 +95,163 @@ class MetaTrainConfig:
         for key in ("meta_steps", "meta_batch", "truncation", "val_every", "val_batch", "checkpoint_every", "log_every", "trajectory_every", "num_threads"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
-        if not (self.meta_lr > 0 and self.grad_clip > 0 and self.max_log_step > 0):
-            raise ValueError("meta_lr, grad_clip and max_log_step must be > 0")
-        if not 0 < self.min_factor < 1 < self.max_factor:
-            raise ValueError(f"need 0 < min_factor < 1 < max_factor, got {self.min_factor}, {self.max_factor}")
+        if self.validate_every < 0 or self.validation_tasks < 0 or self.curriculum_meta_steps < 0 or self.validation_max_steps < 1:
+            raise ValueError("validate_every, validation_tasks and curriculum_meta_steps must be >= 0, validation_max_steps >= 1")
+        if not (self.meta_lr > 0 and self.grad_clip > 0 and self.max_log_step > 0 and self.end_weight > 0 and self.lr_decades >= 0):
+            raise ValueError("meta_lr, grad_clip, max_log_step and end_weight must be > 0, lr_decades >= 0")
+        self.rule_config()  # validates the rule's fields
+        if self.objective not in ("soft_error", "log_val_loss"):
+            raise ValueError(f"unknown objective {self.objective!r}; valid: soft_error, log_val_loss")
         if self.truncation % self.val_every:
             raise ValueError(f"truncation ({self.truncation}) must be a multiple of val_every ({self.val_every})")
-        unknown = sorted(set(self.tasks) - set(SUPPORTED))
-        if unknown or not self.tasks:
-            raise ValueError(f"unknown meta-training task(s) {unknown or '(none given)'}; valid: {', '.join(SUPPORTED)}")
-        leaked = sorted(set(self.tasks) & set(self.held_out))
+        unknown = sorted(set(self.data_families) - set(DATA_FAMILIES))
+        if unknown or not self.data_families:
+            raise ValueError(f"unknown meta-training task(s) {unknown or '(none given)'}; valid: {', '.join(DATA_FAMILIES)}")
+        leaked = sorted(t for t in self.held_out if t in self.data_families or TASK_DATA.get(t) in self.data_families)
         if leaked:
-            raise ValueError(f"task(s) {leaked} are both meta-trained on and held out")
-        bad_opt = sorted(set(self.optimizers) - {"sgd", "adam"})
+            raise ValueError(f"task(s) {leaked} are both meta-trained on and held out (their data is a meta-training family)")
+        bad_opt = sorted(set(self.optimizers) - set(OPTIMIZERS))
         if bad_opt or not self.optimizers:
-            raise ValueError(f"unknown optimizer(s) {bad_opt or '(none given)'}; valid: sgd, adam (higher 0.2.1 has no AdamW)")
-        missing = sorted(set(self.optimizers) - set(self.base_lrs))
-        if missing or any(not v > 0 for v in self.base_lrs.values()):
-            raise ValueError(f"base_lrs needs a positive LR for every optimizer; missing {missing}")
-        for key in ("lr_factor_range", "train_fraction_range"):
-            r = getattr(self, key)
-            if len(r) != 2 or not 0 < r[0] <= r[1]:
-                raise ValueError(f"{key} must be [lo, hi] with 0 < lo <= hi, got {r}")
-        if self.train_fraction_range[1] > 1:
-            raise ValueError("train_fraction_range must lie in (0, 1]")
-        for s in self.steps:
-            if s < 1 or s % self.truncation:
-                raise ValueError(f"every inner length in steps must be a positive multiple of truncation ({self.truncation}), got {s}")
-        if not self.widths or min(self.widths) < 4:
-            raise ValueError(f"widths must be >= 4, got {self.widths}")
+            raise ValueError(f"unknown optimizer(s) {bad_opt or '(none given)'}; valid: {', '.join(OPTIMIZERS)} (higher 0.2.1 has no AdamW)")
+        lo, hi = (self.steps_range + [0, 0])[:2]
+        if len(self.steps_range) != 2 or not self.truncation <= lo <= hi:
+            raise ValueError(f"steps_range must be [lo, hi] with truncation ({self.truncation}) <= lo <= hi, got {self.steps_range}")
 
-    @property
-    def log_bounds(self) -> tuple[float, float]:
-        return math.log(self.min_factor), math.log(self.max_factor)
+    def rule_config(self) -> RuleConfig:
+        try:
+            return RuleConfig(**self.rule)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"rule: {e}") from None
+
+    def max_steps_at(self, meta_step: int) -> int:
+        """The curriculum: the longest inner run drawn at `meta_step`."""
+        lo, hi = self.steps_range
+        if not self.curriculum_meta_steps:
+            return hi
+        start = min(hi, 3 * lo)
+        return int(start + (hi - start) * min(1.0, meta_step / self.curriculum_meta_steps))
 
 
 # ------------------------------------------------------------------ one meta-step
+def trajectory_weight(steps: int, val_every: int, end_weight: float) -> float:
+    """Sum of the meta-loss weights of a full `steps`-long trajectory (the per-task normaliser)."""
+    from metalr.meta.unroll import meta_weight
+
+    points = [t for t in range(1, steps + 1) if t % val_every == 0 or t == steps]
+    return sum(meta_weight(t / steps, end_weight) for t in points)
+
+
+def run_trajectory(traj: Any, policy: MetaPolicy, rule: RuleConfig, cfg: MetaTrainConfig, norm: float) -> tuple[float, list[torch.Tensor]]:
+    """Train one task to the end as a chain of truncations, adding d(meta-loss / norm)/d(policy) into `.grad`.
+
+    Returns (sum of the trajectory's weighted meta-loss terms, final credit d(log LR)/d(policy)).
+    With `cfg.credit`, each truncation's loss is also credited, through the LR state it started
+    from, to every earlier policy output (exact for that state: the carried derivative equals
+    what one long truncation would give; `tests/test_meta.py` checks it).
+    """
+    from metalr.meta.unroll import truncation
+
+    params = list(policy.parameters())
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    credit = [torch.zeros_like(p) for p in params]  # d(log_rel at truncation start)/d(policy)
+    task_loss = 0.0
+    while not traj.done:
+        res = truncation(traj, policy, rule, cfg.truncation, cfg.val_every, cfg.end_weight)
+        task_loss += float(res.loss.detach())
+        wrt = [*params, res.log_rel_start]
+        g_end: tuple[torch.Tensor | None, ...] = ()
+        d_end = 0.0
+        if cfg.credit and res.log_rel_end.requires_grad:
+            g_end = torch.autograd.grad(res.log_rel_end, wrt, allow_unused=True, retain_graph=True)
+            d_end = float(g_end[-1]) if g_end[-1] is not None else 0.0
+        if res.loss.requires_grad:
+            g_loss = torch.autograd.grad(res.loss / norm, wrt, allow_unused=True)
+            d_start = float(g_loss[-1]) if g_loss[-1] is not None else 0.0
+            for p, g, c in zip(params, g_loss[:-1], credit):
+                if g is not None:
+                    p.grad.add_(g)  # type: ignore[union-attr]
+                if cfg.credit and d_start:
+                    p.grad.add_(c, alpha=d_start)  # type: ignore[union-attr]
+        if g_end:
+            credit = [c * d_end + (g if g is not None else torch.zeros_like(c)) for c, g in zip(credit, g_end[:-1])]
+    return task_loss, credit
+
+
 def meta_step(policy: MetaPolicy, meta_opt: torch.optim.Optimizer, cfg: MetaTrainConfig, step: int, rank: int = 0, world: int = 1) -> dict[str, Any]:
     """One meta-update over the meta-batch; this process handles its share of the tasks."""
-    from metalr.meta.unroll import start, truncation
+    from metalr.meta.unroll import start
 
     if cfg.meta_batch % world:
         raise ValueError(f"meta_batch ({cfg.meta_batch}) must be divisible by the number of processes ({world})")
     per = cfg.meta_batch // world
+    rule = cfg.rule_config()
+    params = list(policy.parameters())
     meta_opt.zero_grad(set_to_none=False)
-    for p in policy.parameters():
+    for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
-    loss_sum, diverged, lrs0 = 0.0, 0, []
+    loss_sum, diverged, guard, lrs0, inner_steps = 0.0, 0, 0, [], 0
     for j in range(per):
         index = rank * per + j
         spec = sample_spec(
-            task_seed(cfg.seed, step, index), cfg.tasks, cfg.optimizers, cfg.base_lrs, tuple(cfg.lr_factor_range),  # type: ignore[arg-type]
-            cfg.widths, cfg.steps, tuple(cfg.train_fraction_range),  # type: ignore[arg-type]
+            task_seed(cfg.seed, step, index), tuple(cfg.data_families), tuple(cfg.optimizers), cfg.lr_decades,
+            (cfg.steps_range[0], cfg.max_steps_at(step)), cfg.truncation,
         )  # fmt: skip
-        traj = start(materialise(spec), cfg.val_batch)
-        n_terms = spec.steps // cfg.val_every
-        while not traj.done:
-            total, _ = truncation(traj, policy, cfg.truncation, cfg.val_every, cfg.log_bounds, horizon_scale(cfg.horizon_steps, spec.steps))
-            if total.requires_grad:
-                (total / (n_terms * cfg.meta_batch)).backward()
-            loss_sum += float(total.detach()) / n_terms
-        diverged += int(len(traj.lrs) < spec.steps)
+        traj = start(materialise(spec), cfg.val_batch, cfg.objective)
+        norm = trajectory_weight(spec.steps, cfg.val_every, cfg.end_weight) * cfg.meta_batch
+        task_loss, _ = run_trajectory(traj, policy, rule, cfg, norm)
+        loss_sum += task_loss * cfg.meta_batch / norm
+        inner_steps += traj.step
+        diverged += int(traj.diverged)
+        guard += traj.rule.guard_fired
         if j == 0:
             lrs0 = [lr / spec.lr for lr in traj.lrs]
-    stats = torch.tensor([loss_sum, float(diverged)], dtype=torch.float64)
+    stats = torch.tensor([loss_sum, float(diverged), float(guard), float(inner_steps)], dtype=torch.float64)
     if world > 1:
-        for p in policy.parameters():
+        for p in params:
             dist.all_reduce(p.grad)  # type: ignore[arg-type]
         dist.all_reduce(stats)
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip))
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
     if math.isfinite(grad_norm):
         meta_opt.step()
-    return {"meta_loss": float(stats[0]) / cfg.meta_batch, "diverged": float(stats[1]), "grad_norm": grad_norm, "lr_trajectory": lrs0}
+    return {
+        "meta_loss": float(stats[0]) / cfg.meta_batch,
+        "diverged": float(stats[1]),
+        "guard_fired": float(stats[2]),
+        "inner_steps": float(stats[3]),
+        "grad_norm": grad_norm,
+        "lr_trajectory": lrs0,
+    }
+
+
+# ------------------------------------------------------------------ validation
+def validation_score(policy: MetaPolicy, cfg: MetaTrainConfig) -> dict[str, float]:
+    """Mean final validation accuracy of the frozen policy, deployed, on the fixed validation tasks."""
+    from metalr.controllers.meta import MetaController
+    from metalr.meta.checkpoint import FrozenPolicy
+    from metalr.meta.tasks import validation_specs
+    from metalr.meta.validate import run_spec
+
+    frozen_policy = MetaPolicy(**{**policy.model_args, "hidden": tuple(policy.model_args["hidden"])})
+    frozen_policy.load_state_dict(policy.state_dict())
+    frozen_policy.eval()
+    frozen = FrozenPolicy(frozen_policy, {}, "", cfg.rule_config())
+    accs, div = [], 0
+    for spec in validation_specs(cfg.validation_tasks):
+        spec = replace(spec, steps=min(spec.steps, cfg.validation_max_steps))
+        r = run_spec(spec, lambda opt, total: MetaController(opt, checkpoint=frozen, total_steps=total))
+        accs.append(r["val_accuracy"])
+        div += int(r["diverged"])
+    return {"val_score": sum(accs) / max(1, len(accs)), "val_diverged": float(div)}
 
 
 # ------------------------------------------------------------------- checkpoints
-def save_train_state(path: Path, policy: MetaPolicy, meta_opt: torch.optim.Optimizer, cfg: MetaTrainConfig, step: int, history: list[dict[str, float]]) -> None:
-    """Policy, meta-optimizer, RNG, counters and history in one atomically written safetensors file."""
+def save_train_state(
+    path: Path, policy: MetaPolicy, meta_opt: torch.optim.Optimizer, cfg: MetaTrainConfig, step: int, history: list[dict[str, Any]], best: dict[str, Any]
+) -> None:
+    """Policy, meta-optimizer, RNG, counters, history and best-so-far in one atomically written safetensors file."""
     import json
 
     from safetensors.torch import save
@@ -161,20 +264,20 @@ def save_train_state(path: Path, policy: MetaPolicy, meta_opt: torch.optim.Optim
         for k, v in st.items():
             tensors[f"opt.{i}.{k}"] = torch.as_tensor(v).clone().contiguous()
     tensors["rng.torch"] = torch.get_rng_state()
-    meta = {"step": step, "config": asdict(cfg), "param_groups": sd["param_groups"], "history": history, "versions": versions()}
+    meta = {"step": step, "config": asdict(cfg), "param_groups": sd["param_groups"], "history": history, "best": best, "versions": versions()}
     atomic_write_bytes(path, save(tensors, metadata={"metalr_train": json.dumps(meta)}))
 
 
-def load_train_state(path: Path, policy: MetaPolicy, meta_opt: torch.optim.Optimizer) -> tuple[int, list[dict[str, float]], dict[str, Any]]:
+def load_train_state(path: Path, policy: MetaPolicy, meta_opt: torch.optim.Optimizer) -> tuple[int, list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
+    """Restore what `save_train_state` wrote; returns (step, history, best, saved config)."""
     import json
 
-    from safetensors.torch import load
+    from safetensors import safe_open
 
-    data = path.read_bytes()
     try:
-        tensors = load(data)
-        n = int.from_bytes(data[:8], "little")
-        meta = json.loads(json.loads(data[8 : 8 + n])["__metadata__"]["metalr_train"])
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {})["metalr_train"])
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:
         raise ValueError(f"cannot resume from {path}: unreadable training checkpoint ({type(e).__name__}: {e})") from None
     policy.load_state_dict({k[len("policy.") :]: v for k, v in tensors.items() if k.startswith("policy.")}, strict=True)
@@ -185,10 +288,40 @@ def load_train_state(path: Path, policy: MetaPolicy, meta_opt: torch.optim.Optim
             state.setdefault(int(i), {})[name] = v
     meta_opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
     torch.set_rng_state(tensors["rng.torch"])
-    return int(meta["step"]), list(meta["history"]), meta["config"]
+    return int(meta["step"]), list(meta["history"]), dict(meta.get("best") or {}), meta["config"]
+
+
+def plot_history(history: list[dict[str, Any]], path: Path) -> None:
+    """Meta-loss (and validation score) against meta-step, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))
+    steps = [h["step"] for h in history]
+    loss = [h["meta_loss"] for h in history]
+    ax[0].plot(steps, loss, lw=0.6, alpha=0.5, label="meta-loss")
+    if len(loss) >= 10:
+        k = 10
+        ax[0].plot(steps[k - 1 :], [sum(loss[i - k + 1 : i + 1]) / k for i in range(k - 1, len(loss))], lw=1.5, label="moving mean (10)")
+    ax[0].set(xlabel="meta-step", ylabel="weighted mean val objective / initial", title="meta-training loss")
+    ax[0].legend()
+    vs = [(h["step"], h["val_score"]) for h in history if "val_score" in h]
+    if vs:
+        ax[1].plot(*zip(*vs), marker="o")
+    ax[1].set(xlabel="meta-step", ylabel="mean final val accuracy", title="validation tasks (deployed, x0.1/x1/x10 LR)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 # ---------------------------------------------------------------------- the loop
+#: Keys that may differ on --resume: they do not change the policy's training trajectory.
+_RESUMABLE_CHANGES = ("meta_steps", "progress", "export_path", "out_dir", "validate_every", "validation_tasks", "validation_max_steps")
+
+
 def train(cfg: MetaTrainConfig, resume: bool = False) -> MetaPolicy:
     """Meta-train per `cfg`; distributed when launched by torchrun (WORLD_SIZE > 1)."""
     torch.set_num_threads(cfg.num_threads)
@@ -197,14 +330,15 @@ def train(cfg: MetaTrainConfig, resume: bool = False) -> MetaPolicy:
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
     out = Path(cfg.out_dir)
+    rule = cfg.rule_config()
     torch.manual_seed(cfg.seed)
     policy = MetaPolicy(max_log_step=cfg.max_log_step)
     meta_opt = torch.optim.Adam(policy.parameters(), lr=cfg.meta_lr)
-    step, history = 0, []  # type: ignore[var-annotated]
+    step, history, best = 0, [], {}  # type: ignore[var-annotated]
     ckpt = out / TRAIN_STATE
     if resume and ckpt.is_file():
-        step, history, saved_cfg = load_train_state(ckpt, policy, meta_opt)
-        changed = sorted(k for k, v in asdict(cfg).items() if saved_cfg.get(k) != v and k not in ("meta_steps", "progress", "export_path", "out_dir"))
+        step, history, best, saved_cfg = load_train_state(ckpt, policy, meta_opt)
+        changed = sorted(k for k, v in asdict(cfg).items() if saved_cfg.get(k) != v and k not in _RESUMABLE_CHANGES)
         if changed:
             raise ValueError(f"--resume with a different config would not reproduce the run; changed keys: {changed}")
         log.info("resumed from %s at meta-step %d", ckpt, step)
@@ -220,40 +354,64 @@ def train(cfg: MetaTrainConfig, resume: bool = False) -> MetaPolicy:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=cfg.meta_steps, initial=step, desc="meta-train")
+    extra = {"horizon_steps": rule.horizon_steps}
     t0 = time.perf_counter()
     while step < cfg.meta_steps:
         stats = meta_step(policy, meta_opt, cfg, step, rank, world)
         step += 1
-        history.append({"step": step, "meta_loss": stats["meta_loss"], "grad_norm": stats["grad_norm"], "diverged": stats["diverged"]})
+        tasks_seen = (history[-1]["tasks_seen"] if history else 0) + cfg.meta_batch
+        record: dict[str, Any] = {"step": step, "tasks_seen": tasks_seen, **{k: v for k, v in stats.items() if k != "lr_trajectory"}}
+        record["wall_s"] = (history[-1]["wall_s"] if history else 0.0) + (time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        validate = rank == 0 and cfg.validate_every and (step % cfg.validate_every == 0 or step == cfg.meta_steps)
+        if validate:
+            record.update(validation_score(policy, cfg))
+            if record["val_score"] > best.get("val_score", -math.inf):
+                best = {"val_score": record["val_score"], "step": step}
+                save_policy(out / BEST_POLICY, policy, rule=rule, config=asdict(cfg), extra={**extra, "meta_steps": step, "selected_by": best})
+            record["wall_s"] += time.perf_counter() - t0
+            t0 = time.perf_counter()
+        history.append(record)
         if writer is not None:
             if step % cfg.log_every == 0:
                 writer.add_scalar("losses/meta_loss", stats["meta_loss"], step)
                 writer.add_scalar("charts/meta_grad_norm", stats["grad_norm"], step)
                 writer.add_scalar("charts/diverged_tasks", stats["diverged"], step)
+                writer.add_scalar("charts/guard_fired", stats["guard_fired"], step)
+                writer.add_scalar("charts/tasks_seen", tasks_seen, step)
+            if validate:
+                writer.add_scalar("charts/val_score", record["val_score"], step)
             if step % cfg.trajectory_every == 0 or step == 1:
                 for i, r in enumerate(stats["lr_trajectory"]):
                     writer.add_scalar(f"lr_trajectory/meta_step_{step:05d}", r, i)
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(meta_loss=f"{stats['meta_loss']:.4f}")
+            bar.set_postfix(meta_loss=f"{stats['meta_loss']:.4f}", best=f"{best.get('val_score', float('nan')):.4f}")
         if rank == 0 and (step % cfg.checkpoint_every == 0 or step == cfg.meta_steps):
-            save_train_state(ckpt, policy, meta_opt, cfg, step, history)
-            log.info("meta-step %d: meta_loss %.4f (%.0fs)", step, stats["meta_loss"], time.perf_counter() - t0)
+            save_train_state(ckpt, policy, meta_opt, cfg, step, history, best)
+            pause_point("meta_checkpoint", step)  # tests: kill at a known point (metalr.testing)
+            log.info("meta-step %d: meta_loss %.4f, %d tasks seen, %.0f s", step, stats["meta_loss"], tasks_seen, record["wall_s"])
     if bar is not None:
         bar.close()
     if rank == 0:
-        extra = {
+        summary = {
+            **extra,
             "meta_steps": step,
-            "horizon_steps": cfg.horizon_steps,
+            "tasks_seen": history[-1]["tasks_seen"] if history else 0,
+            "wall_s": history[-1]["wall_s"] if history else 0.0,
             "meta_loss_first": history[0]["meta_loss"] if history else None,
             "meta_loss_last": history[-1]["meta_loss"] if history else None,
         }
-        save_policy(out / "policy.safetensors", policy, min_factor=cfg.min_factor, max_factor=cfg.max_factor, config=asdict(cfg), extra=extra)
+        save_policy(out / "policy.safetensors", policy, rule=rule, config=asdict(cfg), extra=summary)
         if cfg.export_path:
-            save_policy(cfg.export_path, policy, min_factor=cfg.min_factor, max_factor=cfg.max_factor, config=asdict(cfg), extra=extra)
+            from metalr.meta.checkpoint import read_policy
+
+            chosen = read_policy(out / BEST_POLICY).policy if best and (out / BEST_POLICY).is_file() else policy
+            save_policy(cfg.export_path, chosen, rule=rule, config=asdict(cfg), extra={**summary, "selected_by": best or {"step": step, "rule": "last"}})
         from metalr.io import atomic_write_json
 
         atomic_write_json(out / "history.json", history)
+        plot_history(history, out / "meta_loss.png")
     if writer is not None:
         writer.close()
     if world > 1 and dist.is_initialized():

@@ -1,13 +1,22 @@
 """Differentiable inner training: the only module that imports `higher`.
 
-One call runs one truncation of K inner steps. The controller's LR is a tensor
-that depends on the policy's weights; `higher` steps the model with
-`override={'lr': [lr]}`, so the validation losses measured along the unroll are
-differentiable with respect to the policy. Model weights, optimizer state, the
-LR and the feature statistics are carried (detached) from one truncation to the
-next, so a full-length trajectory is a chain of truncations: the policy is
-trained on what happens late in training too, not only on the first K steps
-(the short-horizon bias of single short unrolls).
+One call runs one truncation of K inner steps. The LR comes from
+`metalr.meta.rule.lr_rule` (the function the deployed controller calls too) as
+a tensor that depends on the policy's weights; `higher` steps the model with
+`override={'lr': [lr]}`, so validation losses measured along the unroll are
+differentiable with respect to the policy. Model weights, optimizer state and
+the rule's state are carried (detached) from one truncation to the next, so a
+full-length trajectory is a chain of truncations: the policy is trained on what
+happens late in training too, not only on the first K steps.
+
+Credit across truncations. Detaching the model at a truncation boundary hides
+from the gradient that an LR decision persists: the LR level a policy set 500
+steps ago is still the LR now. `truncation` therefore also returns the LR state
+at its start as a leaf tensor and at its end as a function of the policy, so the
+trainer can carry d(log LR)/d(policy) forward across truncations (real-time
+recurrent learning for the one scalar the policy controls, `metalr.meta.trainer`)
+and credit each loss to every earlier decision that set its LR. Only the
+model's dependence on earlier LRs stays truncated.
 """
 
 from __future__ import annotations
@@ -17,11 +26,11 @@ from dataclasses import dataclass, field
 
 import higher
 import torch
-import torch.nn.functional as F
 
-from metalr.meta.features import FeatureState
+from metalr.gradstats import GradAlign
 from metalr.meta.policy import MetaPolicy
-from metalr.meta.tasks import InnerTask
+from metalr.meta.rule import RuleConfig, RuleState, lr_rule
+from metalr.meta.tasks import InnerTask, batch_stream
 
 
 @dataclass
@@ -32,90 +41,138 @@ class Trajectory:
     optimizer: torch.optim.Optimizer
     batches: torch.Tensor  # (steps, batch) indices
     val_idx: torch.Tensor  # fixed validation batch for the meta-loss
-    val0: float  # validation loss of the initial model (the meta-loss's unit)
+    val0: float  # the validation objective of the initial model (the meta-loss's unit)
+    objective: str = "soft_error"
     step: int = 0
     log_rel: float = 0.0  # log(LR / base LR)
-    features: FeatureState = field(default_factory=FeatureState)
-    prev_grad: torch.Tensor | None = None
+    rule: RuleState = field(default_factory=RuleState)
+    align: GradAlign = field(default_factory=GradAlign)
     lrs: list[float] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+    diverged: bool = False
+
+    @property
+    def total(self) -> int:
+        return self.task.spec.steps
 
     @property
     def done(self) -> bool:
-        return self.step >= self.task.spec.steps
+        return self.diverged or self.step >= self.total
 
 
-def start(task: InnerTask, val_batch: int) -> Trajectory:
+OBJECTIVES = ("soft_error", "log_val_loss")
+
+
+def val_objective(logits: torch.Tensor, y: torch.Tensor, objective: str) -> torch.Tensor:
+    """The validation quantity the meta-loss tracks.
+
+    `soft_error`: 1 - mean predicted probability of the true class, the expected 0-1 error under the
+    model's own predictive distribution: a differentiable stand-in for the error rate that, unlike
+    cross-entropy, does not blow up on a few over-confident mistakes (with cross-entropy the policy
+    learned to cut the LR early to curb over-confidence, which costs accuracy on longer runs).
+    `log_val_loss`: cross-entropy (the meta-loss term is then log(val / val0)).
+    """
+    if objective == "soft_error":
+        return 1.0 - torch.softmax(logits, -1).gather(-1, y.unsqueeze(-1)).mean()
+    if objective == "log_val_loss":
+        return torch.nn.functional.cross_entropy(logits, y)
+    raise ValueError(f"unknown meta objective {objective!r}; valid: {', '.join(OBJECTIVES)}")
+
+
+def start(task: InnerTask, val_batch: int, objective: str = "soft_error") -> Trajectory:
     g = torch.Generator().manual_seed(task.spec.seed + 4)
     val_idx = torch.randperm(len(task.y_val), generator=g)[:val_batch]
     with torch.no_grad():
-        val0 = float(F.cross_entropy(task.model(task.x_val[val_idx]), task.y_val[val_idx]))
-    from metalr.meta.tasks import batch_stream
+        task.model.eval()
+        val0 = float(val_objective(task.model(task.x_val[val_idx]), task.y_val[val_idx], objective))
+        task.model.train()
+    return Trajectory(task, task.make_optimizer(), batch_stream(task), val_idx, max(val0, 1e-8), objective)
 
-    return Trajectory(task, task.make_optimizer(), batch_stream(task), val_idx, max(val0, 1e-8))
+
+def meta_weight(progress: float, end_weight: float) -> float:
+    """Weight of a validation-loss term taken at `progress`: 1 at the start rising linearly to `end_weight` at the end."""
+    return 1.0 + (end_weight - 1.0) * progress
+
+
+@dataclass
+class TruncationResult:
+    loss: torch.Tensor  # sum of weighted meta-loss terms (0-d; has a graph unless nothing ran)
+    weight: float  # sum of the terms' weights (the trajectory's normaliser accumulates these)
+    log_rel_start: torch.Tensor  # leaf: the LR state this truncation started from
+    log_rel_end: torch.Tensor  # the LR state it ends in, a function of the policy and log_rel_start
 
 
 def truncation(
-    traj: Trajectory, policy: MetaPolicy, k: int, val_every: int, log_bounds: tuple[float, float], horizon_scale: float = 1.0
-) -> tuple[torch.Tensor, int]:
-    """Run up to `k` inner steps; return (sum of meta-loss terms, number of terms).
+    traj: Trajectory,
+    policy: MetaPolicy,
+    cfg: RuleConfig,
+    k: int,
+    val_every: int,
+    end_weight: float = 1.0,
+    track_higher_grads: bool = True,
+) -> TruncationResult:
+    """Run up to `k` inner steps under the rule; a meta-loss term every `val_every` steps.
 
-    A meta-loss term is log(val_loss / val_loss_at_init) every `val_every` inner
-    steps. `horizon_scale` multiplies the policy's log-LR change (see
-    `metalr.meta.policy.horizon_scale`). A non-finite inner loss ends the trajectory (returns what was gathered).
+    The term is val/val0 (soft error) or log(val/val0) (cross-entropy), see `val_objective`.
+
+    A non-finite inner loss ends the trajectory (`traj.diverged`); what was gathered is returned.
+    With `track_higher_grads=False` this is a plain (non-differentiable) run of the same rule:
+    the parity test compares it with the deployed controller.
     """
-    task, spec = traj.task, traj.task.spec
-    lo, hi = log_bounds
-    log_rel = torch.tensor(traj.log_rel)
+    task = traj.task
+    start_leaf = torch.tensor(traj.log_rel, dtype=torch.float64, requires_grad=track_higher_grads)
+    log_rel = start_leaf
     terms: list[torch.Tensor] = []
-    with higher.innerloop_ctx(task.model, traj.optimizer, copy_initial_weights=True, track_higher_grads=True) as (fmodel, diffopt):
+    weight = 0.0
+    with higher.innerloop_ctx(task.model, traj.optimizer, copy_initial_weights=True, track_higher_grads=track_higher_grads) as (fmodel, diffopt):
         for _ in range(k):
             if traj.done:
                 break
             idx = traj.batches[traj.step]
-            x, y = task.x_train[idx], task.y_train[idx]
-            logits = fmodel(x)
-            loss = F.cross_entropy(logits, y)
-            if not math.isfinite(float(loss.detach())):
-                traj.step = spec.steps  # diverged: end this trajectory
+            loss = task.loss(fmodel(task.x_train[idx]), task.y_train[idx])
+            loss_value = float(loss.detach())
+            if not math.isfinite(loss_value):
+                traj.diverged = True
                 break
             seen: dict[str, float | None] = {}
 
             def observe(grads: tuple[torch.Tensor | None, ...], seen: dict[str, float | None] = seen) -> tuple[torch.Tensor | None, ...]:
-                flat = torch.cat([g.detach().reshape(-1) for g in grads if g is not None]).double()
-                seen["norm"] = float(flat.norm())
-                prev = traj.prev_grad
-                denom = float(flat.norm() * prev.norm()) if prev is not None else 0.0
-                seen["cos"] = float(flat @ prev) / denom if prev is not None and denom > 0 else (0.0 if prev is not None else None)
-                traj.prev_grad = flat
+                states = [diffopt.state[0].get(i) if isinstance(diffopt.state[0], dict) else diffopt.state[0][i] for i in range(len(grads))]
+                seen["norm"], seen["align"] = traj.align(grads, states)
                 return grads
 
-            lr = spec.lr * torch.exp(log_rel)
+            lr = task.spec.lr * torch.exp(log_rel)  # float64, computed exactly as MetaController does
             traj.lrs.append(float(lr.detach()))
+            traj.losses.append(loss_value)
             diffopt.step(loss, override={"lr": [lr]}, grad_callback=observe)
             traj.step += 1
-            acc = float((logits.detach().argmax(-1) == y).float().mean())
-            traj.features.update(float(loss.detach()), acc, seen.get("norm"), seen.get("cos"))
-            feats = torch.tensor(traj.features.features(traj.step / spec.steps, float(log_rel.detach())), dtype=torch.float32)
-            log_rel = torch.clamp(log_rel + horizon_scale * policy(feats), lo, hi)
-            if traj.step % val_every == 0 or traj.done:
-                val = F.cross_entropy(fmodel(task.x_val[traj.val_idx]), task.y_val[traj.val_idx])
+            log_rel = lr_rule(policy, cfg, traj.rule, log_rel, loss_value, seen.get("norm"), seen.get("align"), traj.step, traj.total)
+            if traj.step % val_every == 0 or traj.step == traj.total:
+                fmodel.eval()
+                val = val_objective(fmodel(task.x_val[traj.val_idx]), task.y_val[traj.val_idx], traj.objective)
+                fmodel.train()
                 if math.isfinite(float(val.detach())):
-                    terms.append(torch.log(val.clamp_min(1e-8) / traj.val0))
+                    w = meta_weight(traj.step / traj.total, end_weight)
+                    ratio = val.clamp_min(1e-8) / traj.val0
+                    terms.append(w * (ratio if traj.objective == "soft_error" else torch.log(ratio)))
+                    weight += w
         _carry(traj, fmodel, diffopt)
     traj.log_rel = float(log_rel.detach())
     total = torch.stack(terms).sum() if terms else torch.zeros(())
-    return total, len(terms)
+    return TruncationResult(total, weight, start_leaf, log_rel)
 
 
 def _carry(traj: Trajectory, fmodel: torch.nn.Module, diffopt: higher.optim.DifferentiableOptimizer) -> None:
-    """Write the fast weights and optimizer state back, detached, for the next truncation."""
+    """Write the fast weights, buffers and optimizer state back, detached, for the next truncation."""
     with torch.no_grad():
         for p, fp in zip(traj.task.model.parameters(), fmodel.parameters()):
             p.copy_(fp.detach())
+        for b, fb in zip(traj.task.model.buffers(), fmodel.buffers()):
+            b.copy_(fb.detach())
     opt = traj.optimizer
     for gi, group in enumerate(opt.param_groups):
         for pi, p in enumerate(group["params"]):
-            st = diffopt.state[gi].get(pi)
+            st = diffopt.state[gi].get(pi) if isinstance(diffopt.state[gi], dict) else diffopt.state[gi][pi]
             if not st:
                 continue
             new = {}

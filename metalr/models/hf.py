@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from metalr.tasks.hub import MODEL_DIR_ENV, DataUnavailableError, hub_reachable, offline
+from metalr.hub import MODEL_DIR_ENV, DataUnavailableError, hub_reachable, offline
 
 HEADS = ("sequence", "token", "qa")
 SMALL_BERT = dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=512, max_position_embeddings=512)

@@ -30,6 +30,17 @@ class StepOutput:
     batch_size: int = 0
 
 
+def to_device(batch: Any, device: torch.device) -> Any:
+    """`batch` with every tensor in it (also inside lists, tuples and dicts) moved to `device`."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device)
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(b, device) for b in batch)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    return batch
+
+
 @dataclass
 class Task:
     name: str

@@ -1,7 +1,7 @@
 """32x32 image classification from Hugging Face data sets: CIFAR-10 and Fashion-MNIST.
 
 `cifar10` (columns `img`, `label`) and `fashion_mnist` (`image`, `label`) load
-through `metalr.tasks.hub` (a local copy under `METALR_DATA_DIR` first, then the
+through `metalr.hub` (a local copy under `METALR_DATA_DIR` first, then the
 hub, failing fast offline). CIFAR-10 is not available offline here; the offline
 Fashion-MNIST tasks live in `metalr.tasks.offline` (Debian IDX files).
 
@@ -22,9 +22,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
+from metalr.hub import load_hf_dataset, train_val
 from metalr.tasks import register
 from metalr.tasks.base import Task
-from metalr.tasks.hub import load_hf_dataset, train_val
 
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 FASHION_MEAN, FASHION_STD = (0.2860,), (0.3530,)

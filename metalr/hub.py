@@ -75,7 +75,7 @@ def how_to_get(dataset_id: str) -> str:
     folder = dataset_id.replace("/", "__")
     return (
         f"To run it offline, put a copy of {dataset_id!r} in a folder and set {DATA_DIR_ENV} (or call "
-        f"metalr.tasks.hub.set_data_dir) to that folder's parent: {DATA_DIR_ENV}=/data reads /data/{folder}, "
+        f"metalr.hub.set_data_dir) to that folder's parent: {DATA_DIR_ENV}=/data reads /data/{folder}, "
         f"made either with `datasets.load_dataset({dataset_id!r}).save_to_disk('/data/{folder}')` on a machine with "
         f"internet (read back with load_from_disk), or as parquet/json/csv files named by split (train*.parquet, "
         f"test*.parquet; read with load_dataset('parquet', data_files=...)). A copy already in the HF cache loads "

@@ -1,0 +1,202 @@
+"""What every integration shares: build the controller, give it a tracker, checkpoint both.
+
+The HF Trainer callback, the Lightning callback and the optimizer-hooked plain loop
+(`metalr.hook`) each drive one `Binding`: a controller, the `SignalTracker` that
+computes what it `requires`, and the LRs applied so far. Per optimizer step:
+
+    binding.before_step(...)   # gradients final, optimizer not yet stepped: gradient statistics, applied LR
+    optimizer.step()
+    binding.after_step(loss)   # the controller sets the LR of the next step
+
+`state_dict()` holds the controller's state, the tracker's (previous gradient and
+parameters, step and epoch counters, a pending evaluation) and the applied LRs, as
+tensors, numbers, strings, lists and dicts only, so any framework can checkpoint it
+and `torch.load(..., weights_only=True)` reads it back.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+
+from metalr import controllers
+from metalr.controllers.base import Controller
+from metalr.estimators import build_source
+from metalr.registry import accepted_kwargs
+from metalr.signals import Signals, SignalTracker, batch_accuracy
+
+log = logging.getLogger(__name__)
+
+STATE_VERSION = 1
+
+#: A controller by registry name, "pretrained" (the shipped meta-controller), or a factory `optimizer -> Controller`.
+ControllerSpec = str | Callable[[torch.optim.Optimizer], Controller]
+
+
+def check_spec(spec: ControllerSpec | Controller, where: str) -> None:
+    """Fail at construction, not at train time: unknown names (listing valid ones) and controllers `where` cannot drive.
+
+    Uncertainty controllers estimate u on a probe batch drawn from a metalr Task with the
+    task's forward (and `uncertainty_ensemble` trains a DeepEnsemble *as the model*); a
+    framework loop has neither, so they are refused here with the way to run them.
+    """
+    if isinstance(spec, Controller):
+        cls: type[Controller] = type(spec)
+    elif isinstance(spec, str):
+        cls = controllers.get("meta" if spec == "pretrained" else spec)
+    elif callable(spec):
+        return
+    else:
+        raise TypeError(f"controller must be a registered name, 'pretrained', a Controller or a callable optimizer -> Controller, got {spec!r}")
+    if "uncertainty" in cls.requires:
+        raise ValueError(
+            f"controller {cls.name!r} cannot run under {where}: it measures predictive uncertainty on a probe batch drawn from a "
+            "metalr Task with the task's forward pass (uncertainty_ensemble also trains a DeepEnsemble as the model), which "
+            f"{where} does not provide. Run it through metalr.train.run(task, {cls.name!r}), or in a plain loop with the long form "
+            "(SignalTracker + controller.attach(model=, task=, tracker=) + tracker.collect + controller.step(signals), see README)."
+        )
+
+
+def build_controller(spec: ControllerSpec, optimizer: torch.optim.Optimizer, total_steps: int | None, **kwargs: Any) -> Controller:
+    """The controller `spec` on `optimizer`; `total_steps` fills the keyword for controllers that take it (unless given).
+
+    Built under a forked CPU RNG: building a controller (e.g. the first load of the
+    meta-controller's policy network) must not shift the training run's random stream,
+    or a run with the callback would not repeat itself, nor match its resumed twin.
+    """
+    with torch.random.fork_rng(devices=[]):
+        return _build(spec, optimizer, total_steps, **kwargs)
+
+
+def _build(spec: ControllerSpec, optimizer: torch.optim.Optimizer, total_steps: int | None, **kwargs: Any) -> Controller:
+    if not isinstance(spec, str):
+        return spec(optimizer)
+    name = "meta" if spec == "pretrained" else spec
+    if total_steps is not None and "total_steps" in accepted_kwargs(controllers.get(name)):
+        kwargs.setdefault("total_steps", int(total_steps))
+    if spec == "pretrained":
+        from metalr.controllers.meta import load_pretrained
+
+        return load_pretrained(optimizer=optimizer, **kwargs)  # type: ignore[no-any-return]
+    return controllers.build(spec, optimizer, **kwargs)
+
+
+class Binding:
+    """A controller, its tracker, and the LRs it applied, driven by some training loop.
+
+    Args:
+        controller: bound to the optimizer the loop steps.
+        params: the trained parameters (default: the optimizer's).
+        total_steps: planned optimizer steps, for `signals.progress`.
+        task_info: e.g. {"num_classes": k}, for controllers that read it.
+        model, device: passed to the controller's `attach` hook, if it has one.
+    """
+
+    def __init__(
+        self,
+        controller: Controller,
+        *,
+        params: Iterable[torch.nn.Parameter] | None = None,
+        total_steps: int | None = None,
+        task_info: dict[str, Any] | None = None,
+        model: torch.nn.Module | None = None,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        check_spec(controller, "this loop")
+        self.controller = controller
+        optimizer = controller.optimizer
+        if params is None:
+            params = [p for g in optimizer.param_groups for p in g["params"]]
+        # The same signal sources the harness gives it (`metalr.train.setup`): e.g. resource_aware's resource reader.
+        sources = [build_source(r, model=model, task=None, device=torch.device(device)) for r in controller.signal_sources()]
+        self.tracker = SignalTracker(params, optimizer, requires=controller.requires, total_steps=total_steps, task_info=task_info, sources=sources)
+        self.lrs: list[float] = []  # LR of the first param group applied at each optimizer step
+        self.applied: list[float] | None = None  # LRs the latest optimizer step applied
+        self.pending: Signals | None = None
+        self._written = self._group_lrs()
+        self._warned_override = False
+
+    # ------------------------------------------------------------------ per step
+    def before_step(
+        self, loss: torch.Tensor | float | None = None, logits: torch.Tensor | None = None, targets: torch.Tensor | None = None, batch_size: int | None = None
+    ) -> Signals:
+        """Gradients are final and the optimizer has not stepped: gather signals, record the LR this step applies.
+
+        If something else wrote the LR since the controller did (a framework's own
+        scheduler, ReduceLROnPlateau after an evaluation), the controller's LR is put
+        back, once logged: the controller owns the LR.
+        """
+        groups = self.controller.optimizer.param_groups
+        if self._group_lrs() != self._written:
+            if not self._warned_override:
+                log.warning(
+                    "%s: the LR was changed outside the controller (%s -> %s); restoring the controller's",
+                    self.controller.name,
+                    self._written,
+                    self._group_lrs(),
+                )
+                self._warned_override = True
+            for group, lr in zip(groups, self._written):
+                group["lr"] = lr
+        self.pending = self.tracker.collect(loss=loss, logits=logits, targets=targets, batch_size=batch_size)
+        self.applied = self.controller.get_last_lr()  # read before the step: Prodigy/D-Adaptation's step updates d
+        self.lrs.append(self.applied[0])
+        return self.pending
+
+    def after_step(self, loss: torch.Tensor | float | None = None, logits: torch.Tensor | None = None, targets: torch.Tensor | None = None) -> list[float]:
+        """The optimizer stepped: hand the signals (plus the loss, if only known now) to the controller."""
+        if self.pending is None:
+            raise RuntimeError("after_step without before_step: no optimizer step to account for")
+        s, self.pending = self.pending, None
+        if loss is not None:
+            s.loss = float(loss.detach().float().mean()) if isinstance(loss, torch.Tensor) else float(loss)
+        if "accuracy" in self.tracker.requires and logits is not None and targets is not None:
+            s.accuracy = batch_accuracy(logits, targets)
+        lrs = self.controller.step(s)
+        self._written = self._group_lrs()
+        return lrs
+
+    def record_eval(self, val_loss: float, val_accuracy: float | None = None) -> None:
+        """An evaluation result for the controller's next step (non-finite losses are dropped, logged)."""
+        if not math.isfinite(float(val_loss)):
+            log.warning("%s: non-finite validation loss %s not passed to the controller", self.controller.name, val_loss)
+            return
+        self.tracker.record_eval(val_loss, val_accuracy)
+
+    def applied_lrs(self) -> list[float]:
+        """The LRs the latest optimizer step applied (before any step: those the first will apply)."""
+        return list(self.applied) if self.applied is not None else self.controller.get_last_lr()
+
+    def _group_lrs(self) -> list[float]:
+        return [float(g["lr"]) for g in self.controller.optimizer.param_groups]
+
+    # ---------------------------------------------------------------- checkpoint
+    def state_dict(self) -> dict[str, Any]:
+        """Controller, tracker and applied LRs: tensors, numbers, strings, lists and dicts only."""
+        return {
+            "version": STATE_VERSION,
+            "controller": self.controller.state_dict(),
+            "tracker": self.tracker.state_dict(),
+            "lrs": list(self.lrs),
+            "applied": None if self.applied is None else list(self.applied),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a `state_dict`; refuses another version, another controller or another model's tracker state."""
+        if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+            raise ValueError(f"metalr integration state version {state.get('version') if isinstance(state, dict) else state!r} != {STATE_VERSION}")
+        n = sum(p.numel() for p in self.tracker.params)
+        for key in ("prev_grad", "prev_params"):
+            t = state["tracker"].get(key)
+            if isinstance(t, torch.Tensor) and t.numel() != n:
+                raise ValueError(f"saved tracker {key} has {t.numel()} entries but the trained parameters have {n}: state of another model")
+        self.controller.load_state_dict(state["controller"])
+        self.tracker.load_state_dict(state["tracker"])
+        self.lrs = [float(x) for x in state["lrs"]]
+        self.applied = None if state["applied"] is None else [float(x) for x in state["applied"]]
+        self.pending = None
+        self._written = self._group_lrs()

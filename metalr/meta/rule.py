@@ -1,0 +1,114 @@
+"""The meta-controller's LR rule: one function, called by meta-training and by deployment.
+
+    state = RuleState()
+    for each step t = 1..T (after the optimizer step):
+        log_rel = lr_rule(policy, cfg, state, loss, grad_norm, grad_align, t, T)
+        lr = base_lr * exp(log_rel)                   # the LR of the next step
+
+`metalr.meta.unroll` calls it with `log_rel` a tensor that carries gradients into
+the policy; `metalr.controllers.meta.MetaController` calls it frozen. Nothing
+else computes the meta-controller's LR, and `tests/test_meta.py` checks that the
+two callers give the same LR sequence on the same run.
+
+Per step:
+1. fold the step's loss / gradient statistics into the `FeatureState`;
+2. the policy reads the features and proposes a log-LR change in
+   [-max_log_step, max_log_step], read as the change for one `1/horizon_steps`
+   of the run: a T-step run applies `horizon_steps / T` of it per step (capped),
+   so the same policy bends the LR by the same amount over 100 or 10,000 steps;
+3. a fixed safety guard: a non-finite loss, or a fast loss average more than
+   `guard_ratio` times the first loss, multiplies the LR by `guard_factor` at
+   once (then waits `guard_cooldown` steps before it can fire again). Learned
+   changes are deliberately slow; blowing up is not something to learn slowly;
+4. log(LR / base LR) stays in [log min_factor, log max_factor].
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from metalr.meta.features import FeatureState
+from metalr.meta.policy import MetaPolicy
+
+
+@dataclass(frozen=True)
+class RuleConfig:
+    """Everything the rule needs besides the policy (stored in every checkpoint's metadata)."""
+
+    horizon_steps: int = 100  # the policy's output is the change per 1/horizon_steps of a run
+    max_horizon_scale: float = 4.0  # runs shorter than horizon_steps take at most this many times the step
+    min_factor: float = 1e-3  # LR >= min_factor * base LR
+    max_factor: float = 30.0  # LR <= max_factor * base LR
+    guard_ratio: float = 1.5  # fast loss EMA > guard_ratio * first loss: diverging
+    guard_factor: float = 0.3  # ... then LR *= guard_factor at once
+    guard_cooldown: int = 5  # steps before the guard may fire again
+    default_total_steps: int = 1000  # assumed run length when the caller gives none (logged)
+
+    def __post_init__(self) -> None:
+        if self.horizon_steps < 1 or self.max_horizon_scale <= 0 or self.default_total_steps < 1 or self.guard_cooldown < 0:
+            raise ValueError(f"invalid RuleConfig {self}")
+        if not 0 < self.min_factor < 1 < self.max_factor or not math.isfinite(self.max_factor):
+            raise ValueError(f"need 0 < min_factor < 1 < max_factor (finite), got {self.min_factor}, {self.max_factor}")
+        if not (self.guard_ratio > 1 and 0 < self.guard_factor < 1):
+            raise ValueError(f"need guard_ratio > 1 and 0 < guard_factor < 1, got {self.guard_ratio}, {self.guard_factor}")
+
+    @property
+    def log_bounds(self) -> tuple[float, float]:
+        return math.log(self.min_factor), math.log(self.max_factor)
+
+    def horizon_scale(self, total_steps: int) -> float:
+        return min(self.max_horizon_scale, self.horizon_steps / max(1, total_steps))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class RuleState:
+    """What the rule carries from one step to the next (plain numbers: saved in controller state)."""
+
+    features: FeatureState = field(default_factory=FeatureState)
+    cooldown: int = 0
+    guard_fired: int = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"features": self.features.state_dict(), "cooldown": self.cooldown, "guard_fired": self.guard_fired}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> RuleState:
+        return cls(FeatureState.from_state(state["features"]), int(state["cooldown"]), int(state["guard_fired"]))
+
+
+def lr_rule(
+    policy: MetaPolicy,
+    cfg: RuleConfig,
+    state: RuleState,
+    log_rel: torch.Tensor,
+    loss: float | None,
+    grad_norm: float | None,
+    grad_align: float | None,
+    step: int,
+    total_steps: int,
+) -> torch.Tensor:
+    """The next log(LR / base LR) after step `step` of `total_steps` (see module docstring).
+
+    `log_rel` is the current value (a 0-d tensor; it may carry gradients, and so does the result).
+    `state` is updated in place.
+    """
+    state.features.update(loss, grad_norm, grad_align)
+    progress = min(1.0, max(0.0, step / total_steps))
+    feats = torch.tensor(state.features.features(progress, float(log_rel.detach())), dtype=policy.feature_shift.dtype)
+    delta = cfg.horizon_scale(total_steps) * policy(feats)
+    nonfinite_loss = loss is not None and not math.isfinite(loss)
+    if state.cooldown > 0:
+        state.cooldown -= 1
+    elif nonfinite_loss or state.features.diverging(cfg.guard_ratio):
+        delta = delta + math.log(cfg.guard_factor)
+        state.cooldown = cfg.guard_cooldown
+        state.guard_fired += 1
+    lo, hi = cfg.log_bounds
+    return torch.clamp(log_rel + delta, lo, hi)

@@ -1,0 +1,76 @@
+"""What the tests and benchmarks share: smoke-test settings and a deterministic pause point.
+
+`smoke_kwargs(name)` gives the one set of constructor arguments that make a
+registered controller quick to exercise (its rule fires within a few steps,
+its estimates are cheap). Every test and `benchmarks/controller_overhead.py`
+read it (the benchmark without the cheap-estimate part); a new controller that
+needs arguments gets one line here.
+
+`pause_point(event, n)` lets a test kill a real process at a known point rather
+than after a sleep: when the environment variable `METALR_TEST_PAUSE_AT` equals
+`"<event>:<n>"`, the process announces it on stderr and stops itself with
+SIGSTOP; `wait_until_paused(proc)` in the test returns once it has stopped, and
+the test then SIGKILLs it. With the variable unset the call is one dict lookup.
+Points in the code: `meta_checkpoint:<meta-step>` (after a training checkpoint
+of `train_meta.py` is written) and `eval_run:<k>` (after the k-th run record of
+an evaluation is written, by the process that ran it, i.e. with `workers=1`).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+PAUSE_ENV = "METALR_TEST_PAUSE_AT"
+
+#: Rule settings that make each controller move its LR within a few steps; they do not change a
+#: step's cost, so the overhead benchmark uses them too.
+RULE_KWARGS: dict[str, dict[str, Any]] = {
+    "cosine": {"warmup_steps": 5},
+    "exponential": {"gamma": 0.9},
+    "step": {"step_size": 3, "gamma": 0.5},
+    "plateau": {"patience": 1, "factor": 0.5},
+    "loss_patterns": {"interval_steps": 2, "window": 3},
+}
+#: Cheap, frequent estimates for tests (small probe batch, few passes, 2 members). Never timed:
+#: they would undercut what the defaults cost.
+QUICK_KWARGS: dict[str, dict[str, Any]] = {
+    "uncertainty": {"interval": 2, "probe_size": 32, "passes": 8},
+    "uncertainty_ensemble": {"interval": 2, "probe_size": 32, "n_members": 2},
+    "resource_aware": {"interval_steps": 3},
+}
+
+
+def smoke_kwargs(name: str, *, quick: bool = True, **overrides: Any) -> dict[str, Any]:
+    """A fresh dict of controller `name`'s smoke-test arguments (RULE_KWARGS, plus QUICK_KWARGS if `quick`), updated by `overrides`."""
+    return {**RULE_KWARGS.get(name, {}), **(QUICK_KWARGS.get(name, {}) if quick else {}), **overrides}
+
+
+def pause_point(event: str, n: int) -> None:
+    """Stop this process (SIGSTOP) if `METALR_TEST_PAUSE_AT` is `"<event>:<n>"`; otherwise do nothing."""
+    if os.environ.get(PAUSE_ENV) != f"{event}:{n}":
+        return
+    print(f"metalr: paused at {event}:{n} ({PAUSE_ENV})", file=sys.stderr, flush=True)
+    os.kill(os.getpid(), signal.SIGSTOP)
+
+
+def wait_until_paused(proc: subprocess.Popen[Any], timeout: float = 300.0) -> None:
+    """Block until `proc` has stopped itself at its pause point; raise if it exits or hangs instead.
+
+    Polls `waitpid(WUNTRACED)`, which reports the stop without reaping the
+    process, so `proc.kill()` / `proc.wait()` work as usual afterwards.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pid, status = os.waitpid(proc.pid, os.WNOHANG | os.WUNTRACED)
+        if pid and os.WIFSTOPPED(status):
+            return
+        if pid:  # exited or was killed: it never reached the pause point
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            raise AssertionError(f"process exited with {proc.returncode} before its pause point ({PAUSE_ENV})")
+        time.sleep(0.02)
+    raise AssertionError(f"process did not reach its pause point within {timeout:.0f} s")

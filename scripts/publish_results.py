@@ -1,0 +1,70 @@
+"""Regenerate the published results and the README tables built from them.
+
+    python scripts/publish_results.py --run             # make results: evaluate every published config, publish, rewrite READMEs
+    python scripts/publish_results.py --run heuristics  # just one (its evaluation resumes from results/heuristics)
+    python scripts/publish_results.py                   # only rewrite the README tables from docs/results/
+    python scripts/publish_results.py --check           # exit 1 if a README table differs from docs/results/
+
+Published configs: metalr.evaluation.publish.PUBLISHED (configs/<name>.yaml -> docs/results/<name>/).
+`--eval-arg KEY=VALUE` goes to every evaluate.py call (how it runs only: --eval-arg workers=8 --eval-arg backend=ray).
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from metalr.evaluation import publish  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("names", nargs="*", help=f"published configs (default: all of {', '.join(publish.PUBLISHED)})")
+    p.add_argument("--run", action="store_true", help="run evaluate.py on each config first (resuming), then publish it")
+    p.add_argument("--publish", action="store_true", help="publish each config's existing out_dir (no training), then rewrite the READMEs")
+    p.add_argument("--check", action="store_true", help="only check that the README tables match docs/results/")
+    p.add_argument("--eval-arg", action="append", default=[], metavar="KEY=VALUE", help="passed to evaluate.py (how it runs: workers=8, backend=ray ...)")
+    args = p.parse_args(argv)
+    names = args.names or list(publish.PUBLISHED)
+    unknown = sorted(set(names) - set(publish.PUBLISHED))
+    if unknown:
+        print(f"unknown published config(s) {unknown}; valid: {', '.join(publish.PUBLISHED)}", file=sys.stderr)
+        return 2
+    if args.check:
+        stale = {f: publish.stale_blocks((ROOT / f).read_text()) for f in publish.READMES}
+        stale = {f: b for f, b in stale.items() if b}
+        for f, blocks in stale.items():
+            for b in blocks:
+                print(f"{f}: {b} differs from docs/results; run `python scripts/publish_results.py`", file=sys.stderr)
+        return 1 if stale else 0
+    for name in names if (args.run or args.publish) else []:
+        if args.run:
+            cmd = [sys.executable, str(ROOT / "evaluate.py"), "--config", f"configs/{name}.yaml", *args.eval_arg]
+            print("$", " ".join(cmd[1:]), flush=True)
+            rc = subprocess.call(cmd, cwd=ROOT)
+            if rc:
+                print(f"{name}: evaluate.py exited with {rc}; not published", file=sys.stderr)
+                return rc
+        try:
+            dest = publish.publish(name)
+        except publish.PublishError as e:
+            print(f"not published: {e}", file=sys.stderr)
+            return 1
+        print(f"published {dest.relative_to(ROOT)}")
+    for f in publish.READMES:
+        path = ROOT / f
+        text = path.read_text()
+        new = publish.update_text(text)
+        if new != text:
+            path.write_text(new)
+            print(f"updated the result tables in {f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,182 @@
+"""The one-line plain loop (`metalr.hook`) and checkpointable controller state.
+
+- Every controller a loop can drive applies exactly the LRs of the long form
+  (SignalTracker + collect between backward and step + step(signals)) when hooked on
+  the optimizer and stepped with `ctrl.step(loss, logits=, targets=)`.
+- Every registered controller's `state_dict()` holds only tensors, numbers, strings,
+  lists and dicts; it survives `torch.save` + `torch.load(weights_only=True)` and gives
+  the same future LRs. The same for a hooked controller's state (tracker included).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+from typing import Any
+
+import pytest
+import torch
+from test_contract import make
+
+import metalr
+from metalr import controllers
+from metalr.integrations.base import build_controller
+from metalr.signals import Signals, SignalTracker
+from metalr.testing import smoke_kwargs
+
+NAMES = controllers.available()
+LOOP_NAMES = [n for n in NAMES if "uncertainty" not in controllers.get(n).requires]
+STEPS = 30
+READING = {"cpu_util": 0.5, "mem_util": 0.2}
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
+
+def _kwargs(name: str) -> dict[str, Any]:
+    kwargs = {k: v for k, v in smoke_kwargs(name).items() if k != "total_steps"}
+    if name == "resource_aware":
+        kwargs["reader"] = lambda: dict(READING)  # injected: machine load must not change the LRs
+    return kwargs
+
+
+def _setup(name: str) -> tuple[torch.nn.Module, torch.optim.Optimizer, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    x = torch.randn(64, 10)
+    y = (x[:, 0] + x[:, 1] > 0).long()
+    model = torch.nn.Sequential(torch.nn.Linear(10, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
+    cls = controllers.get(name)
+    opt = cls.make_optimizer(model.parameters(), total_steps=STEPS) if cls.owns_optimizer else torch.optim.Adam(model.parameters(), lr=1e-2)  # type: ignore[attr-defined]
+    return model, opt, x, y
+
+
+def _train(name: str, hooked: bool) -> list[list[float]]:
+    """STEPS steps on a fixed batch; an 'evaluation' every 10 steps. Returns the LRs each step applied."""
+    model, opt, x, y = _setup(name)
+    info = {"num_classes": 2, "num_features": 10, "batch_size": 64}
+    if hooked:
+        ctrl: Any = metalr.hook(name, opt, total_steps=STEPS, task_info=info, **_kwargs(name))
+    else:  # the long form, as the README documents it
+        ctrl = build_controller(name, opt, STEPS, **_kwargs(name))
+        tracker = SignalTracker(model.parameters(), opt, requires=ctrl.requires, total_steps=STEPS, task_info=info)
+        if hasattr(ctrl, "attach"):
+            ctrl.attach(model=model, task=None, tracker=tracker)
+    applied = []
+    for step in range(1, STEPS + 1):
+        logits = model(x)
+        loss = torch.nn.functional.cross_entropy(logits, y)
+        opt.zero_grad()
+        loss.backward()
+        if not hooked:
+            signals = tracker.collect(loss=loss, logits=logits, targets=y)
+        applied.append(ctrl.get_last_lr())
+        opt.step()
+        ctrl.step(loss, logits=logits, targets=y) if hooked else ctrl.step(signals)
+        if step % 10 == 0:
+            with torch.no_grad():
+                val = float(torch.nn.functional.cross_entropy(model(x + 0.1), y))
+            (ctrl if hooked else tracker).record_eval(val, 0.5)
+    return applied
+
+
+@pytest.mark.parametrize("name", LOOP_NAMES)
+def test_hooked_controller_applies_the_long_forms_lrs(name: str) -> None:
+    long_form, hooked = _train(name, hooked=False), _train(name, hooked=True)
+    assert hooked == long_form  # exactly: same statistics, read at the same moment
+    assert all(math.isfinite(lr) for step in hooked for lr in step)
+
+
+def test_hook_reads_gradients_before_the_update() -> None:
+    """Hypergradient needs g_t and the parameters *before* step t: reading them after the step would differ."""
+    lrs = _train("hypergradient", hooked=True)
+    assert len({step[0] for step in lrs}) > 5  # the LR moved with the measured hypergradient
+
+
+@pytest.mark.parametrize("name", ["uncertainty", "uncertainty_ensemble"])
+def test_hook_refuses_controllers_that_need_a_task(name: str) -> None:
+    model, opt, _, _ = _setup("constant")
+    with pytest.raises(ValueError, match="long form"):
+        metalr.hook(name, opt)
+
+
+def test_step_without_optimizer_step_still_steps_and_logs(caplog: pytest.LogCaptureFixture) -> None:
+    """GradScaler skips optimizer.step() on overflow: the controller still advances, and it is logged once."""
+    model, opt, x, y = _setup("cosine")
+    ctrl = metalr.hook("cosine", opt, total_steps=STEPS)
+    loss = torch.nn.functional.cross_entropy(model(x), y)
+    loss.backward()
+    with caplog.at_level(logging.WARNING):
+        ctrl.step(loss)
+        ctrl.step(loss)
+    assert ctrl.last_step == 2 and ctrl.tracker.step == 2
+    assert sum("without optimizer.step()" in r.message for r in caplog.records) == 1
+
+
+def _weights_only_round_trip(state: dict[str, Any]) -> dict[str, Any]:
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=True)  # type: ignore[no-any-return]
+
+
+def _plain_types(value: Any, path: str = "state") -> None:
+    """Only tensors, numbers, strings, lists and dicts (with string keys)."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            assert isinstance(k, str), f"{path}: key {k!r}"
+            _plain_types(v, f"{path}.{k}")
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _plain_types(v, f"{path}[{i}]")
+    else:
+        assert isinstance(value, (torch.Tensor, int, float, str)), f"{path}: {type(value).__name__}"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_controller_state_is_plain_and_loads_with_weights_only(name: str) -> None:
+    signals = [
+        Signals(step=i, epoch=i // 4, progress=i / 12, loss=1.0 / i, accuracy=0.5 + i / 40, grad_norm=1.0 + i, grad_cos=0.3, hypergrad=0.1,
+                hypergrad_cos=0.2, val_loss=1.0 / i if i % 3 == 0 else None, uncertainty=0.05 * i, batch_size=32, resources=dict(READING),
+                task_info={"num_classes": 3, "num_features": 13, "batch_size": 32})
+        for i in range(1, 13)
+    ]  # fmt: skip
+    a = make(name)
+    for s in signals[:6]:
+        a.step(s)
+    state = a.state_dict()
+    _plain_types(state)
+    b = make(name, seed=1)
+    b.load_state_dict(_weights_only_round_trip(state))
+    assert b.get_last_lr() == a.get_last_lr()
+    for s in signals[6:]:
+        assert b.step(s) == a.step(s)
+
+
+def test_hooked_state_round_trips_with_weights_only() -> None:
+    """Controller + tracker (previous gradient, counters, a pending evaluation): a restored copy continues identically."""
+
+    def run(resume_at: int | None) -> list[list[float]]:
+        model, opt, x, y = _setup("meta")
+        ctrl = metalr.hook("pretrained", opt, total_steps=STEPS)
+        lrs, saved = [], None
+        for step in range(1, STEPS + 1):
+            if step == resume_at:  # a new process: fresh hook, then the saved states
+                model.load_state_dict(saved["model"])
+                opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+                opt.load_state_dict(saved["opt"])
+                ctrl = metalr.hook("pretrained", opt, total_steps=STEPS)
+                ctrl.load_state_dict(saved["ctrl"])
+            logits = model(x)
+            loss = torch.nn.functional.cross_entropy(logits, y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            lrs.append(ctrl.step(loss, logits=logits, targets=y))
+            if step == 10:
+                ctrl.record_eval(float(loss.detach()), 0.5)  # pending across the save below
+                state = {"model": model.state_dict(), "opt": opt.state_dict(), "ctrl": ctrl.state_dict()}
+                saved = _weights_only_round_trip(state)
+        return lrs
+
+    assert run(resume_at=11) == run(resume_at=None)
