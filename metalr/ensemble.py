@@ -10,10 +10,6 @@ each member is trained on its *own* loss: the training loss's gradient is the su
 of the member losses' gradients (each member gets exactly the gradient it would
 get alone), while its logged value is their mean (comparable with one model).
 In eval mode the loss is the ensemble's NLL on the averaged probabilities.
-A training forward also leaves the members' logits and the targets of its batch
-on the ensemble (`last_train_logits`, `last_train_targets`: references, no
-copy), so an uncertainty estimate can reuse them instead of running the members
-again (`uncertainty_ensemble_relative`).
 """
 
 from __future__ import annotations
@@ -36,8 +32,6 @@ class DeepEnsemble(nn.Module):
         if len(members) < 2:
             raise ValueError(f"a deep ensemble needs at least 2 members, got {len(members)}")
         self.members = nn.ModuleList(members)
-        self.last_train_logits: torch.Tensor | None = None  # [M, *batch, K], detached, from the latest training forward
-        self.last_train_targets: torch.Tensor | None = None
 
     def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         outs = [m(*args, **kwargs) for m in self.members]
@@ -69,12 +63,10 @@ def _ensemble_forward(base_forward: Callable[[nn.Module, Any], StepOutput], mode
     outs = [base_forward(m, batch) for m in model.members]
     if any(o.logits is None for o in outs):
         raise ValueError("ensemble_task needs a forward that returns logits")
-    member_logits = torch.stack([o.logits for o in outs])  # type: ignore[misc]
-    logits = average_log_probs(member_logits)
+    logits = average_log_probs(torch.stack([o.logits for o in outs]))  # type: ignore[misc]
     targets, n = outs[0].targets, outs[0].batch_size
     total = torch.stack([o.loss for o in outs]).sum()
     if model.training:
-        model.last_train_logits, model.last_train_targets = member_logits.detach(), targets
         # value: mean member loss; gradient: sum of member losses (each member its own gradient)
         loss = total - total.detach() + (total / len(outs)).detach()
         return StepOutput(loss, logits.detach(), targets, n)
