@@ -44,6 +44,7 @@ from metalr.tasks.base import Task, to_device
 
 log = logging.getLogger(__name__)
 
+#: A controller by registry name, "pretrained" (the shipped meta-controller), or a factory `optimizer -> Controller`.
 ControllerSpec = str | Callable[[torch.optim.Optimizer], Controller]
 
 
@@ -131,7 +132,7 @@ def setup(
     """
     kwargs = dict(controller_kwargs or {})
     optimizer_kwargs = kwargs.pop("optimizer_kwargs", {})
-    cls = controllers.get(controller) if isinstance(controller, str) else Controller
+    cls = controller_class(controller)
     if task is not None:
         task = cls.prepare_task(task, **kwargs)  # e.g. a deep ensemble: the model becomes the ensemble
     dev = torch.device(device)
@@ -143,17 +144,53 @@ def setup(
         model = task.model_fn().to(dev)
     if optimizer is None:
         optimizer = cls.make_optimizer(model.parameters(), task=task, total_steps=total_steps, **optimizer_kwargs)
-    if isinstance(controller, str):
-        if "total_steps" in accepted_kwargs(cls):
-            kwargs.setdefault("total_steps", total_steps)
-        ctrl = controllers.build(controller, optimizer, **kwargs)
-    else:
-        ctrl = controller(optimizer)
-    sources = [build_source(r, model=model, task=task, device=dev) for r in ctrl.signal_sources()]
-    info = task.info() if task is not None else dict(task_info or {})
-    tracker = SignalTracker(model.parameters(), optimizer, requires=ctrl.requires, total_steps=total_steps, task_info=info, sources=sources)
+    ctrl = build_controller(controller, optimizer, total_steps, **kwargs)
+    tracker = build_tracker(ctrl, model.parameters(), total_steps=total_steps, model=model, task=task, device=dev, task_info=task_info)
     name = controller if isinstance(controller, str) else (ctrl.name or type(ctrl).__name__)
     return Setup(task, model, optimizer, ctrl, tracker, name)
+
+
+def controller_class(spec: ControllerSpec) -> type[Controller]:
+    """The class behind a spec (its hooks: `prepare_task`, `make_optimizer`); a factory counts as the base `Controller`."""
+    if isinstance(spec, str):
+        return controllers.get("meta" if spec == "pretrained" else spec)
+    return Controller
+
+
+def build_controller(spec: ControllerSpec, optimizer: torch.optim.Optimizer, total_steps: int | None = None, **kwargs: Any) -> Controller:
+    """The controller `spec` on `optimizer`; `total_steps` fills the keyword for controllers that take it (unless given).
+
+    Built under a forked CPU RNG: building a controller (e.g. the first load of the
+    meta-controller's policy network in a process) must not shift the training run's
+    random stream, or a run would depend on what the process loaded before, and a
+    framework run with a callback would not match its resumed twin.
+    """
+    with torch.random.fork_rng(devices=[]):
+        if not isinstance(spec, str):
+            return spec(optimizer)
+        if total_steps is not None and "total_steps" in accepted_kwargs(controller_class(spec)):
+            kwargs.setdefault("total_steps", int(total_steps))
+        if spec == "pretrained":
+            from metalr.controllers.meta import load_pretrained
+
+            return load_pretrained(optimizer=optimizer, **kwargs)  # type: ignore[no-any-return]
+        return controllers.build(spec, optimizer, **kwargs)
+
+
+def build_tracker(
+    ctrl: Controller,
+    params: Any,
+    *,
+    total_steps: int | None,
+    model: torch.nn.Module | None = None,
+    task: Task | None = None,
+    device: str | torch.device = "cpu",
+    task_info: dict[str, Any] | None = None,
+) -> SignalTracker:
+    """The tracker that computes what `ctrl` requires, owning the signal sources it declares (`signal_sources()`)."""
+    sources = [build_source(r, model=model, task=task, device=torch.device(device)) for r in ctrl.signal_sources()]
+    info = task.info() if task is not None else dict(task_info or {})
+    return SignalTracker(params, ctrl.optimizer, requires=ctrl.requires, total_steps=total_steps, task_info=info, sources=sources)
 
 
 def run(

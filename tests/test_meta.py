@@ -174,6 +174,27 @@ def test_short_meta_training_lowers_meta_loss_on_a_fixed_task() -> None:
     assert after < before - 0.01, (before, after)
 
 
+def test_warm_start_is_validated_first_and_kept_unless_beaten(tmp_path: Path) -> None:
+    """init_from: training starts from the file's weights; that policy is the step-0 candidate of the selection."""
+    from metalr.meta.trainer import BEST_POLICY, train
+
+    src = lively_policy(seed=5)
+    save_policy(tmp_path / "init.safetensors", src, rule=RuleConfig(), config={})
+    cfg = tiny_cfg(init_from=str(tmp_path / "init.safetensors"), meta_steps=1, meta_lr=1e-12, validate_every=1, validation_tasks=1,
+                   validation_max_steps=30, out_dir=str(tmp_path / "run"))  # fmt: skip
+    policy = train(cfg)
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert history[0]["step"] == 0 and "val_score" in history[0] and "meta_loss" not in history[0]
+    assert history[1]["step"] == 1 and "meta_loss" in history[1]
+    best = read_policy(tmp_path / "run" / BEST_POLICY)
+    assert best.metadata["selected_by"]["step"] in (0, 1)
+    for a, b in zip(policy.parameters(), src.parameters()):  # meta_lr ~ 0: still the warm start's weights
+        assert torch.allclose(a, b, atol=1e-6)
+    save_policy(tmp_path / "other.safetensors", MetaPolicy(hidden=(8, 4)), rule=RuleConfig(), config={})
+    with pytest.raises(ValueError, match="model_args"):
+        train(replace(cfg, init_from=str(tmp_path / "other.safetensors"), out_dir=str(tmp_path / "run2")))
+
+
 # ----------------------------------------------------------------- task distribution
 def test_task_distribution_covers_families_optimizers_and_three_decades() -> None:
     specs = [sample_spec(s) for s in range(400)]

@@ -18,23 +18,21 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 
 from metalr import controllers
 from metalr.controllers.base import Controller
-from metalr.estimators import build_source
-from metalr.registry import accepted_kwargs
-from metalr.signals import Signals, SignalTracker, batch_accuracy
+from metalr.signals import Signals, batch_accuracy
+from metalr.train import ControllerSpec, build_controller, build_tracker
+
+__all__ = ["Binding", "ControllerSpec", "build_controller", "check_spec"]
 
 log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
-
-#: A controller by registry name, "pretrained" (the shipped meta-controller), or a factory `optimizer -> Controller`.
-ControllerSpec = str | Callable[[torch.optim.Optimizer], Controller]
 
 
 def check_spec(spec: ControllerSpec | Controller, where: str) -> None:
@@ -59,30 +57,6 @@ def check_spec(spec: ControllerSpec | Controller, where: str) -> None:
             f"{where} does not provide. Run it through metalr.train.run(task, {cls.name!r}), or in a plain loop with the long form "
             "(SignalTracker + controller.attach(model=, task=, tracker=) + tracker.collect + controller.step(signals), see README)."
         )
-
-
-def build_controller(spec: ControllerSpec, optimizer: torch.optim.Optimizer, total_steps: int | None, **kwargs: Any) -> Controller:
-    """The controller `spec` on `optimizer`; `total_steps` fills the keyword for controllers that take it (unless given).
-
-    Built under a forked CPU RNG: building a controller (e.g. the first load of the
-    meta-controller's policy network) must not shift the training run's random stream,
-    or a run with the callback would not repeat itself, nor match its resumed twin.
-    """
-    with torch.random.fork_rng(devices=[]):
-        return _build(spec, optimizer, total_steps, **kwargs)
-
-
-def _build(spec: ControllerSpec, optimizer: torch.optim.Optimizer, total_steps: int | None, **kwargs: Any) -> Controller:
-    if not isinstance(spec, str):
-        return spec(optimizer)
-    name = "meta" if spec == "pretrained" else spec
-    if total_steps is not None and "total_steps" in accepted_kwargs(controllers.get(name)):
-        kwargs.setdefault("total_steps", int(total_steps))
-    if spec == "pretrained":
-        from metalr.controllers.meta import load_pretrained
-
-        return load_pretrained(optimizer=optimizer, **kwargs)  # type: ignore[no-any-return]
-    return controllers.build(spec, optimizer, **kwargs)
 
 
 class Binding:
@@ -111,9 +85,8 @@ class Binding:
         optimizer = controller.optimizer
         if params is None:
             params = [p for g in optimizer.param_groups for p in g["params"]]
-        # The same signal sources the harness gives it (`metalr.train.setup`): e.g. resource_aware's resource reader.
-        sources = [build_source(r, model=model, task=None, device=torch.device(device)) for r in controller.signal_sources()]
-        self.tracker = SignalTracker(params, optimizer, requires=controller.requires, total_steps=total_steps, task_info=task_info, sources=sources)
+        # the harness's own set-up path (`metalr.train.setup` uses the same function): the same signal sources
+        self.tracker = build_tracker(controller, params, total_steps=total_steps, model=model, device=device, task_info=task_info)
         self.lrs: list[float] = []  # LR of the first param group applied at each optimizer step
         self.applied: list[float] | None = None  # LRs the latest optimizer step applied
         self.pending: Signals | None = None

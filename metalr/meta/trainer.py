@@ -72,6 +72,7 @@ class MetaTrainConfig:
     objective: str = "soft_error"  # validation quantity of the meta-loss: soft_error | log_val_loss (metalr.meta.unroll.val_objective)
     end_weight: float = 4.0  # weight of the last meta-loss term relative to the first (linear in between)
     credit: bool = True  # carry d(log LR)/d(policy) across truncations
+    init_from: str = ""  # warm start: a policy file (same model_args); it is validated at meta-step 0 as a candidate
     data_families: list[str] = field(default_factory=lambda: list(DATA_FAMILIES))
     optimizers: list[str] = field(default_factory=lambda: list(OPTIMIZERS))
     lr_decades: float = 1.5  # base LR = usual LR * 10**U(-lr_decades, lr_decades)
@@ -299,8 +300,8 @@ def plot_history(history: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))
-    steps = [h["step"] for h in history]
-    loss = [h["meta_loss"] for h in history]
+    steps = [h["step"] for h in history if "meta_loss" in h]  # a warm start's step-0 record has only a validation score
+    loss = [h["meta_loss"] for h in history if "meta_loss" in h]
     ax[0].plot(steps, loss, lw=0.6, alpha=0.5, label="meta-loss")
     if len(loss) >= 10:
         k = 10
@@ -315,6 +316,16 @@ def plot_history(history: list[dict[str, Any]], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _warm_start(policy: MetaPolicy, path: str) -> None:
+    """Load the weights of the policy file `path` into `policy` (refused unless the architectures match)."""
+    from metalr.meta.checkpoint import read_policy
+
+    src = read_policy(path).policy
+    if dict(src.model_args) != dict(policy.model_args):
+        raise ValueError(f"init_from {path}: model_args {src.model_args} differ from this run's {policy.model_args}")
+    policy.load_state_dict(src.state_dict())
 
 
 # ---------------------------------------------------------------------- the loop
@@ -344,6 +355,8 @@ def train(cfg: MetaTrainConfig, resume: bool = False) -> MetaPolicy:
         log.info("resumed from %s at meta-step %d", ckpt, step)
     elif resume:
         log.warning("--resume: no checkpoint at %s; starting fresh", ckpt)
+    if cfg.init_from and step == 0:
+        _warm_start(policy, cfg.init_from)
     writer = None
     if rank == 0:
         from torch.utils.tensorboard import SummaryWriter
@@ -355,6 +368,15 @@ def train(cfg: MetaTrainConfig, resume: bool = False) -> MetaPolicy:
 
         bar = tqdm(total=cfg.meta_steps, initial=step, desc="meta-train")
     extra = {"horizon_steps": rule.horizon_steps}
+    if cfg.init_from and step == 0 and rank == 0 and cfg.validate_every:
+        # the warm start is itself a candidate: training must beat it on the validation tasks to replace it
+        t0 = time.perf_counter()
+        record0: dict[str, Any] = {"step": 0, "tasks_seen": 0, **validation_score(policy, cfg)}
+        record0["wall_s"] = time.perf_counter() - t0
+        best = {"val_score": record0["val_score"], "step": 0, "init_from": cfg.init_from}
+        save_policy(out / BEST_POLICY, policy, rule=rule, config=asdict(cfg), extra={**extra, "meta_steps": 0, "selected_by": best})
+        history.append(record0)
+        log.info("warm start %s: val_score %.4f", cfg.init_from, record0["val_score"])
     t0 = time.perf_counter()
     while step < cfg.meta_steps:
         stats = meta_step(policy, meta_opt, cfg, step, rank, world)
@@ -399,8 +421,8 @@ def train(cfg: MetaTrainConfig, resume: bool = False) -> MetaPolicy:
             "meta_steps": step,
             "tasks_seen": history[-1]["tasks_seen"] if history else 0,
             "wall_s": history[-1]["wall_s"] if history else 0.0,
-            "meta_loss_first": history[0]["meta_loss"] if history else None,
-            "meta_loss_last": history[-1]["meta_loss"] if history else None,
+            "meta_loss_first": next((h["meta_loss"] for h in history if "meta_loss" in h), None),
+            "meta_loss_last": history[-1].get("meta_loss") if history else None,
         }
         save_policy(out / "policy.safetensors", policy, rule=rule, config=asdict(cfg), extra=summary)
         if cfg.export_path:
