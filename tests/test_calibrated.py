@@ -17,7 +17,7 @@ from metalr import controllers, ensemble, estimators, tasks, train
 from metalr.controllers.loss_patterns import classify
 from metalr.controllers.loss_patterns_relative import classify_relative
 from metalr.controllers.relative import RelativeLevel
-from metalr.signals import Signals, SignalTracker
+from metalr.signals import Signals
 from metalr.testing import smoke_kwargs
 
 UNCERTAINTY = ["uncertainty_relative", "uncertainty_ensemble_relative"]
@@ -295,12 +295,6 @@ def _train_forward(task: tasks.Task, model: nn.Module, batch: object) -> tasks.b
     return task.forward(model, batch)
 
 
-def _tracker(ctrl: controllers.Controller, model: nn.Module, task: tasks.Task) -> SignalTracker:
-    """The tracker the harness builds: the controller's declared sources, owned by it."""
-    sources = [estimators.build_source(r, model=model, task=task) for r in ctrl.signal_sources()]
-    return SignalTracker(model.parameters(), ctrl.optimizer, requires=ctrl.requires, sources=sources)
-
-
 def test_variants_declare_training_batch_sources_and_the_plans_probe_sources() -> None:
     for name in UNCERTAINTY:
         (req,) = controllers.build(name, opt(), **smoke_kwargs(name)).signal_sources()
@@ -398,7 +392,7 @@ def test_forward_passes_per_estimate(name: str) -> None:
     task = ctrl_cls.prepare_task(tasks.build("digits_mlp"), **kwargs)
     model = task.model_fn()
     ctrl = controllers.build(name, torch.optim.Adam(model.parameters(), lr=1e-3), **kwargs)
-    tracker = _tracker(ctrl, model, task)
+    tracker = train.build_tracker(ctrl, model.parameters(), total_steps=10, model=model, task=task)
     forwards = [0]
     heads = [m for m in model.modules() if isinstance(m, nn.Linear)][-1:] if "ensemble" not in name else [list(m.modules())[-1] for m in model.members]
     for h in heads:
@@ -418,7 +412,7 @@ def test_tracker_state_rewinds_a_batch_source_and_the_same_batches_give_the_same
     torch.manual_seed(0)
     model = task.model_fn()
     ctrl = controllers.build("uncertainty_relative", torch.optim.SGD(model.parameters(), lr=0.1), **smoke_kwargs("uncertainty_relative"))
-    tracker = _tracker(ctrl, model, task)
+    tracker = train.build_tracker(ctrl, model.parameters(), total_steps=10, model=model, task=task)
     batches = list(task.train_loader(0))[:8]
 
     def step(batch: object) -> float | None:
