@@ -1,10 +1,12 @@
 """Uncertainty and resource readings: the one place those signals are computed.
 
 A controller that reads `signals.uncertainty` or `signals.resources` declares
-what it needs as data (`UncertaintyRequest`, `ResourceRequest`, returned by its
-`Controller.signal_sources()`); `build_source` turns a request into a source
-(`UncertaintySource`, `ResourceSource`) that the `SignalTracker` owns, schedules
-(`due`) and reads. Data flows one way: source -> tracker -> `Signals` -> controller.
+what it needs as data (`UncertaintyRequest`, `BatchUncertaintyRequest`,
+`ResourceRequest`, returned by its `Controller.signal_sources()`); `build_source`
+turns a request into a source (`UncertaintySource`, `BatchUncertaintySource`,
+`ResourceSource`) that the `SignalTracker` owns, schedules (`due`) and reads
+(`read(step, epoch, logits, targets)`: the step's own outputs, for sources that
+reuse them). Data flows one way: source -> tracker -> `Signals` -> controller.
 Tests call the estimators directly or inject readings (`ResourceRequest.reader`).
 
 Uncertainty is measured on a *fixed probe batch* (drawn once, seeded, from the
@@ -23,6 +25,13 @@ records for uncertainty-error correlation and calibration.
   `nn.Dropout` layers (at their own rates) in train mode.
 - `EnsembleEstimator`: the members of a `metalr.ensemble.DeepEnsemble`, each
   evaluated on the probe batch; disagreement = mutual information.
+- On the *training batch* instead (`BatchUncertaintyRequest`), reusing the
+  step's forward, no probe forward at all: `BatchHeadDropout` (the head-mode
+  MC Dropout above, on the input the head received in the step's training
+  forward) and `BatchEnsembleDisagreement` (from the logits every member's head
+  produced). A forward hook keeps references to those tensors; each estimate
+  checks that the head's output is the step's logits. Noisier (the batch
+  changes every step) and measured on data being fitted, but nearly free.
 - `ResourceMonitor`: GPU utilisation and memory where CUDA is present, CPU
   utilisation and process memory otherwise (psutil).
 
@@ -44,7 +53,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from metalr.ensemble import DeepEnsemble
+from metalr.ensemble import DeepEnsemble, average_log_probs
 from metalr.tasks.base import to_device
 
 MEASURES = ("entropy", "variance", "disagreement")
@@ -99,6 +108,14 @@ def _record(step: int, probs: torch.Tensor, targets: torch.Tensor | None, measur
 def _flat_probs(logits: torch.Tensor) -> torch.Tensor:
     """[..., K] logits -> [N, K] probabilities (token tasks flatten their tokens)."""
     return logits.detach().float().reshape(-1, logits.shape[-1]).softmax(-1)
+
+
+def head_dropout_probs(h: torch.Tensor, head: nn.Linear, passes: int, p: float, generator: torch.Generator) -> torch.Tensor:
+    """Class probabilities [passes, N, K] of `head` re-evaluated on its input `h` [..., H] under `passes` dropout masks at rate `p`."""
+    h = h.reshape(-1, h.shape[-1])
+    keep = torch.bernoulli(torch.full((passes, *h.shape), 1.0 - p, device=h.device, dtype=h.dtype), generator=generator)
+    logits = F.linear(h * keep / (1.0 - p), head.weight, head.bias)  # all passes in one matmul: [S, N, K]
+    return logits.float().softmax(-1)
 
 
 class _TrainModes:
@@ -171,10 +188,7 @@ class MCDropoutEstimator:
             handle.remove()
         if out.logits is None or "h" not in seen or seen["out"].shape != out.logits.shape:
             raise ValueError("the model's last nn.Linear does not produce the task's logits; use MC Dropout mode='full'")
-        h = seen["h"].reshape(-1, seen["h"].shape[-1])
-        keep = torch.bernoulli(torch.full((self.passes, *h.shape), 1.0 - self.p, device=h.device, dtype=h.dtype), generator=self.generator)
-        logits = F.linear(h * keep / (1.0 - self.p), self.head.weight, self.head.bias)  # all passes in one matmul: [S, N, K]
-        return logits.float().softmax(-1), out.targets
+        return head_dropout_probs(seen["h"], self.head, self.passes, self.p, self.generator), out.targets
 
     def _full_samples(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         for m in self.model.modules():
@@ -206,6 +220,94 @@ class EnsembleEstimator:
             probs.append(_flat_probs(out.logits))
             targets = out.targets
         return _record(step, torch.stack(probs), targets, self.measure)
+
+
+class _HeadCapture:
+    """A forward hook on `head` (an nn.Linear) that keeps its latest *training-mode* input and output.
+
+    References, no copies: the tensors the step computed anyway (detached). Evaluation
+    forwards (eval mode) are not captured, so an estimate never reads validation data.
+    """
+
+    def __init__(self, head: nn.Linear) -> None:
+        self.head = head
+        self.input: torch.Tensor | None = None
+        self.output: torch.Tensor | None = None
+        self.handle = head.register_forward_hook(self._capture)
+
+    def _capture(self, module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        if module.training:
+            self.input, self.output = inputs[0].detach(), output.detach()
+
+    def remove(self) -> None:
+        self.handle.remove()
+
+
+def _last_linear(model: nn.Module, what: str) -> nn.Linear:
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError(f"{what} needs a model whose last nn.Linear is its classifier head; this one has no nn.Linear")
+    return linears[-1]
+
+
+def _same_logits(captured: torch.Tensor, logits: torch.Tensor | None, what: str) -> None:
+    """Refuse an estimate unless the captured head outputs are the step's logits (wrong head, or a stale capture)."""
+    if logits is None:
+        raise ValueError(f"{what} reuses the training step's forward: the tracker needs the step's logits (tracker.collect(logits=..., targets=...))")
+    ok = captured.shape == logits.shape and torch.allclose(captured.float(), logits.detach().float(), rtol=1e-3, atol=1e-4)
+    if not ok:
+        raise ValueError(
+            f"{what}: the model's last nn.Linear did not produce this step's logits (another head, post-processed logits, or no training "
+            "forward through it this step); use the probe-batch estimator (UncertaintyRequest) instead"
+        )
+
+
+class BatchHeadDropout:
+    """MC Dropout on the head, on the step's own training batch: no forward pass of its own.
+
+    The same estimate as `MCDropoutEstimator(mode="head")` (`head_dropout_probs`: `passes`
+    masks at rate `p` on the input of the model's last nn.Linear, the head re-evaluated),
+    but on the input that head received in the step's training forward, kept by a forward
+    hook. Cost per estimate: `passes` head matmuls on the batch, nothing else.
+    """
+
+    def __init__(self, model: nn.Module, *, passes: int = 50, p: float = 0.5, measure: str = "entropy", seed: int = 0) -> None:
+        if passes < 2 or not 0.0 < p < 1.0 or measure not in MEASURES:
+            raise ValueError(f"need passes >= 2, 0 < p < 1 and measure in {MEASURES}; got {passes}, {p}, {measure!r}")
+        self.passes, self.p, self.measure = int(passes), float(p), measure
+        self.capture = _HeadCapture(_last_linear(model, "training-batch MC Dropout"))
+        self.generator = torch.Generator(device=_device_of(model)).manual_seed(seed)
+
+    @torch.no_grad()
+    def estimate(self, step: int, logits: torch.Tensor | None, targets: torch.Tensor | None) -> dict[str, float]:
+        """One estimate on the batch whose forward just ran (`logits`, `targets`: that forward's)."""
+        h, out = self.capture.input, self.capture.output
+        if h is None or out is None:
+            raise ValueError("training-batch MC Dropout: no training forward through the model's last nn.Linear yet (is it the classifier head?)")
+        _same_logits(out, logits, "training-batch MC Dropout")
+        return _record(step, head_dropout_probs(h, self.capture.head, self.passes, self.p, self.generator), targets, self.measure)
+
+
+class BatchEnsembleDisagreement:
+    """A `DeepEnsemble`'s disagreement on the step's own training batch, from the logits each member's head produced in it.
+
+    Cost per estimate: a softmax over members x batch x classes; no forward pass.
+    """
+
+    def __init__(self, ensemble: DeepEnsemble, *, measure: str = "disagreement") -> None:
+        if measure not in MEASURES:
+            raise ValueError(f"unknown uncertainty measure {measure!r}; valid: {', '.join(MEASURES)}")
+        self.measure = measure
+        self.captures = [_HeadCapture(_last_linear(m, "training-batch ensemble disagreement")) for m in ensemble.members]
+
+    @torch.no_grad()
+    def estimate(self, step: int, logits: torch.Tensor | None, targets: torch.Tensor | None) -> dict[str, float]:
+        outs = [c.output for c in self.captures]
+        if any(o is None for o in outs):
+            raise ValueError("training-batch ensemble disagreement: no training forward through every member's last nn.Linear yet (is it the head?)")
+        member_logits = torch.stack(outs)  # type: ignore[arg-type]
+        _same_logits(average_log_probs(member_logits), logits, "training-batch ensemble disagreement")
+        return _record(step, torch.stack([_flat_probs(m) for m in member_logits]), targets, self.measure)
 
 
 class ResourceMonitor:
@@ -267,6 +369,26 @@ class UncertaintyRequest:
 
 
 @dataclass(frozen=True)
+class BatchUncertaintyRequest:
+    """An uncertainty estimate every `interval` steps (steps 1, 1 + interval, ...) on the step's own training batch.
+
+    It reuses the step's forward instead of running one: estimator="mc_dropout" applies
+    `passes` masks at rate `dropout_p` to the input the model's last nn.Linear got
+    (`BatchHeadDropout`); estimator="ensemble" takes the logits each member of an
+    `n_members` `DeepEnsemble` produced (`BatchEnsembleDisagreement`). Noisier than a
+    fixed probe batch (the batch changes every step), but no extra forward pass.
+    """
+
+    estimator: str = "mc_dropout"
+    interval: int = 10
+    measure: str = "entropy"
+    passes: int = 50
+    dropout_p: float = 0.5
+    n_members: int = 0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class ResourceRequest:
     """Resource readings at the first step, then every `interval_steps` steps (None: at each new epoch).
 
@@ -277,7 +399,7 @@ class ResourceRequest:
     reader: Callable[[], dict[str, float]] | None = None
 
 
-SourceRequest = UncertaintyRequest | ResourceRequest
+SourceRequest = UncertaintyRequest | BatchUncertaintyRequest | ResourceRequest
 
 
 class UncertaintySource:
@@ -309,10 +431,61 @@ class UncertaintySource:
     def due(self, step: int, epoch: int) -> bool:
         return (step - 1) % self.interval == 0
 
-    def read(self, step: int, epoch: int) -> float:
+    def read(self, step: int, epoch: int, logits: torch.Tensor | None = None, targets: torch.Tensor | None = None) -> float:
         record = self.estimator.estimate(step)
         self.records.append(record)
         return record["uncertainty"]
+
+    def state_dict(self) -> dict[str, Any]:
+        generator = getattr(self.estimator, "generator", None)
+        return {"n_records": len(self.records), "rng": None if generator is None else generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        del self.records[int(state["n_records"]) :]
+        generator = getattr(self.estimator, "generator", None)
+        if generator is not None and state["rng"] is not None:
+            generator.set_state(state["rng"])
+
+
+class BatchUncertaintySource:
+    """Fills `signals.uncertainty` on estimation steps from the step's own forward (`BatchUncertaintyRequest`); keeps every estimate.
+
+    Its forward hooks stay on the model's head(s) for the source's lifetime (`close()` removes
+    them). Each record's error_rate and confidence are those of the training batch.
+    """
+
+    signal = "uncertainty"
+
+    def __init__(self, request: BatchUncertaintyRequest, model: nn.Module) -> None:
+        if request.interval < 1:
+            raise ValueError(f"interval must be >= 1, got {request.interval}")
+        self.interval = int(request.interval)
+        self.estimator: BatchHeadDropout | BatchEnsembleDisagreement
+        if request.estimator == "ensemble":
+            if not isinstance(model, DeepEnsemble) or len(model.members) != request.n_members:
+                raise ValueError(
+                    f"ensemble uncertainty needs the model to be a {request.n_members}-member DeepEnsemble: run it through metalr.train "
+                    "(which calls the controller's prepare_task) or build the task with metalr.ensemble.ensemble_task"
+                )
+            self.estimator = BatchEnsembleDisagreement(model, measure=request.measure)
+        elif request.estimator == "mc_dropout":
+            self.estimator = BatchHeadDropout(model, passes=request.passes, p=request.dropout_p, measure=request.measure, seed=request.seed)
+        else:
+            raise ValueError(f"unknown uncertainty estimator {request.estimator!r}; valid: mc_dropout, ensemble")
+        self.records: list[dict[str, float]] = []
+
+    def due(self, step: int, epoch: int) -> bool:
+        return (step - 1) % self.interval == 0
+
+    def read(self, step: int, epoch: int, logits: torch.Tensor | None = None, targets: torch.Tensor | None = None) -> float:
+        record = self.estimator.estimate(step, logits, targets)
+        self.records.append(record)
+        return record["uncertainty"]
+
+    def close(self) -> None:
+        """Remove the forward hooks from the model."""
+        for c in self.estimator.captures if isinstance(self.estimator, BatchEnsembleDisagreement) else [self.estimator.capture]:
+            c.remove()
 
     def state_dict(self) -> dict[str, Any]:
         generator = getattr(self.estimator, "generator", None)
@@ -343,7 +516,7 @@ class ResourceSource:
             return epoch != self.last_epoch
         return step - self.last_step >= self.interval_steps
 
-    def read(self, step: int, epoch: int) -> dict[str, float]:
+    def read(self, step: int, epoch: int, logits: torch.Tensor | None = None, targets: torch.Tensor | None = None) -> dict[str, float]:
         self.last_step, self.last_epoch = step, epoch
         readings = dict(self.reader())
         self.records.append({"step": float(step), **readings})
@@ -359,12 +532,16 @@ class ResourceSource:
 
 def build_source(
     request: SourceRequest, *, model: nn.Module | None, task: Any = None, device: torch.device | str = "cpu"
-) -> UncertaintySource | ResourceSource:
+) -> UncertaintySource | BatchUncertaintySource | ResourceSource:
     """The source that serves `request` for `model` (and `task`, for probe batches)."""
     if isinstance(request, UncertaintyRequest):
         if model is None:
             raise ValueError("an uncertainty source needs the model (and a task for its probe batch)")
         return UncertaintySource(request, model, task, device)
+    if isinstance(request, BatchUncertaintyRequest):
+        if model is None:
+            raise ValueError("a training-batch uncertainty source needs the model (it reads the model's head in the step's forward)")
+        return BatchUncertaintySource(request, model)
     if isinstance(request, ResourceRequest):
         return ResourceSource(request, device)
-    raise TypeError(f"unknown signal source request {request!r}; valid: UncertaintyRequest, ResourceRequest")
+    raise TypeError(f"unknown signal source request {request!r}; valid: UncertaintyRequest, BatchUncertaintyRequest, ResourceRequest")

@@ -19,7 +19,8 @@ so event-driven controllers such as reduce-on-plateau react once per evaluation.
 Signals that need a model-level estimate (uncertainty, resource readings) come
 from *sources* the tracker owns and schedules (`metalr.estimators`): a controller
 declares them (`Controller.signal_sources()`), `metalr.train.setup` builds them,
-and on each `collect` the tracker reads the ones that are due. Nothing is
+and on each `collect` the tracker reads the ones that are due (handing them the
+step's logits and targets, which a training-batch estimate reuses). Nothing is
 installed on the tracker from outside; the tracker's `state_dict` covers its
 sources, so a restored run reads them on the same steps.
 """
@@ -82,7 +83,7 @@ class SignalSource(Protocol):
     records: list[dict[str, float]]  # every reading made, for evaluation
 
     def due(self, step: int, epoch: int) -> bool: ...
-    def read(self, step: int, epoch: int) -> Any: ...
+    def read(self, step: int, epoch: int, logits: torch.Tensor | None = None, targets: torch.Tensor | None = None) -> Any: ...
     def state_dict(self) -> dict[str, Any]: ...
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
@@ -169,7 +170,7 @@ class SignalTracker:
             self._pending_eval = None
         for name, source in self.sources.items():
             if source.due(self.step, self.epoch):
-                setattr(s, name, source.read(self.step, self.epoch))
+                setattr(s, name, source.read(self.step, self.epoch, logits, targets))  # the step's outputs, for sources that reuse its forward
         return s
 
     def records(self, signal: str) -> list[dict[str, float]]:

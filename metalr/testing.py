@@ -35,12 +35,19 @@ RULE_KWARGS: dict[str, dict[str, Any]] = {
     "step": {"step_size": 3, "gamma": 0.5},
     "plateau": {"patience": 1, "factor": 0.5},
     "loss_patterns": {"interval_steps": 2, "window": 3},
+    # calibrated variants: a short history (and window), so a few readings reach their decisions
+    "uncertainty_relative": {"history": 2},
+    "uncertainty_ensemble_relative": {"history": 2},
+    "grad_variability_relative": {"window": 2, "interval": 1, "history": 2},
+    "loss_patterns_relative": {"interval_steps": 2, "window": 3},
 }
 #: Cheap, frequent estimates for tests (small probe batch, few passes, 2 members). Never timed:
 #: they would undercut what the defaults cost.
 QUICK_KWARGS: dict[str, dict[str, Any]] = {
     "uncertainty": {"interval": 2, "probe_size": 32, "passes": 8},
     "uncertainty_ensemble": {"interval": 2, "probe_size": 32, "n_members": 2},
+    "uncertainty_relative": {"interval": 2, "passes": 8},
+    "uncertainty_ensemble_relative": {"interval": 2, "n_members": 2},
     "resource_aware": {"interval_steps": 3},
 }
 

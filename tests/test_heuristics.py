@@ -20,6 +20,7 @@ from metalr.signals import Signals, SignalTracker
 from metalr.testing import smoke_kwargs
 
 HEURISTICS = ["uncertainty", "uncertainty_ensemble", "grad_variability", "loss_patterns", "resource_aware"]
+HEURISTICS += [f"{n}_relative" for n in HEURISTICS if n != "resource_aware"]  # the calibrated variants (tests/test_calibrated.py)
 INFO = {"num_classes": 10, "num_features": 64, "batch_size": 64}
 
 

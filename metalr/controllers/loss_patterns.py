@@ -116,9 +116,13 @@ class LossPatterns(MultiplicativeController):
         if len(self.period_losses) < self.window:
             self.pattern = PATTERNS["none"]
             return
-        name = classify(self.period_losses, self.plateau_variance, self.plateau_rate, self.sharp_drop)
+        name = self._classify(self.period_losses)
         self.pattern = PATTERNS[name]
         self.last_factor = {"plateau": self.decrease, "oscillation": self.decrease, "rise": self.decrease, "steady_decline": self.increase}.get(name, 1.0)
+
+    def _classify(self, w: list[float]) -> str:
+        """The pattern name of the window `w` (the one place a variant changes the rule)."""
+        return classify(w, self.plateau_variance, self.plateau_rate, self.sharp_drop)
 
     def extra_logs(self) -> dict[str, float]:
         return {"loss_pattern": float(self.pattern), "loss_ma": self.moving_average, "loss_pattern_factor": self.last_factor}

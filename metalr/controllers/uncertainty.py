@@ -36,7 +36,7 @@ MAX_PASSES = 1000
 
 
 class _UncertaintyController(MultiplicativeController):
-    """The shared rule; subclasses build the estimator in `_make_estimator`."""
+    """The shared rule; subclasses declare their estimate in `_request`."""
 
     requires = frozenset({"uncertainty"})
     _state_keys = ("last_uncertainty", "last_factor")
