@@ -55,7 +55,7 @@ def check_spec(spec: ControllerSpec | Controller, where: str) -> None:
             f"controller {cls.name!r} cannot run under {where}: it measures predictive uncertainty on a probe batch drawn from a "
             "metalr Task with the task's forward pass (uncertainty_ensemble also trains a DeepEnsemble as the model), which "
             f"{where} does not provide. Run it through metalr.train.run(task, {cls.name!r}), or in a plain loop with the long form "
-            "(SignalTracker + controller.attach(model=, task=, tracker=) + tracker.collect + controller.step(signals), see README)."
+            "(metalr.train.build_tracker(ctrl, model.parameters(), total_steps=, model=, task=) + tracker.collect + ctrl.step(signals), see README)."
         )
 
 
@@ -67,7 +67,7 @@ class Binding:
         params: the trained parameters (default: the optimizer's).
         total_steps: planned optimizer steps, for `signals.progress`.
         task_info: e.g. {"num_classes": k}, for controllers that read it.
-        model, device: passed to the controller's `attach` hook, if it has one.
+        model, device: for the signal sources the controller declares (`Controller.signal_sources`).
     """
 
     def __init__(
