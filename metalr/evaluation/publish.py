@@ -41,7 +41,7 @@ from metalr.io import atomic_write_json, atomic_write_text
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS_DIR = ROOT / "docs" / "results"
 #: The configs whose results the READMEs cite, in the order `make results` runs them.
-PUBLISHED = ("heuristics", "baselines", "task_suite", "eval_full")
+PUBLISHED = ("heuristics", "baselines", "meta_heldout", "task_suite", "eval_full")
 #: READMEs whose marker blocks are generated.
 READMES = ("README.md", "benchmarks/README.md")
 #: Config keys that say how an evaluation runs, not what it computes: overridable when publishing.
