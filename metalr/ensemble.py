@@ -50,8 +50,15 @@ def ensemble_task(task: Task, n_members: int = 5) -> Task:
     """A copy of `task` whose model is an `n_members` deep ensemble trained member by member."""
     if n_members < 2:
         raise ValueError(f"n_members must be >= 2, got {n_members}")
-    new = copy.copy(task)
     base_fn = task.model_fn
+    with torch.random.fork_rng(devices=[]):  # the probe model must not shift the run's random stream
+        structured = hasattr(base_fn(), "crf")
+    if structured:
+        raise ValueError(
+            f"task {task.name!r}: a deep ensemble of a CRF tagger is not defined here (averaging emissions does not average "
+            "the members' CRF decodings); leave the ensemble controllers out of this task (evaluation configs: exclude_tasks)"
+        )
+    new = copy.copy(task)
     new.model_fn = lambda: DeepEnsemble([base_fn() for _ in range(n_members)])
     new.forward = partial(_ensemble_forward, task.forward)  # type: ignore[method-assign]
     return new

@@ -257,3 +257,18 @@ def test_dry_run_prints_the_plan_and_an_estimate_from_earlier_timings(tmp_path: 
     # 4 main runs + 8 sweep runs, of which the 4 at x1 share the main runs' training
     assert ": 12 runs" in out and "8 distinct trainings" in out and "digits_mlp: 20 steps; main 4, sensitivity 8" in out
     assert "estimated wall time with 1 worker(s): ~" in out and not (tmp_path / "new").exists()
+
+
+def test_exclude_tasks_leaves_a_strategy_out_of_those_tasks_only(tmp_path: Path) -> None:
+    strategies = ["constant", {"name": "cosine", "exclude_tasks": ["digits_mlp"]}]
+    cfg = _cfg(tmp_path, tasks=["digits_mlp", "wine_mlp"], strategies=strategies, sensitivity={"enabled": True, "multipliers": [0.1, 1.0]})
+    cells = {(s.task, s.controller) for s in build_specs(cfg)}
+    assert ("digits_mlp", "cosine") not in cells and ("wine_mlp", "cosine") in cells and ("digits_mlp", "constant") in cells
+
+
+def test_a_deep_ensemble_of_a_crf_tagger_is_refused_before_training() -> None:
+    from metalr import tasks
+    from metalr.ensemble import ensemble_task
+
+    with pytest.raises(ValueError, match="CRF"):
+        ensemble_task(tasks.build("twitter_ner_bilstm_crf"), 5)

@@ -30,6 +30,7 @@ class Strategy:
     name: str
     label: str = ""
     controller_kwargs: dict[str, Any] = field(default_factory=dict)
+    exclude_tasks: list[str] = field(default_factory=list)  # tasks it cannot run on (e.g. a deep ensemble of a CRF tagger)
 
     def __post_init__(self) -> None:
         self.label = self.label or self.name
@@ -209,10 +210,10 @@ class EvalConfig:
         elif isinstance(entry, str):
             s = Strategy(entry)
         elif isinstance(entry, dict):
-            extra = sorted(set(entry) - {"name", "label", "controller_kwargs"})
+            extra = sorted(set(entry) - {"name", "label", "controller_kwargs", "exclude_tasks"})
             if "name" not in entry or extra:
-                raise ValueError(f"strategy entry {entry!r} needs `name` and may hold only label, controller_kwargs")
-            s = Strategy(str(entry["name"]), str(entry.get("label") or ""), dict(entry.get("controller_kwargs") or {}))
+                raise ValueError(f"strategy entry {entry!r} needs `name` and may hold only label, controller_kwargs, exclude_tasks")
+            s = Strategy(str(entry["name"]), str(entry.get("label") or ""), dict(entry.get("controller_kwargs") or {}), list(entry.get("exclude_tasks") or []))
         else:
             raise ValueError(f"strategy entry must be a name or a mapping, got {entry!r}")
         if s.name not in controllers.available():

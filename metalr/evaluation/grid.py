@@ -80,13 +80,16 @@ def build_specs(cfg: EvalConfig) -> list[RunSpec]:
 
     for task in cfg.tasks:
         for s in cfg.strategies:
-            specs += [spec(task, s.label, s.name, seed, s.controller_kwargs) for seed in cfg.seeds]
+            if task not in s.exclude_tasks:
+                specs += [spec(task, s.label, s.name, seed, s.controller_kwargs) for seed in cfg.seeds]
         for factor in cfg.tuned.lr_factors():
             label = tuned_label(cfg.tuned.strategy, factor)
             specs += [spec(task, label, cfg.tuned.strategy, seed, cfg.tuned.controller_kwargs, _factor(factor), "tuned") for seed in cfg.seeds]
         if sens.tasks is not None and task not in sens.tasks:
             continue
         for s in cfg.sweep_strategies():
+            if task in s.exclude_tasks:
+                continue
             for m in sens.multipliers:
                 seeds = cfg.seeds if sens.seeds is None else sens.seeds
                 specs += [spec(task, sweep_label(s.label, m), s.name, seed, s.controller_kwargs, _factor(m), "sensitivity") for seed in seeds]
