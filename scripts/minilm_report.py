@@ -1,7 +1,7 @@
 """Publish the MiniLM / Rotten Tomatoes HF Trainer comparison: its results.json, a table and the LR curves.
 
     python examples/hf_minilm_rotten_tomatoes.py --out_dir runs/minilm_rotten_tomatoes
-    python scripts/minilm_report.py runs/minilm_rotten_tomatoes docs/results/minilm_rotten_tomatoes
+    python scripts/minilm_report.py runs/minilm_rotten_tomatoes docs/integrations/minilm_rotten_tomatoes
 
 Everything comes from the example's results.json (nothing is trained here).
 """
