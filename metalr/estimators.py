@@ -402,100 +402,92 @@ class ResourceRequest:
 SourceRequest = UncertaintyRequest | BatchUncertaintyRequest | ResourceRequest
 
 
-class UncertaintySource:
-    """Fills `signals.uncertainty` on estimation steps; keeps every estimate in `records`."""
+def _check_ensemble(model: nn.Module, n_members: int) -> DeepEnsemble:
+    if not isinstance(model, DeepEnsemble) or len(model.members) != n_members:
+        raise ValueError(
+            f"ensemble uncertainty needs the model to be a {n_members}-member DeepEnsemble: run it through metalr.train "
+            "(which calls the controller's prepare_task) or build the task with metalr.ensemble.ensemble_task"
+        )
+    return model
+
+
+class _EstimateSource:
+    """What both uncertainty sources share: an estimate every `interval` steps (1, 1 + interval, ...),
+    every estimate kept in `records`, and state = how many records plus the estimator's RNG."""
 
     signal = "uncertainty"
+    estimator: Any
+
+    def __init__(self, interval: int) -> None:
+        if interval < 1:
+            raise ValueError(f"interval must be >= 1, got {interval}")
+        self.interval = int(interval)
+        self.records: list[dict[str, float]] = []
+
+    def due(self, step: int, epoch: int) -> bool:
+        return (step - 1) % self.interval == 0
+
+    def _keep(self, record: dict[str, float]) -> float:
+        self.records.append(record)
+        return record["uncertainty"]
+
+    def state_dict(self) -> dict[str, Any]:
+        generator = getattr(self.estimator, "generator", None)
+        return {"n_records": len(self.records), "rng": None if generator is None else generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        del self.records[int(state["n_records"]) :]
+        generator = getattr(self.estimator, "generator", None)
+        if generator is not None and state["rng"] is not None:
+            generator.set_state(state["rng"])
+
+
+class UncertaintySource(_EstimateSource):
+    """Fills `signals.uncertainty` on estimation steps; keeps every estimate in `records`."""
 
     def __init__(self, request: UncertaintyRequest, model: nn.Module, task: Any, device: torch.device | str = "cpu") -> None:
         if task is None:
             raise ValueError("uncertainty estimates need a metalr Task (the probe batch is drawn from its data); run through metalr.train")
-        self.interval = int(request.interval)
+        super().__init__(request.interval)
         batch = probe_batch(task, request.probe_size, request.probe, request.probe_seed, device)
         self.estimator: MCDropoutEstimator | EnsembleEstimator
         if request.estimator == "ensemble":
-            if not isinstance(model, DeepEnsemble) or len(model.members) != request.n_members:
-                raise ValueError(
-                    f"ensemble uncertainty needs the model to be a {request.n_members}-member DeepEnsemble: run it through metalr.train "
-                    "(which calls the controller's prepare_task) or build the task with metalr.ensemble.ensemble_task"
-                )
-            self.estimator = EnsembleEstimator(model.members, task.forward, batch, measure=request.measure)
+            self.estimator = EnsembleEstimator(_check_ensemble(model, request.n_members).members, task.forward, batch, measure=request.measure)
         elif request.estimator == "mc_dropout":
             self.estimator = MCDropoutEstimator(
                 model, task.forward, batch, passes=request.passes, p=request.dropout_p, measure=request.measure, mode=request.mode, seed=request.probe_seed
             )
         else:
             raise ValueError(f"unknown uncertainty estimator {request.estimator!r}; valid: mc_dropout, ensemble")
-        self.records: list[dict[str, float]] = []
-
-    def due(self, step: int, epoch: int) -> bool:
-        return (step - 1) % self.interval == 0
 
     def read(self, step: int, epoch: int, logits: torch.Tensor | None = None, targets: torch.Tensor | None = None) -> float:
-        record = self.estimator.estimate(step)
-        self.records.append(record)
-        return record["uncertainty"]
-
-    def state_dict(self) -> dict[str, Any]:
-        generator = getattr(self.estimator, "generator", None)
-        return {"n_records": len(self.records), "rng": None if generator is None else generator.get_state()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        del self.records[int(state["n_records"]) :]
-        generator = getattr(self.estimator, "generator", None)
-        if generator is not None and state["rng"] is not None:
-            generator.set_state(state["rng"])
+        return self._keep(self.estimator.estimate(step))
 
 
-class BatchUncertaintySource:
+class BatchUncertaintySource(_EstimateSource):
     """Fills `signals.uncertainty` on estimation steps from the step's own forward (`BatchUncertaintyRequest`); keeps every estimate.
 
     Its forward hooks stay on the model's head(s) for the source's lifetime (`close()` removes
     them). Each record's error_rate and confidence are those of the training batch.
     """
 
-    signal = "uncertainty"
-
     def __init__(self, request: BatchUncertaintyRequest, model: nn.Module) -> None:
-        if request.interval < 1:
-            raise ValueError(f"interval must be >= 1, got {request.interval}")
-        self.interval = int(request.interval)
+        super().__init__(request.interval)
         self.estimator: BatchHeadDropout | BatchEnsembleDisagreement
         if request.estimator == "ensemble":
-            if not isinstance(model, DeepEnsemble) or len(model.members) != request.n_members:
-                raise ValueError(
-                    f"ensemble uncertainty needs the model to be a {request.n_members}-member DeepEnsemble: run it through metalr.train "
-                    "(which calls the controller's prepare_task) or build the task with metalr.ensemble.ensemble_task"
-                )
-            self.estimator = BatchEnsembleDisagreement(model, measure=request.measure)
+            self.estimator = BatchEnsembleDisagreement(_check_ensemble(model, request.n_members), measure=request.measure)
         elif request.estimator == "mc_dropout":
             self.estimator = BatchHeadDropout(model, passes=request.passes, p=request.dropout_p, measure=request.measure, seed=request.seed)
         else:
             raise ValueError(f"unknown uncertainty estimator {request.estimator!r}; valid: mc_dropout, ensemble")
-        self.records: list[dict[str, float]] = []
-
-    def due(self, step: int, epoch: int) -> bool:
-        return (step - 1) % self.interval == 0
 
     def read(self, step: int, epoch: int, logits: torch.Tensor | None = None, targets: torch.Tensor | None = None) -> float:
-        record = self.estimator.estimate(step, logits, targets)
-        self.records.append(record)
-        return record["uncertainty"]
+        return self._keep(self.estimator.estimate(step, logits, targets))
 
     def close(self) -> None:
         """Remove the forward hooks from the model."""
         for c in self.estimator.captures if isinstance(self.estimator, BatchEnsembleDisagreement) else [self.estimator.capture]:
             c.remove()
-
-    def state_dict(self) -> dict[str, Any]:
-        generator = getattr(self.estimator, "generator", None)
-        return {"n_records": len(self.records), "rng": None if generator is None else generator.get_state()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        del self.records[int(state["n_records"]) :]
-        generator = getattr(self.estimator, "generator", None)
-        if generator is not None and state["rng"] is not None:
-            generator.set_state(state["rng"])
 
 
 class ResourceSource:
