@@ -1,6 +1,6 @@
-"""Per-step cost of every registered controller relative to constant LR.
+"""Per-step cost of LR controllers relative to constant LR, and host-device synchronisations.
 
-    python benchmarks/controller_overhead.py [--tasks digits_mlp mnist1d_cnn] [--steps 100] [--repeats 7]
+    python benchmarks/controller_overhead.py [--tasks digits_mlp mnist1d_cnn rt_bilstm rt_minilm] [--repeats 7] [--all]
 
 A step is what the harness does: forward, backward, the signals the controller
 requires (`SignalTracker.collect`), `optimizer.step()`, `controller.step()`.
@@ -11,7 +11,17 @@ hits both sides of each ratio alike; the figure is the median over repeats of
 time(controller) / time(paired constant). Strategies that own the
 optimizer (Prodigy, D-Adaptation, schedule-free) include their optimizer's own
 cost, which is the honest comparison for a user choosing between them.
-One intra-op thread: these models are tiny and threads only add noise.
+One intra-op thread on CPU: these models are small and threads only add noise.
+
+Four model sizes: digits_mlp (~0.7 ms/step on a 2-core CPU), mnist1d_cnn (~4 ms),
+rt_bilstm (~70 ms), rt_minilm (a 22M-parameter transformer; needs the MiniLM
+weights, `make install`). Default controllers: constant, the schedules and the
+signal-reading ones with overhead targets; `--all` times every registered one.
+
+On CUDA (`--device cuda`) each controller also gets an untimed pass with
+`torch.cuda.set_sync_debug_mode("warn")` around `collect` + `controller.step`,
+and the table's `syncs/step` column counts the synchronisations it reports
+(the optimizer's own step and the forward/backward are not counted).
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ import math
 import platform
 import statistics
 import time
+import warnings
 from typing import Any
 
 import torch
@@ -30,28 +41,56 @@ from metalr.tasks.base import to_device
 from metalr.testing import smoke_kwargs
 from metalr.train import setup
 
+DEFAULT_TASKS = ("digits_mlp", "mnist1d_cnn", "rt_bilstm", "rt_minilm")
+DEFAULT_STEPS = {"digits_mlp": 100, "mnist1d_cnn": 100, "rt_bilstm": 20, "rt_minilm": 8}
+DEFAULT_CONTROLLERS = ("cosine", "step", "onecycle", "meta", "hypergradient", "grad_variability", "loss_patterns", "plateau")
 
-def time_steps(task: tasks.Task, name: str, batches: list[Any], warmup: int = 5) -> float:
-    """Seconds per training step under controller `name` (after `warmup` untimed steps)."""
-    s = setup(name, task=task, total_steps=len(batches) + warmup, controller_kwargs=smoke_kwargs(name, quick=False), seed=0)
+
+def time_steps(task: tasks.Task, name: str, batches: list[Any], device: torch.device, warmup: int = 3, count_syncs: bool = False) -> float:
+    """Seconds per training step under controller `name` (after `warmup` untimed steps); with `count_syncs`, syncs per step instead."""
+    s = setup(name, task=task, total_steps=len(batches) + warmup, controller_kwargs=smoke_kwargs(name, quick=False), seed=0, device=device)
     assert s.task is not None
     task, model, optimizer, ctrl, tracker = s.task, s.model, s.optimizer, s.controller, s.tracker
     model.train()
+    syncs = 0
 
-    def step(batch: Any) -> None:
+    def step(batch: Any, watch: bool = False) -> None:
+        nonlocal syncs
         optimizer.zero_grad(set_to_none=True)
         out = task.forward(model, batch)
         out.loss.backward()
-        signals = tracker.collect(loss=out.loss, logits=out.logits, targets=out.targets, batch_size=out.batch_size)
-        optimizer.step()
-        ctrl.step(signals)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            if watch:
+                torch.cuda.set_sync_debug_mode("warn")
+            signals = tracker.collect(loss=out.loss, logits=out.logits, targets=out.targets, batch_size=out.batch_size)
+            if watch:
+                torch.cuda.set_sync_debug_mode("default")
+            optimizer.step()
+            if watch:
+                torch.cuda.set_sync_debug_mode("warn")
+            ctrl.step(signals)
+            if watch:
+                torch.cuda.set_sync_debug_mode("default")
+        syncs += sum("synchroniz" in str(w.message) for w in caught)
 
     for b in batches[:warmup]:
         step(b)
+    if count_syncs:
+        for b in batches:
+            step(b, watch=True)
+        return syncs / len(batches)
+    _sync(device)
     start = time.perf_counter()
     for b in batches:
         step(b)
+    _sync(device)
     return (time.perf_counter() - start) / len(batches)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def machine() -> str:
@@ -70,26 +109,34 @@ def machine() -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--tasks", nargs="+", default=["digits_mlp", "mnist1d_cnn"])
-    ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--tasks", nargs="+", default=list(DEFAULT_TASKS))
+    ap.add_argument("--steps", type=int, default=None, help=f"timed steps per measurement (default per task: {DEFAULT_STEPS})")
     ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--controllers", nargs="*", default=None, help="default: every registered controller")
+    ap.add_argument("--controllers", nargs="*", default=None, help=f"default: {' '.join(DEFAULT_CONTROLLERS)}")
+    ap.add_argument("--all", action="store_true", help="every registered controller")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
-    torch.set_num_threads(1)
-    names = args.controllers or controllers.available()
-    if "constant" not in names:
-        names = ["constant", *names]
-    print(f"# machine: {machine()}")
+    device = torch.device(args.device)
+    if device.type == "cpu":
+        torch.set_num_threads(1)
+    names = controllers.available() if args.all else (args.controllers or list(DEFAULT_CONTROLLERS))
+    names = ["constant", *[n for n in names if n != "constant"]]
+    print(f"# machine: {machine()}" + (f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""))
     print(
-        f"# {args.steps} timed steps x {args.repeats} repeats; ratio = median over repeats of t(controller) / t(constant timed just before it); the constant row is the noise floor"
+        f"# {args.repeats} interleaved repeats; ratio = median over repeats of t(controller) / t(constant timed just before it); the constant row is the noise floor"
     )
     for task_name in args.tasks:
-        task = tasks.build(task_name)
-        loader = task.train_loader(0)
+        try:
+            task = tasks.build(task_name)
+            loader = task.train_loader(0)
+        except Exception as e:  # a task whose data or weights are missing here is reported, not hidden
+            print(f"\n## {task_name}: skipped ({type(e).__name__}: {str(e)[:160]})")
+            continue
+        steps = args.steps or DEFAULT_STEPS.get(task_name, 50)
         batches: list[Any] = []
-        while len(batches) < args.steps + 5:
-            batches.extend(to_device(b, torch.device("cpu")) for b in loader)
-        batches = batches[: args.steps + 5]
+        while len(batches) < steps + 3:
+            batches.extend(to_device(b, device) for b in loader)
+        batches = batches[: steps + 3]
         times: dict[str, list[float]] = {n: [] for n in names}
         failed: dict[str, str] = {}
         paired: dict[str, list[float]] = {n: [] for n in names}
@@ -97,21 +144,23 @@ def main() -> None:
             for n in names:
                 if n in failed:
                     continue
-                t_const = time_steps(task, "constant", batches)
+                t_const = time_steps(task, "constant", batches, device)
                 try:
-                    times[n].append(time_steps(task, n, batches))
+                    times[n].append(time_steps(task, n, batches, device))
                     paired[n].append(t_const)
                 except Exception as e:  # report, do not hide: a controller that cannot run here is listed
                     failed[n] = f"{type(e).__name__}: {e}"[:120]
-        print(f"\n## {task_name} (constant: {1e3 * statistics.median(times['constant']):.3f} ms/step)")
-        print(f"{'controller':<22} {'ms/step':>8} {'ratio':>7} {'overhead':>9}")
+        syncs = {n: time_steps(task, n, batches[:13], device, count_syncs=True) for n in names if n not in failed} if device.type == "cuda" else {}
+        print(f"\n## {task_name} ({steps} timed steps; constant: {1e3 * statistics.median(times['constant']):.3f} ms/step)")
+        print(f"{'controller':<22} {'ms/step':>8} {'ratio':>7} {'overhead':>9}" + ("  syncs/step" if syncs else ""))
         for n in names:
             if n in failed:
                 print(f"{n:<22} {'-':>8} {'-':>7} {'-':>9}  failed: {failed[n]}")
                 continue
             ratio = statistics.median(t / b for t, b in zip(times[n], paired[n]))
             flag = "  > 5%" if ratio > 1.05 else ""
-            print(f"{n:<22} {1e3 * statistics.median(times[n]):8.3f} {ratio:7.3f} {100 * (ratio - 1):+8.1f}%{flag}")
+            sync = f"  {syncs[n]:10.2f}" if syncs else ""
+            print(f"{n:<22} {1e3 * statistics.median(times[n]):8.3f} {ratio:7.3f} {100 * (ratio - 1):+8.1f}%{sync}{flag}", flush=True)
         assert all(math.isfinite(x) for v in times.values() for x in v)
 
 

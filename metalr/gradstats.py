@@ -12,13 +12,27 @@ successive gradients agree (LR may grow) or fight (the iterate oscillates: LR to
 high). It needs no copy of the model: the optimizer already keeps the buffer.
 An optimizer without such a buffer (plain SGD) is given the previous gradient
 instead, which the caller keeps (one model-sized buffer).
+
+Cost. No flattened copy of the gradient: per-tensor reductions, in the tensors'
+precision (float32 accumulation for float32 models). Two paths, tested to agree:
+- device (`grad_stats`): `torch._foreach_norm` and one `vdot` per tensor on the
+  parameters' device; the results are 0-d tensors there, so computing them never
+  synchronises host and device (for readers that take tensors: `SignalTracker(as_tensors=True)`);
+- host (`host_grad_stats`, `host_norm`, `host_dot`): Python numbers. For CPU
+  tensors the reductions run through numpy views of the same memory (no copy): a
+  torch call costs microseconds of dispatch each, several times a numpy call, and
+  on a tiny model that dispatch is the whole cost. Off the CPU: the device path,
+  then one read per number.
+Non-finite or undefined values (a zero norm) are NaN / None: every reader treats them as "missing".
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
+import numpy as np
 import torch
 
 #: Optimizer state keys holding a running average of gradients, in order of preference.
@@ -42,34 +56,110 @@ def moment_buffers(states: Sequence[dict[str, object] | None]) -> list[torch.Ten
     return out
 
 
-def grad_stats(grads: Sequence[torch.Tensor | None], refs: Sequence[torch.Tensor | None] | None) -> tuple[float, float | None]:
-    """(global L2 norm of `grads`, cosine between `grads` and `refs`); cosine is None without refs.
+def _acc_dtype(tensors: Sequence[torch.Tensor]) -> torch.dtype:
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
-    Per-tensor float32 reductions, float64 for float64 models (no flattened copy). Non-finite results come back as nan
-    (norm) / None (cosine), which every reader treats as "missing".
+
+def _cast(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return t if t.dtype == dtype else t.to(dtype)
+
+
+@torch.no_grad()
+def global_norm(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """L2 norm of the concatenation of `tensors` (0-d, on their device; no copy, no host sync)."""
+    if not tensors:
+        return torch.tensor(float("nan"))  # no gradient at all: "missing"
+    norms = torch._foreach_norm(list(tensors))
+    return torch.linalg.vector_norm(_cast(torch.stack(norms), _acc_dtype(tensors)))
+
+
+@torch.no_grad()
+def global_dot(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> torch.Tensor:
+    """sum_i <a_i, b_i> over paired tensors (0-d, on their device; one `vdot` per pair, no copy)."""
+    dtype = _acc_dtype([*a, *b])
+    if not a:
+        device = next((t.device for t in b), None)
+        return torch.zeros((), dtype=dtype, device=device)
+    return torch.stack([torch.vdot(_cast(x, dtype).view(-1), _cast(y, dtype).view(-1)) for x, y in zip(a, b)]).sum()
+
+
+def cosine(dot: torch.Tensor, norm_a: torch.Tensor, norm_b: torch.Tensor) -> torch.Tensor:
+    """dot / (norm_a norm_b) clipped to [-1, 1]; NaN where undefined (a zero or non-finite norm): the division gives it."""
+    denom = norm_a * norm_b
+    return (dot / torch.where(torch.isfinite(denom) & (denom > 0), denom, torch.nan)).clamp(-1.0, 1.0)
+
+
+def grad_stats(grads: Sequence[torch.Tensor | None], refs: Sequence[torch.Tensor | None] | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(global L2 norm of `grads`, cosine between `grads` and `refs`) as 0-d tensors; the cosine is None without refs.
+
+    Missing gradients count as zeros. A non-finite norm (or cosine) is what the tensors hold: readers treat it as missing.
     """
-    dtype = torch.float64 if any(g is not None and g.dtype == torch.float64 for g in grads) else torch.float32
-    sq = torch.zeros((), dtype=dtype)
-    dot = torch.zeros((), dtype=dtype)
-    rsq = torch.zeros((), dtype=dtype)
-    for i, g in enumerate(grads):
-        if g is None:
-            continue
-        g32 = g.detach().to(dtype)
-        sq = sq + (g32 * g32).sum().cpu()
-        if refs is not None and refs[i] is not None:
-            r32 = refs[i].detach().to(dtype)  # type: ignore[union-attr]
-            dot = dot + (g32 * r32).sum().cpu()
-            rsq = rsq + (r32 * r32).sum().cpu()
-    norm = math.sqrt(float(sq))
-    if not math.isfinite(norm):
-        return float("nan"), None
+    gs = [g for g in grads if g is not None]
+    norm = global_norm(gs)
     if refs is None:
         return norm, None
-    denom = norm * math.sqrt(float(rsq))
-    if not denom > 0 or not math.isfinite(denom):
+    pairs = [(g, r) for g, r in zip(grads, refs) if g is not None and r is not None]
+    rs = [r for _, r in pairs]
+    return norm, cosine(global_dot([g for g, _ in pairs], rs), norm, global_norm(rs))
+
+
+_NUMPY_DTYPES = (torch.float32, torch.float64, torch.float16)
+
+
+def _arrays(tensors: Sequence[torch.Tensor]) -> list[np.ndarray] | None:
+    """Flat numpy views of CPU tensors of a numpy dtype (no copy), or None when any is elsewhere or of another dtype."""
+    out = []
+    for t in tensors:
+        if t.device.type != "cpu" or t.dtype not in _NUMPY_DTYPES:
+            return None
+        out.append((t.detach() if t.requires_grad else t).numpy().reshape(-1))
+    return out
+
+
+def _finite(v: float) -> float:
+    return v if math.isfinite(v) else math.nan
+
+
+def host_norm(tensors: Sequence[torch.Tensor]) -> float:
+    """`global_norm` as a Python float (NaN if non-finite or there is no tensor)."""
+    arrays = _arrays(tensors)
+    if arrays is None:
+        return _finite(float(global_norm(tensors)))
+    return _finite(math.sqrt(sum(float(np.dot(a, a)) for a in arrays))) if arrays else math.nan
+
+
+def host_dot(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> float:
+    """`global_dot` as a Python float."""
+    xa, xb = _arrays(a), _arrays(b)
+    if xa is None or xb is None:
+        return float(global_dot(a, b))
+    return sum(float(np.dot(x, y)) for x, y in zip(xa, xb))
+
+
+def host_grad_stats(grads: Sequence[torch.Tensor | None], refs: Sequence[torch.Tensor | None] | None) -> tuple[float, float | None]:
+    """`grad_stats` as Python numbers: (norm, NaN if non-finite), (cosine, None if absent or undefined). One pass over the tensors."""
+    gs = [g for g in grads if g is not None]
+    pairs = [(g, r) for g, r in zip(grads, refs) if g is not None and r is not None] if refs is not None else []
+    xg, xr = _arrays(gs), _arrays([r for _, r in pairs])
+    if xg is None or xr is None:  # off the CPU: the device path, then one read per number
+        norm_t, cos_t = grad_stats(grads, refs)
+        norm, cos = _finite(float(norm_t)), (None if cos_t is None else float(cos_t))
+        return norm, (cos if cos is not None and math.isfinite(cos) else None)
+    paired = {id(g): x for (g, _), x in zip(pairs, xr)}
+    gg = gr = rr = 0.0
+    for g, x in zip(gs, xg):
+        gg += float(np.dot(x, x))
+        y = paired.get(id(g))
+        if y is not None:
+            gr += float(np.dot(x, y))
+            rr += float(np.dot(y, y))
+    norm = _finite(math.sqrt(gg)) if gs else math.nan
+    if refs is None or not math.isfinite(norm):
         return norm, None
-    cos = float(dot) / denom
+    denom = norm * math.sqrt(rr)
+    if not (denom > 0 and math.isfinite(denom)):
+        return norm, None
+    cos = gr / denom
     return norm, (max(-1.0, min(1.0, cos)) if math.isfinite(cos) else None)
 
 
@@ -79,19 +169,21 @@ class GradAlign:
     Called once per step with the gradients and the optimizer's per-parameter state *before* the
     update. While the optimizer keeps a gradient average (from its first step on, for SGD with
     momentum and Adam) that is the reference and nothing is copied; otherwise the previous
-    gradient is kept (one model-sized buffer) and used instead.
+    gradient is kept (one model-sized buffer, allocated once and overwritten in place) and used instead.
     """
 
     def __init__(self) -> None:
         self.prev: list[torch.Tensor | None] | None = None
 
-    def __call__(self, grads: Sequence[torch.Tensor | None], states: Sequence[dict[str, object] | None]) -> tuple[float, float | None]:
+    def __call__(self, grads: Sequence[torch.Tensor | None], states: Sequence[dict[str, object] | None], host: bool = True) -> tuple[Any, Any]:
+        """(norm, cosine): Python numbers (`host_grad_stats`) or, with `host=False`, 0-d device tensors (`grad_stats`)."""
+        stats = host_grad_stats if host else grad_stats
         refs = moment_buffers(states)
         if refs is not None:
             self.prev = None
-            return grad_stats(grads, refs)
-        out = grad_stats(grads, self.prev)
-        self.prev = [None if g is None else g.detach().clone() for g in grads]
+            return stats(grads, refs)
+        out = stats(grads, self.prev)
+        self.prev = copy_into(self.prev, grads)
         return out
 
     def state_dict(self) -> dict[str, object]:
@@ -100,3 +192,21 @@ class GradAlign:
     def load_state_dict(self, state: dict[str, object]) -> None:
         prev = state.get("prev")
         self.prev = None if prev is None else [None if t is None else t.clone() for t in prev]  # type: ignore[attr-defined]
+
+
+def copy_into(buffers: list[torch.Tensor | None] | None, tensors: Sequence[torch.Tensor | None]) -> list[torch.Tensor | None]:
+    """`tensors` (detached) copied into `buffers`, reusing them in place when their layout matches (no new allocation)."""
+    if buffers is not None and len(buffers) == len(tensors):
+        same = all(_same_layout(b, t) for b, t in zip(buffers, tensors))
+        if same:
+            pairs = [(b, t) for b, t in zip(buffers, tensors) if b is not None and t is not None]
+            if pairs:
+                torch._foreach_copy_([b for b, _ in pairs], [t.detach() for _, t in pairs])
+            return buffers
+    return [None if t is None else t.detach().clone() for t in tensors]
+
+
+def _same_layout(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return a.shape == b.shape and a.dtype == b.dtype and a.device == b.device

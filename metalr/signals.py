@@ -12,6 +12,14 @@ Call order in a training loop (the harness does exactly this):
     optimizer.step()
     controller.step(signals)                                         # LR for next step
 
+Host synchronisation. Gradient statistics are computed per tensor on the
+parameters' device (`metalr.gradstats`: no flattened copy). By default the
+tracker hands controllers Python floats, which on a GPU costs one host-device
+synchronisation per converted value. A tracker built with `as_tensors=True`
+(`metalr.train.build_tracker` does so when the controller declares
+`device_signals`) leaves `loss`, `grad_norm` and `grad_align` as 0-d tensors on
+the device and converts nothing: its `collect` never synchronises.
+
 Validation results are attached with `tracker.record_eval(val_loss, val_accuracy)`;
 they appear in the *next* `collect` only (`signals.val_loss` is None otherwise),
 so event-driven controllers such as reduce-on-plateau react once per evaluation.
@@ -29,13 +37,13 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
 
-from metalr.gradstats import GradAlign
+from metalr.gradstats import GradAlign, copy_into, host_dot, host_norm
 
 #: Every signal a controller may list in `requires`.
 SIGNAL_NAMES = frozenset(
@@ -61,7 +69,7 @@ class Signals:
     step: int = 0
     epoch: int = 0
     progress: float = 0.0  # fraction of the planned run done, in [0, 1]
-    loss: float | None = None
+    loss: float | None = None  # a 0-d tensor (as are grad_norm, grad_align) from a tracker with as_tensors=True
     accuracy: float | None = None
     grad_norm: float | None = None
     grad_cos: float | None = None
@@ -102,6 +110,13 @@ class SignalTracker:
         total_steps: planned length of the run, for `progress`.
         task_info: dataset facts passed on in every `Signals` (see `Task.info`).
         sources: estimators for signals that need one (uncertainty, resources).
+        as_tensors: leave `loss`, `grad_norm` and `grad_align` as 0-d tensors on the parameters'
+            device instead of Python floats (no host synchronisation; for controllers that
+            declare `device_signals`).
+
+    Buffers: `grad_cos` keeps the previous gradient, `hypergrad` the previous parameters
+    (one model-sized buffer each, per tensor, overwritten in place); `grad_align` keeps
+    nothing while the optimizer has a momentum buffer (see `metalr.gradstats`).
     """
 
     def __init__(
@@ -112,7 +127,9 @@ class SignalTracker:
         total_steps: int | None = None,
         task_info: dict[str, Any] | None = None,
         sources: Iterable[SignalSource] = (),
+        as_tensors: bool = False,
     ) -> None:
+        self.as_tensors = bool(as_tensors)
         self.requires = frozenset(requires)
         unknown = self.requires - SIGNAL_NAMES
         if unknown:
@@ -127,8 +144,8 @@ class SignalTracker:
         self.task_info = dict(task_info or {})
         self.step = 0
         self.epoch = 0
-        self._prev_grad: torch.Tensor | None = None
-        self._prev_params: torch.Tensor | None = None
+        self._prev_grad: list[torch.Tensor | None] | None = None
+        self._prev_params: list[torch.Tensor] | None = None
         self._prev_lr: float | None = None
         self._pending_eval: tuple[float, float | None] | None = None
         self._align = GradAlign()
@@ -154,15 +171,18 @@ class SignalTracker:
             batch_size=batch_size,
             task_info=self.task_info,
         )
-        if loss is not None:
-            s.loss = float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
+        if loss is not None and "loss" in self.requires:
+            if isinstance(loss, torch.Tensor):
+                s.loss = loss.detach() if self.as_tensors else float(loss.detach())  # type: ignore[assignment]
+            else:
+                s.loss = float(loss)
         if "accuracy" in self.requires and logits is not None and targets is not None:
             s.accuracy = batch_accuracy(logits, targets)
         if self.requires & {"grad_norm", "grad_cos", "hypergrad"}:
             self._gradient_signals(s, lr)
         if "grad_align" in self.requires:
             params = [p for g in self.optimizer.param_groups for p in g["params"]]
-            norm, s.grad_align = self._align([p.grad for p in params], [self.optimizer.state.get(p) for p in params])
+            norm, s.grad_align = self._align([p.grad for p in params], [self.optimizer.state.get(p) for p in params], host=not self.as_tensors)
             if s.grad_norm is None:
                 s.grad_norm = norm
         if self._pending_eval is not None:
@@ -179,23 +199,27 @@ class SignalTracker:
         return list(source.records) if source is not None else []
 
     def _gradient_signals(self, s: Signals, lr: float) -> None:
-        grads = [p.grad.reshape(-1) if p.grad is not None else torch.zeros(p.numel(), device=p.device) for p in self.params]
-        g = torch.cat(grads).detach().float()
-        s.grad_norm = _finite_or_nan(float(g.norm()))
+        """grad_norm, grad_cos, hypergrad as Python numbers (their readers need them): per-tensor reductions, no flattened copy."""
+        grads = [p.grad for p in self.params]
+        present = [g for g in grads if g is not None]
+        s.grad_norm = host_norm(present)
         if "grad_cos" in self.requires:
             if self._prev_grad is not None:
-                denom = float(g.norm() * self._prev_grad.norm())
-                s.grad_cos = _finite_or_nan(float(g @ self._prev_grad) / denom) if denom > 0 else 0.0
-            self._prev_grad = g.clone()
+                pairs = [(g, q) for g, q in zip(grads, self._prev_grad) if g is not None and q is not None]
+                denom = s.grad_norm * host_norm([q for q in self._prev_grad if q is not None])
+                s.grad_cos = _finite_or_nan(host_dot([g for g, _ in pairs], [q for _, q in pairs]) / denom) if denom > 0 else 0.0
+            self._prev_grad = copy_into(self._prev_grad, grads)
         if "hypergrad" in self.requires:
-            theta = torch.cat([p.detach().reshape(-1) for p in self.params]).float()
+            theta = [p.detach() for p in self.params]
             if self._prev_params is not None and self._prev_lr:
-                update_dir = (self._prev_params - theta) / self._prev_lr  # u_{t-1}: theta_t = theta_{t-1} - lr * u
-                dot = float(g @ update_dir)
-                denom = float(g.norm() * update_dir.norm())
-                s.hypergrad = _finite_or_nan(dot)
+                # The buffer becomes theta_{t-1} - theta_t = lr_{t-1} u_{t-1} in place, then holds theta_t again.
+                torch._foreach_sub_(self._prev_params, theta)
+                idx = [i for i, g in enumerate(grads) if g is not None]
+                dot = host_dot([grads[i] for i in idx], [self._prev_params[i] for i in idx])  # type: ignore[misc]
+                denom = s.grad_norm * host_norm(self._prev_params)
+                s.hypergrad = _finite_or_nan(dot / self._prev_lr)  # g_t . u_{t-1}
                 s.hypergrad_cos = _finite_or_nan(dot / denom) if denom > 0 else 0.0
-            self._prev_params = theta
+            self._prev_params = copy_into(self._prev_params, theta)  # type: ignore[arg-type,assignment]
             self._prev_lr = lr
 
     def state_dict(self) -> dict[str, Any]:
@@ -217,13 +241,36 @@ class SignalTracker:
         if set(state["sources"]) != set(self.sources):
             raise ValueError(f"tracker state has sources {sorted(state['sources'])}, this tracker {sorted(self.sources)}")
         state = copy.deepcopy(state)
+        prev_grad = self._per_tensor("prev_grad", state["prev_grad"])
+        prev_params = self._per_tensor("prev_params", state["prev_params"])
         self.step, self.epoch = int(state["step"]), int(state["epoch"])
-        self._prev_grad, self._prev_params, self._prev_lr = state["prev_grad"], state["prev_params"], state["prev_lr"]
+        self._prev_grad, self._prev_params, self._prev_lr = prev_grad, prev_params, state["prev_lr"]  # type: ignore[assignment]
         pending = state.get("pending_eval")
         self._pending_eval = None if pending is None else (float(pending[0]), None if pending[1] is None else float(pending[1]))
         self._align.load_state_dict(state.get("align", {"prev": None}))
         for name, source in self.sources.items():
             source.load_state_dict(state["sources"][name])
+
+    def check_state(self, state: dict[str, Any]) -> None:
+        """Raise ValueError unless `state` (from `state_dict`) fits this tracker's parameters and sources; changes nothing."""
+        if set(state["sources"]) != set(self.sources):
+            raise ValueError(f"tracker state has sources {sorted(state['sources'])}, this tracker {sorted(self.sources)}")
+        self._per_tensor("prev_grad", state.get("prev_grad"))
+        self._per_tensor("prev_params", state.get("prev_params"))
+
+    def _per_tensor(self, key: str, saved: Any) -> list[torch.Tensor | None] | None:
+        """A saved per-parameter buffer, checked against this tracker's parameters (a flat tensor from metalr <= 0.2 is split)."""
+        if saved is None:
+            return None
+        if isinstance(saved, torch.Tensor):  # metalr <= 0.2 kept one flattened float32 copy
+            n = sum(p.numel() for p in self.params)
+            if saved.numel() != n:
+                raise ValueError(f"saved tracker {key} has {saved.numel()} entries but the trained parameters have {n}: state of another model")
+            parts = torch.split(saved.reshape(-1), [p.numel() for p in self.params])
+            return [t.reshape(p.shape).to(device=p.device, dtype=p.dtype) for t, p in zip(parts, self.params)]
+        if not isinstance(saved, Sequence) or len(saved) != len(self.params) or any(t is not None and t.shape != p.shape for t, p in zip(saved, self.params)):
+            raise ValueError(f"saved tracker {key} does not match the trained parameters' shapes: state of another model")
+        return list(saved)
 
 
 def batch_accuracy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> float:

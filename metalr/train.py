@@ -186,11 +186,20 @@ def build_tracker(
     task: Task | None = None,
     device: str | torch.device = "cpu",
     task_info: dict[str, Any] | None = None,
+    as_tensors: bool | None = None,
 ) -> SignalTracker:
-    """The tracker that computes what `ctrl` requires, owning the signal sources it declares (`signal_sources()`)."""
+    """The tracker that computes what `ctrl` requires, owning the signal sources it declares (`signal_sources()`).
+
+    `as_tensors` (default: when `ctrl.device_signals` and the parameters are off the CPU) leaves the
+    loss and gradient statistics on the device (`SignalTracker`).
+    """
     sources = [build_source(r, model=model, task=task, device=torch.device(device)) for r in ctrl.signal_sources()]
     info = task.info() if task is not None else dict(task_info or {})
-    return SignalTracker(params, ctrl.optimizer, requires=ctrl.requires, total_steps=total_steps, task_info=info, sources=sources)
+    params = [p for p in params]
+    # Device-resident signals only pay off off the CPU: there reading a tensor is no synchronisation, and Python numbers are cheaper.
+    if as_tensors is None:
+        as_tensors = ctrl.device_signals and any(p.device.type != "cpu" for p in params)
+    return SignalTracker(params, ctrl.optimizer, requires=ctrl.requires, total_steps=total_steps, task_info=info, sources=sources, as_tensors=as_tensors)
 
 
 def run(

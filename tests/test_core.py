@@ -75,7 +75,7 @@ def test_tracker_computes_only_requested_signals() -> None:
         loss = torch.nn.functional.cross_entropy(logits, y)
         loss.backward()
         s0, s1 = bare.collect(loss, logits, y), full.collect(loss, logits, y)
-    assert s0.grad_norm is None and s0.accuracy is None and s0.loss == pytest.approx(float(loss.detach()))
+    assert s0.grad_norm is None and s0.accuracy is None and s0.loss is None  # not even the loss: float(loss) is a host sync on a GPU
     g = torch.cat([p.grad.reshape(-1) for p in model.parameters()])  # type: ignore[union-attr]
     assert s1.grad_norm == pytest.approx(float(g.norm()), rel=1e-6)
     assert s1.grad_cos == pytest.approx(1.0)  # same batch, same params: identical gradients

@@ -106,6 +106,7 @@ def test_controller_receives_loss_gradient_and_eval_signals(tmp_path) -> None:  
 
     def factory(optimizer: torch.optim.Optimizer):  # type: ignore[no-untyped-def]
         ctrl = build("hypergradient", optimizer, beta=0.2)
+        ctrl.requires = ctrl.requires | {"loss"}  # type: ignore[misc]  # the tracker computes only what is required
         step = ctrl.step
         ctrl.step = lambda s=None: (seen.append(s), step(s))[1]  # type: ignore[method-assign]
         return ctrl

@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -22,7 +23,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from metalr import controllers, load_pretrained  # noqa: E402
 from metalr.controllers.meta import MetaController  # noqa: E402
 from metalr.meta.checkpoint import CheckpointError, FrozenPolicy, read_policy, save_policy  # noqa: E402
-from metalr.meta.features import FEATURE_NAMES, FeatureState  # noqa: E402
+from metalr.meta.features import FEATURE_NAMES, STATE_NAMES, DeviceFeatureState, FeatureState  # noqa: E402
+from metalr.meta.features import SCALE as FEATURE_SCALE  # noqa: E402
+from metalr.meta.features import SHIFT as FEATURE_SHIFT  # noqa: E402
 from metalr.meta.policy import MetaPolicy  # noqa: E402
 from metalr.meta.rule import RuleConfig, RuleState, lr_rule  # noqa: E402
 from metalr.meta.tasks import TaskSpec, materialise, sample_spec, validation_specs  # noqa: E402
@@ -58,10 +61,11 @@ def lively_policy(seed: int = 0, std: float = 0.3) -> MetaPolicy:
 def test_unroll_and_deployed_controller_give_the_same_lrs(optimizer: str, lr: float, steps: int) -> None:
     """Same data, model and seed: the unroll (track_higher_grads=False) and MetaController via SignalTracker.
 
-    Run in float64 so that the two code paths' rounding cannot drift apart; Adam with eps 1e-12 because
-    `higher`'s Adam adds eps before the bias correction and torch's after (they agree as eps -> 0).
+    Run in float64 (data, model and policy) so that the two code paths' rounding cannot drift apart: the
+    deployed CPU path evaluates the policy with numpy (`HostPolicy`), the unroll with torch. Adam with eps
+    1e-12 because `higher`'s Adam adds eps before the bias correction and torch's after (they agree as eps -> 0).
     """
-    pol = lively_policy()
+    pol = lively_policy().double()
     spec = teacher_spec(optimizer, lr, steps, adam_eps=1e-12)
     traj = start(materialise(spec, torch.float64), 64)
     while not traj.done:
@@ -303,7 +307,9 @@ def test_controller_is_safe_on_nan_and_inf_signals(tmp_path: Path) -> None:
         v = [math.nan, math.inf, -math.inf, 1e308, None][i % 5]
         lr = ctrl.step(Signals(step=i + 1, loss=v, grad_norm=v, grad_align=v))[0]
         assert math.isfinite(lr) and 1e-3 * 1e-3 <= lr <= 1e-3 * 20.0
-    assert all(math.isfinite(x) for x in FeatureState(loss0=1.0, l_mid=math.inf, l_min=0.5).features(math.nan, math.nan))
+    odd = {k: math.nan for k in STATE_NAMES} | {"loss0": 1.0, "l_mid": math.inf, "l_min": 0.5}
+    assert all(math.isfinite(x) for x in FeatureState.from_state(odd).features(math.nan, math.nan))
+    assert all(math.isfinite(x) for x in DeviceFeatureState.from_state(odd).features(math.nan, math.nan).tolist())
 
 
 def test_config_refuses_held_out_data_and_bad_values() -> None:
@@ -403,3 +409,48 @@ def test_two_process_update_equals_single_process(tmp_path: Path) -> None:
         torch.testing.assert_close(dist_state[k], v, rtol=1e-5, atol=1e-7)
         changed |= not torch.equal(v, before[k])
     assert changed, "the meta-step did not change the policy"
+
+
+def test_device_features_equal_host_features() -> None:
+    """`DeviceFeatureState` (tensors, no host sync) and `FeatureState` (Python floats) agree on any signal stream."""
+    rng = random.Random(0)
+
+    def draw(kind: str) -> float | None:
+        r = rng.random()
+        if r < 0.05:
+            return None
+        if r < 0.1:
+            return rng.choice([math.nan, math.inf, -math.inf])
+        if kind == "loss":
+            return rng.choice([rng.lognormvariate(0, 1), -0.1, 0.0])
+        if kind == "norm":
+            return rng.choice([rng.lognormvariate(0, 2), 0.0])
+        return rng.uniform(-1.3, 1.3)
+
+    for _ in range(40):
+        host, dev = FeatureState(), DeviceFeatureState()
+        for _ in range(40):
+            loss, norm, align = draw("loss"), draw("norm"), draw("align")
+            host.update(loss, norm, align)
+            as_t = rng.random() < 0.5  # the device state takes tensors or numbers
+            dev.update(*(None if v is None else (torch.tensor(v, dtype=torch.float64) if as_t else v) for v in (loss, norm, align)))
+            progress, lr_rel = rng.random(), rng.uniform(-9.0, 5.0)
+            assert dev.features(progress, torch.tensor(lr_rel, dtype=torch.float64)).tolist() == pytest.approx(
+                host.features(progress, lr_rel), rel=1e-12, abs=1e-12
+            )
+            assert bool(dev.diverging(1.5)) == host.diverging(1.5)
+        for k, v in host.state_dict().items():
+            assert dev.state_dict()[k] == pytest.approx(v, rel=1e-12, nan_ok=True)
+
+
+def test_host_policy_is_the_shipped_policy() -> None:
+    """The deployed CPU path's numpy evaluation (`HostPolicy`) gives the torch module's output, float32 weights as shipped."""
+    from metalr.meta.checkpoint import cached_policy
+    from metalr.meta.policy import HostPolicy
+
+    pol = cached_policy(None).policy
+    host = HostPolicy(pol)
+    x = torch.randn(200, len(FEATURE_NAMES)) * torch.tensor(FEATURE_SCALE) + torch.tensor(FEATURE_SHIFT)
+    with torch.no_grad():
+        expected = pol(x).tolist()
+    assert [host(row) for row in x.tolist()] == pytest.approx(expected, rel=1e-5, abs=1e-7)

@@ -61,6 +61,11 @@ class Controller:
     name: ClassVar[str] = ""
     #: Signal names this controller reads (see `metalr.signals.SIGNAL_NAMES`).
     requires: ClassVar[frozenset[str]] = frozenset()
+    #: True when the controller can read `loss`, `grad_norm` and `grad_align` as 0-d tensors on the
+    #: parameters' device: for parameters off the CPU, `metalr.train.build_tracker` then builds a
+    #: `SignalTracker(as_tensors=True)`, whose signals never synchronise host and device. Other
+    #: controllers (and every controller on a CPU) get Python floats (on a GPU: one sync per value).
+    device_signals: ClassVar[bool] = False
     #: True when the strategy replaces the optimizer (schedule-free, Prodigy ...) and
     #: overrides `make_optimizer`; its constructor refuses any other optimizer.
     owns_optimizer: ClassVar[bool] = False

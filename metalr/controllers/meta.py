@@ -15,10 +15,23 @@ It reads only the loss and gradients: no logits, no accuracy. Pass `total_steps`
 (the harness and the integrations do): the policy's `progress` feature and the
 per-step size of its changes depend on the run's length. Without it the rule
 assumes `default_total_steps` from the checkpoint and says so in the log.
+
+Two paths, one rule (`metalr.meta.rule.lr_rule`), tested to give the same LRs:
+- CPU (signals are Python numbers): features in Python floats, the policy in
+  numpy (`HostPolicy`), the LR applied every step; a few tens of microseconds.
+- GPU (the controller declares `device_signals`, so for parameters off the CPU the
+  tracker hands it the loss and gradient statistics as device tensors): the
+  features, the policy and the guard run on the device with no host read. The
+  only read is the LR itself, which the optimizer needs as a Python number: every
+  `sync_every` steps (default 1: the exact rule, one synchronisation per step).
+  With `sync_every=k` the rule still steps every step on the device and the
+  optimizer's LR is refreshed from it every k steps (1/k synchronisations per
+  step; the LR is then piecewise constant over blocks of k steps).
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
@@ -29,6 +42,7 @@ import torch
 from metalr.controllers import register
 from metalr.controllers.base import Controller
 from metalr.meta.checkpoint import FrozenPolicy, cached_policy
+from metalr.meta.policy import HostPolicy, MetaPolicy
 from metalr.meta.rule import RuleState, lr_rule
 from metalr.signals import Signals
 
@@ -40,6 +54,7 @@ class MetaController(Controller):
     """LR multiplier set by the meta-learned policy (frozen: no learning at deployment)."""
 
     requires = frozenset({"loss", "grad_align"})
+    device_signals = True
     _state_keys = ("log_rel", "rule_state", "total_steps")
 
     def __init__(
@@ -48,18 +63,34 @@ class MetaController(Controller):
         *,
         checkpoint: str | os.PathLike[str] | FrozenPolicy | None = None,
         total_steps: int | None = None,
+        sync_every: int = 1,
     ) -> None:
         self.frozen = checkpoint if isinstance(checkpoint, FrozenPolicy) else cached_policy(checkpoint)
         self.rule = self.frozen.rule
         if total_steps is not None and total_steps < 1:
             raise ValueError(f"total_steps must be >= 1, got {total_steps}")
+        if int(sync_every) < 1:
+            raise ValueError(f"sync_every must be >= 1, got {sync_every}")
         if total_steps is None:
             log.warning("meta controller: total_steps not given; assuming a %d-step run (pass total_steps=...)", self.rule.default_total_steps)
         self.total_steps = int(total_steps or self.rule.default_total_steps)
-        self.log_rel = 0.0
-        self._rule_state = RuleState()  # live object; `rule_state` is its plain-dict form for state_dict()
+        self.sync_every = int(sync_every)
+        self._host_policy = HostPolicy(self.frozen.policy)  # the CPU path: Python and numpy numbers
+        self._policy: MetaPolicy = self.frozen.policy  # the device path: a copy on the signals' device on first use there
+        self._log_rel: float | torch.Tensor = 0.0  # log(LR / base LR): a float, or a 0-d float64 tensor on the signals' device
+        self._rule_state = RuleState()
+        self._read = (0.0, 0.0)  # (log_rel, guard_fired) as of the last read-back (host numbers, for logs)
         bases = [float(g.get("initial_lr", g["lr"])) for g in optimizer.param_groups]
         super().__init__(optimizer, min_lr=min(bases) * self.rule.min_factor, max_lr=max(bases) * self.rule.max_factor)
+
+    @property
+    def log_rel(self) -> float:
+        return float(self._log_rel)
+
+    @log_rel.setter
+    def log_rel(self, value: float) -> None:
+        self._log_rel = float(value)  # host state; moved to a device on the first device-resident signals
+        self._read = (float(value), self._read[1])
 
     @property
     def rule_state(self) -> dict[str, Any]:
@@ -68,20 +99,58 @@ class MetaController(Controller):
     @rule_state.setter
     def rule_state(self, state: dict[str, Any]) -> None:
         self._rule_state = RuleState.from_state(state)
+        self._read = (self._read[0], float(state["guard_fired"]))
+
+    def _to_device(self, device: torch.device) -> None:
+        """Move the rule's state (and a private copy of the policy) to the signals' device, once."""
+        if self._policy.feature_shift.device != device:
+            self._policy = copy.deepcopy(self.frozen.policy).to(device)
+        self._log_rel = torch.as_tensor(self._log_rel, dtype=torch.float64).to(device)
+        self._rule_state = self._rule_state.to_device(device)
+
+    def _to_host(self) -> None:
+        self._log_rel = float(self._log_rel)
+        self._rule_state = RuleState.from_state(self._rule_state.state_dict())
 
     def _compute_lrs(self, signals: Signals) -> list[float]:
-        with torch.no_grad():
-            log_rel = lr_rule(
-                self.frozen.policy, self.rule, self._rule_state, torch.tensor(self.log_rel, dtype=torch.float64), signals.loss, signals.grad_norm, signals.grad_align,
+        device = _device_of(signals.loss, signals.grad_align, signals.grad_norm)
+        if device is None:  # Python numbers (a CPU tracker): the host path, every step
+            if self._rule_state.on_device:
+                self._to_host()
+            self._log_rel = lr_rule(
+                self._host_policy, self.rule, self._rule_state, self._log_rel, signals.loss, signals.grad_norm, signals.grad_align,
                 self.last_step, self.total_steps,
             )  # fmt: skip
-        value = float(log_rel)
-        self.log_rel = value if math.isfinite(value) else self.log_rel  # cannot happen with finite weights and clipped features
-        factor = float(torch.exp(torch.tensor(self.log_rel, dtype=torch.float64)))  # exactly as the unroll computes it
+            self._read = (float(self._log_rel), float(self._rule_state.guard_fired))
+            factor = math.exp(self._read[0])
+            return [b * factor for b in self.base_lrs]
+        if not (self._rule_state.on_device and isinstance(self._log_rel, torch.Tensor) and self._log_rel.device == device):
+            self._to_device(device)
+        with torch.no_grad():
+            self._log_rel = lr_rule(
+                self._policy, self.rule, self._rule_state, self._log_rel, signals.loss, signals.grad_norm, signals.grad_align,
+                self.last_step, self.total_steps,
+            )  # fmt: skip
+        if self.last_step % self.sync_every:
+            return list(self._last_lr)
+        # The one host read: log_rel, its exp and the guard count, together.
+        st = self._rule_state
+        assert isinstance(self._log_rel, torch.Tensor) and isinstance(st.guard_fired, torch.Tensor)
+        log_rel, factor, n_fired = torch.stack([self._log_rel, torch.exp(self._log_rel), st.guard_fired.to(torch.float64)]).tolist()
+        self._read = (log_rel, n_fired)
         return [b * factor for b in self.base_lrs]
 
     def extra_logs(self) -> dict[str, float]:
-        return {"meta_lr_factor": math.exp(self.log_rel), "meta_guard_fired": float(self._rule_state.guard_fired)}
+        """As of the last read-back (no extra host read)."""
+        return {"meta_lr_factor": math.exp(self._read[0]), "meta_guard_fired": self._read[1]}
+
+
+def _device_of(*values: object) -> torch.device | None:
+    """The device of the first tensor among `values` (signals from an `as_tensors` tracker), else None."""
+    for v in values:
+        if isinstance(v, torch.Tensor):
+            return v.device
+    return None
 
 
 def load_pretrained(path: str | os.PathLike[str] | None = None, optimizer: torch.optim.Optimizer | None = None, **kwargs: Any) -> Any:

@@ -126,7 +126,11 @@ class Binding:
             raise RuntimeError("after_step without before_step: no optimizer step to account for")
         s, self.pending = self.pending, None
         if loss is not None:
-            s.loss = float(loss.detach().float().mean()) if isinstance(loss, torch.Tensor) else float(loss)
+            if isinstance(loss, torch.Tensor):
+                loss = loss.detach().float().mean()
+                s.loss = loss if self.tracker.as_tensors else float(loss)  # type: ignore[assignment]
+            else:
+                s.loss = float(loss)
         if "accuracy" in self.tracker.requires and logits is not None and targets is not None:
             s.accuracy = batch_accuracy(logits, targets)
         lrs = self.controller.step(s)
@@ -162,11 +166,7 @@ class Binding:
         """Restore a `state_dict`; refuses another version, another controller or another model's tracker state."""
         if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
             raise ValueError(f"metalr integration state version {state.get('version') if isinstance(state, dict) else state!r} != {STATE_VERSION}")
-        n = sum(p.numel() for p in self.tracker.params)
-        for key in ("prev_grad", "prev_params"):
-            t = state["tracker"].get(key)
-            if isinstance(t, torch.Tensor) and t.numel() != n:
-                raise ValueError(f"saved tracker {key} has {t.numel()} entries but the trained parameters have {n}: state of another model")
+        self.tracker.check_state(state["tracker"])  # before anything changes: another model's state is refused whole
         self.controller.load_state_dict(state["controller"])
         self.tracker.load_state_dict(state["tracker"])
         self.lrs = [float(x) for x in state["lrs"]]

@@ -33,6 +33,17 @@ loss is stuck" read the same on any task.
 
 The policy sees `(feature - SHIFT) / SCALE` (stored in every checkpoint, so a
 checkpoint carries its own normalisation).
+
+Two implementations of the same running statistics, tested to agree
+(`tests/test_meta.py::test_device_features_equal_host_features`):
+- `FeatureState`: Python floats. On a CPU the signals are Python numbers at no
+  cost, and a dozen float operations are far cheaper than the same number of
+  tensor operations (each one a few microseconds of dispatch), so this is the
+  CPU path, of the deployed controller and of meta-training alike.
+- `DeviceFeatureState`: one float64 vector on the signals' device (a statistic not
+  yet seen is NaN), updated with a fixed sequence of tensor operations. No Python
+  branch looks at a value, so a step never synchronises host and device: the
+  path for signals that live on a GPU.
 """
 
 from __future__ import annotations
@@ -40,6 +51,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 from typing import Any
+
+import torch
 
 FEATURE_NAMES: tuple[str, ...] = (
     "progress",
@@ -144,3 +157,116 @@ def _clip(v: float, lo: float, hi: float) -> float:
     if not math.isfinite(v):
         v = 0.0
     return min(hi, max(lo, v))
+
+
+# The state vector: slots 0-7 are running averages of an observation (slot 0, "the first loss",
+# is an average with beta 1: set once, then kept), slots 8-9 the running min / max of slot 2.
+STATE_NAMES: tuple[str, ...] = ("loss0", "l_fast", "l_mid", "l_slow", "a_fast", "a_slow", "g_fast", "g_slow", "l_min", "l_max")
+_L0, _LF, _LM, _LS, _AF, _AS, _GF, _GS, _LMIN, _LMAX = range(10)
+_BETA = (1.0, 0.5, 0.9, 0.99, 0.5, 0.95, 0.5, 0.95)  # EMA_beta(x) = beta * old + (1 - beta) * x
+_OBS = (0, 0, 0, 0, 1, 1, 2, 2)  # which observation (loss, grad_align, grad_norm) feeds each averaged slot
+# Observation bounds: the loss is floored at _EPS, the alignment clipped to [-1, 1]; a gradient norm must be > 0.
+_OBS_LO, _OBS_HI, _OBS_FLOOR = (_EPS, -1.0, -math.inf), (math.inf, 1.0, math.inf), (-math.inf, -math.inf, 0.0)
+# Log-ratio features: log(state[num] / state[den]), in the order trend_fast, trend_slow, above_min, vs_first, gnorm_trend.
+_NUM, _DEN = (_LF, _LM, _LM, _LM, _GF), (_LM, _LS, _LMIN, _L0, _GS)
+# The feature vector from [progress, lr_rel, log-ratios (5), minmax, align_fast, align_slow]: FEATURE_NAMES order.
+_ORDER = (0, 1, 2, 3, 4, 5, 7, 8, 9, 6)
+
+
+class _Consts:
+    """Index and bound tensors of the update, made once per device."""
+
+    def __init__(self, device: torch.device) -> None:
+        def f64(values: Any) -> torch.Tensor:
+            return torch.tensor(values, dtype=torch.float64, device=device)
+
+        def idx(values: Any) -> torch.Tensor:
+            return torch.tensor(values, dtype=torch.long, device=device)
+
+        self.beta = f64(_BETA)
+        self.one_minus_beta = 1.0 - self.beta
+        self.obs = idx(_OBS)
+        self.lo, self.hi, self.floor = f64(_OBS_LO), f64(_OBS_HI), f64(_OBS_FLOOR)
+        self.num, self.den = idx(_NUM), idx(_DEN)
+        self.order = idx(_ORDER)
+        self.clip_lo = f64([c[0] for c in CLIP])
+        self.clip_hi = f64([c[1] for c in CLIP])
+        self.nan = f64(math.nan)
+        self.zero = f64(0.0)
+        self.min_first = torch.tensor([True, False], device=device)
+
+
+_CONSTS: dict[torch.device, _Consts] = {}
+
+
+def _consts(device: torch.device) -> _Consts:
+    c = _CONSTS.get(device)
+    if c is None:
+        c = _CONSTS[device] = _Consts(device)
+    return c
+
+
+class DeviceFeatureState:
+    """`FeatureState` as one float64 vector (NaN = not seen yet) on the signals' device: no host synchronisation."""
+
+    def __init__(self, state: torch.Tensor | None = None) -> None:
+        self.s = state if state is not None else torch.full((len(STATE_NAMES),), math.nan, dtype=torch.float64)
+
+    def _as_tensor(self, x: Any, c: _Consts) -> torch.Tensor:
+        if x is None:
+            return c.nan
+        if isinstance(x, torch.Tensor):
+            return x.detach().reshape(()).to(dtype=torch.float64, device=self.s.device)
+        return torch.tensor(float(x), dtype=torch.float64, device=self.s.device)
+
+    def update(self, loss: Any, grad_norm: Any, grad_align: Any) -> None:
+        """Fold one step's signals in; missing (None) or non-finite ones (and a gradient norm <= 0) are skipped."""
+        device = next((x.device for x in (loss, grad_norm, grad_align) if isinstance(x, torch.Tensor)), self.s.device)
+        if self.s.device != device:
+            self.s = self.s.to(device)
+        c = _consts(self.s.device)
+        o3 = torch.stack([self._as_tensor(loss, c), self._as_tensor(grad_align, c), self._as_tensor(grad_norm, c)])
+        ok3 = torch.isfinite(o3) & (o3 > c.floor)
+        o3 = torch.clamp(o3, c.lo, c.hi)
+        obs, ok = o3[c.obs], ok3[c.obs]
+        old = self.s[:8]
+        ema = torch.where(torch.isnan(old), obs, old * c.beta + obs * c.one_minus_beta)
+        avg = torch.where(ok, ema, old)
+        mid = avg[_LM]
+        mm = self.s[8:]
+        new_mm = torch.where(c.min_first, torch.fmin(mm, mid), torch.fmax(mm, mid))
+        self.s = torch.cat([avg, torch.where(ok3[0], new_mm, mm)])
+
+    def features(self, progress: float, lr_rel: torch.Tensor | float) -> torch.Tensor:
+        """The raw (clipped, always finite) feature vector, float64, in `FEATURE_NAMES` order."""
+        c = _consts(self.s.device)
+        s = self.s
+        ratios = torch.log(s[c.num] / s[c.den])  # NaN where a statistic is unseen
+        span = s[_LMAX] - s[_LMIN]
+        minmax = torch.where(span > 0, (s[_LM] - s[_LMIN]) / span, c.zero)
+        if isinstance(lr_rel, torch.Tensor):
+            lr = lr_rel.detach().reshape(()).to(dtype=torch.float64, device=s.device)
+        else:
+            lr = torch.full((), float(lr_rel), dtype=torch.float64, device=s.device)
+        head = torch.stack([torch.full((), float(progress), dtype=torch.float64, device=s.device), lr])
+        raw = torch.cat([head, ratios, minmax.reshape(1), s[_AF : _AS + 1]])[c.order]
+        return torch.clamp(torch.nan_to_num(raw, nan=0.0, posinf=0.0, neginf=0.0), c.clip_lo, c.clip_hi)
+
+    def diverging(self, ratio: float) -> torch.Tensor:
+        """The fast loss average is more than `ratio` times the first loss: training is blowing up (a 0-d bool tensor)."""
+        return self.s[_LF] > ratio * self.s[_L0]  # False while unseen (NaN compares False)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain floats only (a statistic not yet seen is NaN), so any framework can checkpoint it."""
+        return dict(zip(STATE_NAMES, (float(v) for v in self.s.tolist())))
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> DeviceFeatureState:
+        if set(state) != set(STATE_NAMES):
+            raise ValueError(f"feature state has keys {sorted(state)}, expected {sorted(STATE_NAMES)}")
+        values = [math.nan if state[k] is None else float(state[k]) for k in STATE_NAMES]
+        return cls(torch.tensor(values, dtype=torch.float64))
+
+    @classmethod
+    def from_host(cls, host: FeatureState, device: torch.device) -> DeviceFeatureState:
+        return cls(cls.from_state(host.state_dict()).s.to(device))

@@ -21,6 +21,12 @@ Per step:
    once (then waits `guard_cooldown` steps before it can fire again). Learned
    changes are deliberately slow; blowing up is not something to learn slowly;
 4. log(LR / base LR) stays in [log min_factor, log max_factor].
+
+Signals that are Python numbers (CPU) run through `FeatureState` and a Python
+guard; signals that are device tensors (GPU, `RuleState.to_device`) through
+`DeviceFeatureState` and a guard made of `torch.where`s, so a step never
+synchronises host and device and the caller decides when to read the LR back.
+The two give the same LRs (`tests/test_meta.py`).
 """
 
 from __future__ import annotations
@@ -31,8 +37,8 @@ from typing import Any
 
 import torch
 
-from metalr.meta.features import FeatureState
-from metalr.meta.policy import MetaPolicy
+from metalr.meta.features import DeviceFeatureState, FeatureState
+from metalr.meta.policy import HostPolicy, MetaPolicy
 
 
 @dataclass(frozen=True)
@@ -69,14 +75,26 @@ class RuleConfig:
 
 @dataclass
 class RuleState:
-    """What the rule carries from one step to the next (plain numbers: saved in controller state)."""
+    """What the rule carries from one step to the next (plain numbers, or tensors on the signals' device after `to_device`)."""
 
-    features: FeatureState = field(default_factory=FeatureState)
-    cooldown: int = 0
-    guard_fired: int = 0
+    features: FeatureState | DeviceFeatureState = field(default_factory=FeatureState)
+    cooldown: int | torch.Tensor = 0  # steps before the guard may fire again
+    guard_fired: int | torch.Tensor = 0  # times it fired
+
+    @property
+    def on_device(self) -> bool:
+        return isinstance(self.features, DeviceFeatureState)
+
+    def to_device(self, device: torch.device) -> RuleState:
+        """The same state as tensors on `device` (for signals that live there)."""
+        if isinstance(self.features, DeviceFeatureState):
+            feats = DeviceFeatureState(self.features.s.to(device))
+        else:
+            feats = DeviceFeatureState.from_host(self.features, device)
+        return RuleState(feats, torch.as_tensor(self.cooldown, dtype=torch.int64).to(device), torch.as_tensor(self.guard_fired, dtype=torch.int64).to(device))
 
     def state_dict(self) -> dict[str, Any]:
-        return {"features": self.features.state_dict(), "cooldown": self.cooldown, "guard_fired": self.guard_fired}
+        return {"features": self.features.state_dict(), "cooldown": int(self.cooldown), "guard_fired": int(self.guard_fired)}
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> RuleState:
@@ -84,31 +102,54 @@ class RuleState:
 
 
 def lr_rule(
-    policy: MetaPolicy,
+    policy: MetaPolicy | HostPolicy,
     cfg: RuleConfig,
     state: RuleState,
-    log_rel: torch.Tensor,
-    loss: float | None,
-    grad_norm: float | None,
-    grad_align: float | None,
+    log_rel: Any,
+    loss: torch.Tensor | float | None,
+    grad_norm: torch.Tensor | float | None,
+    grad_align: torch.Tensor | float | None,
     step: int,
     total_steps: int,
-) -> torch.Tensor:
+) -> Any:
     """The next log(LR / base LR) after step `step` of `total_steps` (see module docstring).
 
-    `log_rel` is the current value (a 0-d tensor; it may carry gradients, and so does the result).
-    `state` is updated in place.
+    `log_rel` is the current value: a 0-d float64 tensor (it may carry gradients, and so does the
+    result) with a `MetaPolicy`, or a Python float with a `HostPolicy` (the frozen CPU path: then
+    everything is Python and numpy numbers, and so is the result).
+    The signals are Python floats (or None: missing) for a host `state`, 0-d tensors (or None) for a
+    device one (`RuleState.to_device`). `state` is updated in place.
     """
-    state.features.update(loss, grad_norm, grad_align)
+    feats = state.features
     progress = min(1.0, max(0.0, step / total_steps))
-    feats = torch.tensor(state.features.features(progress, float(log_rel.detach())), dtype=policy.feature_shift.dtype)
-    delta = cfg.horizon_scale(total_steps) * policy(feats)
-    nonfinite_loss = loss is not None and not math.isfinite(loss)
+    scale = cfg.horizon_scale(total_steps)
+    lo, hi = cfg.log_bounds
+    if isinstance(feats, DeviceFeatureState):
+        assert isinstance(policy, MetaPolicy), "device-resident signals need the torch policy"
+        feats.update(loss, grad_norm, grad_align)
+        change = scale * policy(feats.features(progress, log_rel).to(policy.feature_shift.dtype))
+        blowing_up = feats.diverging(cfg.guard_ratio)
+        if loss is not None:
+            blowing_up = blowing_up | ~torch.isfinite(torch.as_tensor(loss, dtype=torch.float64, device=blowing_up.device))
+        cooldown = torch.as_tensor(state.cooldown, device=blowing_up.device)
+        ready = cooldown <= 0
+        fire = ready & blowing_up
+        state.cooldown = torch.where(fire, cfg.guard_cooldown, torch.where(ready, cooldown, cooldown - 1))
+        state.guard_fired = state.guard_fired + fire.to(torch.int64)
+        change = change + torch.where(fire, math.log(cfg.guard_factor), 0.0).to(change.dtype)
+        return torch.clamp(log_rel + change, lo, hi)
+    feats.update(loss, grad_norm, grad_align)  # type: ignore[arg-type]
+    if isinstance(policy, HostPolicy):
+        delta: Any = scale * policy(feats.features(progress, float(log_rel)))
+    else:
+        delta = scale * policy(torch.tensor(feats.features(progress, float(log_rel.detach())), dtype=policy.feature_shift.dtype))
+    nonfinite_loss = loss is not None and not math.isfinite(loss)  # type: ignore[arg-type]
     if state.cooldown > 0:
         state.cooldown -= 1
-    elif nonfinite_loss or state.features.diverging(cfg.guard_ratio):
+    elif nonfinite_loss or feats.diverging(cfg.guard_ratio):
         delta = delta + math.log(cfg.guard_factor)
         state.cooldown = cfg.guard_cooldown
         state.guard_fired += 1
-    lo, hi = cfg.log_bounds
+    if isinstance(policy, HostPolicy):
+        return min(hi, max(lo, float(log_rel) + delta))
     return torch.clamp(log_rel + delta, lo, hi)

@@ -17,7 +17,10 @@ terms into the policy as it goes. Two things fight short-horizon bias (Wu et al.
 Run lengths follow a curriculum: the longest run drawn grows from
 `3 * steps_range[0]` to `steps_range[1]` over the first `curriculum_meta_steps`.
 Gradients are averaged over the meta-batch (all-reduce when distributed),
-clipped, and Adam takes one step.
+clipped, and Adam takes one step. Processes take tasks from a shared queue,
+most expensive first (`TaskQueue`), so tasks of unequal length keep both busy;
+each task's gradient has its own row, summed in task order, so the update is the
+same whatever process ran which task and however many there are.
 
 Every `validate_every` meta-steps the current policy is run, frozen, through the
 deployed path (`metalr.meta.validate.run_spec`: real optimizer, `SignalTracker`,
@@ -46,7 +49,7 @@ import torch.distributed as dist
 from metalr.meta.checkpoint import save_policy
 from metalr.meta.policy import MetaPolicy
 from metalr.meta.rule import RuleConfig
-from metalr.meta.tasks import DATA_FAMILIES, OPTIMIZERS, materialise, sample_spec, task_seed
+from metalr.meta.tasks import DATA_FAMILIES, OPTIMIZERS, TaskSpec, materialise, sample_spec, task_seed
 from metalr.testing import pause_point
 
 log = logging.getLogger(__name__)
@@ -180,50 +183,97 @@ def run_trajectory(traj: Any, policy: MetaPolicy, rule: RuleConfig, cfg: MetaTra
     return task_loss, credit
 
 
+def task_cost(spec: TaskSpec) -> float:
+    """A rough relative cost of a task's trajectory (inner steps x batch, x4 for recurrent/attention/2-d conv models)."""
+    return spec.steps * (spec.batch_size + 32) * (4.0 if spec.model in ("gru", "lstm", "attention", "cnn2d") else 1.0)
+
+
+class TaskQueue:
+    """Hands out task indices to processes: most expensive first, each to whichever process asks next.
+
+    Tasks of unequal length split evenly across processes leave one waiting for the other; a shared
+    counter (the process group's key-value store) lets a process that finishes early take the next
+    task. With one process, or without a store, a process walks its own static share of the same order.
+    """
+
+    def __init__(self, order: list[int], key: str, rank: int, world: int) -> None:
+        self.order, self.key, self.rank, self.world = order, key, rank, world
+        self.store = None
+        if world > 1:
+            try:
+                self.store = dist.distributed_c10d._get_default_store()
+            except Exception:  # noqa: BLE001 - no store reachable: static shares below
+                log.warning("meta-training: no shared store for the task queue; splitting tasks statically")
+        self._next = rank
+
+    def __iter__(self) -> Any:
+        while True:
+            if self.store is not None:
+                i = int(self.store.add(self.key, 1)) - 1
+            else:
+                i, self._next = self._next, self._next + self.world
+            if i >= len(self.order):
+                return
+            yield self.order[i]
+
+
 def meta_step(policy: MetaPolicy, meta_opt: torch.optim.Optimizer, cfg: MetaTrainConfig, step: int, rank: int = 0, world: int = 1) -> dict[str, Any]:
-    """One meta-update over the meta-batch; this process handles its share of the tasks."""
+    """One meta-update over the meta-batch; processes share the tasks through a `TaskQueue`.
+
+    Each task's meta-gradient is kept in its own row and the rows are summed in task order after the
+    all-reduce, so the update does not depend on which process ran which task, or on how many there are.
+    """
     from metalr.meta.unroll import start
 
-    if cfg.meta_batch % world:
-        raise ValueError(f"meta_batch ({cfg.meta_batch}) must be divisible by the number of processes ({world})")
-    per = cfg.meta_batch // world
     rule = cfg.rule_config()
     params = list(policy.parameters())
-    meta_opt.zero_grad(set_to_none=False)
-    for p in params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-    loss_sum, diverged, guard, lrs0, inner_steps = 0.0, 0, 0, [], 0
-    for j in range(per):
-        index = rank * per + j
-        spec = sample_spec(
-            task_seed(cfg.seed, step, index), tuple(cfg.data_families), tuple(cfg.optimizers), cfg.lr_decades,
-            (cfg.steps_range[0], cfg.max_steps_at(step)), cfg.truncation,
+    n = sum(p.numel() for p in params)
+    specs = [
+        sample_spec(
+            task_seed(cfg.seed, step, index),
+            tuple(cfg.data_families),
+            tuple(cfg.optimizers),
+            cfg.lr_decades,
+            (cfg.steps_range[0], cfg.max_steps_at(step)),
+            cfg.truncation,
         )  # fmt: skip
+        for index in range(cfg.meta_batch)
+    ]
+    order = sorted(range(cfg.meta_batch), key=lambda i: -task_cost(specs[i]))
+    grads = torch.zeros(cfg.meta_batch, n, dtype=torch.float32)
+    stats = torch.zeros(cfg.meta_batch, 4, dtype=torch.float64)  # loss, diverged, guard fired, inner steps
+    lrs0 = torch.zeros(specs[0].steps + 1, dtype=torch.float64)  # task 0's LR trajectory (for the logs), length first
+    for index in TaskQueue(order, f"meta_step/{step}", rank, world):
+        spec = specs[index]
+        for p in params:
+            p.grad = torch.zeros_like(p)
         traj = start(materialise(spec), cfg.val_batch, cfg.objective)
         norm = trajectory_weight(spec.steps, cfg.val_every, cfg.end_weight) * cfg.meta_batch
         task_loss, _ = run_trajectory(traj, policy, rule, cfg, norm)
-        loss_sum += task_loss * cfg.meta_batch / norm
-        inner_steps += traj.step
-        diverged += int(traj.diverged)
-        guard += traj.rule.guard_fired
-        if j == 0:
-            lrs0 = [lr / spec.lr for lr in traj.lrs]
-    stats = torch.tensor([loss_sum, float(diverged), float(guard), float(inner_steps)], dtype=torch.float64)
+        grads[index] = torch.cat([p.grad.reshape(-1) for p in params])  # type: ignore[union-attr]
+        stats[index] = torch.tensor([task_loss * cfg.meta_batch / norm, float(traj.diverged), float(traj.rule.guard_fired), float(traj.step)])
+        if index == 0:
+            lrs0[0] = len(traj.lrs)
+            lrs0[1 : 1 + len(traj.lrs)] = torch.tensor([lr / spec.lr for lr in traj.lrs], dtype=torch.float64)
     if world > 1:
-        for p in params:
-            dist.all_reduce(p.grad)  # type: ignore[arg-type]
-        dist.all_reduce(stats)
+        for t in (grads, stats, lrs0):
+            dist.all_reduce(t)  # every row is filled by exactly one process: the sum is exact
+    total = grads.sum(0)
+    offset = 0
+    for p in params:
+        p.grad = total[offset : offset + p.numel()].view_as(p).clone()
+        offset += p.numel()
     grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
     if math.isfinite(grad_norm):
         meta_opt.step()
+    sums = stats.sum(0)
     return {
-        "meta_loss": float(stats[0]) / cfg.meta_batch,
-        "diverged": float(stats[1]),
-        "guard_fired": float(stats[2]),
-        "inner_steps": float(stats[3]),
+        "meta_loss": float(sums[0]) / cfg.meta_batch,
+        "diverged": float(sums[1]),
+        "guard_fired": float(sums[2]),
+        "inner_steps": float(sums[3]),
         "grad_norm": grad_norm,
-        "lr_trajectory": lrs0,
+        "lr_trajectory": lrs0[1 : 1 + int(lrs0[0])].tolist(),
     }
 
 

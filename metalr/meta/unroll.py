@@ -138,7 +138,7 @@ def truncation(
 
             def observe(grads: tuple[torch.Tensor | None, ...], seen: dict[str, float | None] = seen) -> tuple[torch.Tensor | None, ...]:
                 states = [diffopt.state[0].get(i) if isinstance(diffopt.state[0], dict) else diffopt.state[0][i] for i in range(len(grads))]
-                seen["norm"], seen["align"] = traj.align(grads, states)
+                seen["norm"], seen["align"] = traj.align(grads, states)  # Python numbers, as on the deployed CPU path
                 return grads
 
             lr = task.spec.lr * torch.exp(log_rel)  # float64, computed exactly as MetaController does

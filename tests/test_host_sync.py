@@ -1,0 +1,165 @@
+"""The per-step path reads nothing back from the device where it says it does not.
+
+On a GPU every `.item()`, `float(t)`, `int(t)`, `bool(t)` or `.tolist()` of a
+device tensor is a host-device synchronisation that stalls the step pipeline.
+No GPU is needed to check that a code path makes none: these tests count such
+calls on CPU by patching `torch.Tensor`, around `SignalTracker.collect` and
+`Controller.step` only (the optimizer's own step and the training loop are the
+user's business), with the tracker built as it is for parameters on a GPU
+(`as_tensors=True` for controllers that declare `device_signals`). They also
+check the extra memory each tracker keeps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import torch
+
+from metalr.train import build_tracker, setup
+
+HOST_READS = ("item", "tolist", "__float__", "__int__", "__bool__", "__index__", "numpy")
+SCHEDULES = ("constant", "cosine", "step", "exponential", "onecycle")
+
+
+@contextlib.contextmanager
+def count_host_reads() -> Iterator[list[str]]:
+    """Record every host read of a tensor inside the block (the name of the method called)."""
+    seen: list[str] = []
+    originals = {name: getattr(torch.Tensor, name) for name in HOST_READS}
+
+    def wrap(name: str, fn: Any) -> Any:
+        def counted(self: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+            seen.append(name)
+            return fn(self, *args, **kwargs)
+
+        return counted
+
+    try:
+        for name, fn in originals.items():
+            setattr(torch.Tensor, name, wrap(name, fn))
+        yield seen
+    finally:
+        for name, fn in originals.items():
+            setattr(torch.Tensor, name, fn)
+
+
+def _loop(name: str, optimizer: str, steps: int, **kwargs: Any) -> tuple[list[list[str]], list[list[str]], Any]:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3))
+    opt: torch.optim.Optimizer
+    if optimizer == "adam":
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    elif optimizer == "sgdm":
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    else:
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    ctrl = setup(name, model=model, optimizer=opt, total_steps=steps, controller_kwargs=kwargs).controller  # the harness's set-up path
+    tracker = build_tracker(ctrl, model.parameters(), total_steps=steps, as_tensors=True if ctrl.device_signals else None)  # as on a GPU
+    x, y = torch.randn(64, 6), torch.randint(0, 3, (64,))
+    collect_reads, step_reads = [], []
+    for _ in range(steps):
+        opt.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        with count_host_reads() as seen:
+            signals = tracker.collect(loss=loss)
+        collect_reads.append(seen)
+        opt.step()
+        with count_host_reads() as seen:
+            ctrl.step(signals)
+        step_reads.append(seen)
+    return collect_reads, step_reads, tracker
+
+
+def test_the_counter_sees_host_reads() -> None:
+    t = torch.ones(())
+    with count_host_reads() as seen:
+        float(t), t.item(), bool(t > 0), t.reshape(1).tolist()  # noqa: B018
+    assert seen == ["__float__", "item", "__bool__", "tolist"]
+
+
+@pytest.mark.parametrize("name", SCHEDULES)
+def test_schedules_read_nothing_back(name: str) -> None:
+    collect_reads, step_reads, _ = _loop(name, "adam", 12)
+    assert collect_reads == [[]] * 12 and step_reads == [[]] * 12
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgdm", "sgd"])
+def test_meta_reads_back_only_the_lr_every_sync_every_steps(optimizer: str) -> None:
+    collect_reads, step_reads, tracker = _loop("meta", optimizer, 20, sync_every=5)
+    assert tracker.as_tensors
+    assert collect_reads == [[]] * 20, "the tracker synchronised for meta"
+    reads = {i + 1: r for i, r in enumerate(step_reads) if r}
+    assert reads == {5: ["tolist"], 10: ["tolist"], 15: ["tolist"], 20: ["tolist"]}
+
+
+def test_meta_sync_every_holds_the_lr_between_read_backs() -> None:
+    """With sync_every=k the rule steps on the device every step; the optimizer's LR is its value at every k-th step."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(5, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    s = setup("meta", model=model, optimizer=opt, total_steps=40, controller_kwargs={"sync_every": 4})
+    s.tracker = build_tracker(s.controller, model.parameters(), total_steps=40, as_tensors=True)
+    x, y = torch.randn(32, 5), torch.randn(32, 2)
+    lrs, device_lrs = [], []
+    for _ in range(40):
+        opt.zero_grad()
+        loss = ((model(x) - y) ** 2).mean()
+        loss.backward()
+        signals = s.tracker.collect(loss=loss)
+        opt.step()
+        lrs.append(s.controller.step(signals)[0])
+        device_lrs.append(0.05 * float(torch.exp(s.controller._log_rel)))  # type: ignore[attr-defined]
+    assert lrs[3::4] == pytest.approx(device_lrs[3::4], rel=1e-12)
+    assert lrs[:3] == [0.05] * 3 and all(lrs[i] == lrs[i - 1] for i in range(4, 40) if (i + 1) % 4)
+    assert len(set(device_lrs)) > 10  # the rule itself moved every step
+
+
+@pytest.mark.parametrize(
+    ("name", "optimizer", "buffers"),
+    [("meta", "adam", 0), ("meta", "sgdm", 0), ("meta", "sgd", 1), ("hypergradient", "adam", 1), ("grad_variability", "adam", 0), ("cosine", "adam", 0)],
+)
+def test_trackers_keep_at_most_one_model_sized_buffer(name: str, optimizer: str, buffers: int) -> None:
+    _, _, tracker = _loop(name, optimizer, 6)
+    n = sum(p.numel() for p in tracker.params)
+    state = tracker.state_dict()
+    kept = [state["prev_grad"], state["prev_params"], state["align"]["prev"]]
+    sizes = [sum(t.numel() for t in b if t is not None) for b in kept if b is not None]
+    assert sizes == [n] * buffers
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_meta_device_path_gives_the_host_path_lrs(optimizer: str) -> None:
+    """Signals as device tensors (the GPU path, here on CPU) and as Python numbers drive meta to the same LRs.
+
+    One training run (driven by the host-path controller); at every step both trackers read the same
+    gradients and optimizer state, and each feeds its own controller.
+    """
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3))
+    base = 3e-2 if optimizer == "adam" else 0.5
+    opt = torch.optim.Adam(model.parameters(), lr=base) if optimizer == "adam" else torch.optim.SGD(model.parameters(), lr=base)
+    host = setup("meta", model=model, optimizer=opt, total_steps=60)
+    shadow = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=base)  # the device controller's LR goes here
+    dev_ctrl = setup("meta", model=torch.nn.Linear(1, 1), optimizer=shadow, total_steps=60).controller
+    dev_tracker = build_tracker(dev_ctrl, model.parameters(), total_steps=60, as_tensors=True)
+    dev_tracker.optimizer = opt  # reads the trained optimizer's moments, as the host tracker does
+    x, y = torch.randn(64, 6), torch.randint(0, 3, (64,))
+    host_lrs, dev_lrs = [], []
+    for _ in range(60):
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        signals, dev_signals = host.tracker.collect(loss=loss), dev_tracker.collect(loss=loss)
+        assert isinstance(dev_signals.grad_norm, torch.Tensor) and isinstance(signals.grad_norm, float)
+        opt.step()
+        host_lrs.append(host.controller.step(signals)[0])
+        dev_lrs.append(dev_ctrl.step(dev_signals)[0])
+    assert dev_lrs == pytest.approx(host_lrs, rel=1e-5) and len(set(host_lrs)) > 10
+    dev_state, host_state = dev_ctrl.state_dict()["rule_state"], host.controller.state_dict()["rule_state"]
+    assert dev_state["features"] == pytest.approx(host_state["features"], rel=1e-5, nan_ok=True)
+    assert dev_state["guard_fired"] == host_state["guard_fired"]
