@@ -88,6 +88,16 @@ def time_steps(task: tasks.Task, name: str, batches: list[Any], device: torch.de
     return (time.perf_counter() - start) / len(batches)
 
 
+def _quiet_transformers() -> None:
+    """rt_minilm is built once per timing: keep transformers' per-load report and progress bar out of the table."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        return
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -116,6 +126,7 @@ def main() -> None:
     ap.add_argument("--all", action="store_true", help="every registered controller")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
+    _quiet_transformers()
     device = torch.device(args.device)
     if device.type == "cpu":
         torch.set_num_threads(1)

@@ -110,10 +110,23 @@ def _arrays(tensors: Sequence[torch.Tensor]) -> list[np.ndarray] | None:
     """Flat numpy views of CPU tensors of a numpy dtype (no copy), or None when any is elsewhere or of another dtype."""
     out = []
     for t in tensors:
-        if t.device.type != "cpu" or t.dtype not in _NUMPY_DTYPES:
+        if not t.is_cpu or t.dtype not in _NUMPY_DTYPES:
             return None
         out.append((t.detach() if t.requires_grad else t).numpy().reshape(-1))
     return out
+
+
+def host_dots(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> tuple[float, float, float]:
+    """(<a, a>, <a, b>, <b, b>) over paired tensors as Python floats, in one pass (numpy views on CPU)."""
+    xa, xb = _arrays(a), _arrays(b)
+    if xa is None or xb is None:
+        return float(global_dot(a, a)), float(global_dot(a, b)), float(global_dot(b, b))
+    aa = ab = bb = 0.0
+    for x, y in zip(xa, xb):
+        aa += float(np.dot(x, x))
+        ab += float(np.dot(x, y))
+        bb += float(np.dot(y, y))
+    return aa, ab, bb
 
 
 def _finite(v: float) -> float:
@@ -195,18 +208,14 @@ class GradAlign:
 
 
 def copy_into(buffers: list[torch.Tensor | None] | None, tensors: Sequence[torch.Tensor | None]) -> list[torch.Tensor | None]:
-    """`tensors` (detached) copied into `buffers`, reusing them in place when their layout matches (no new allocation)."""
+    """`tensors` (detached) copied into `buffers`, in place when their layout matches (no new allocation)."""
     if buffers is not None and len(buffers) == len(tensors):
-        same = all(_same_layout(b, t) for b, t in zip(buffers, tensors))
-        if same:
-            pairs = [(b, t) for b, t in zip(buffers, tensors) if b is not None and t is not None]
-            if pairs:
-                torch._foreach_copy_([b for b, _ in pairs], [t.detach() for _, t in pairs])
-            return buffers
+        dst = [b for b in buffers if b is not None]
+        src = [t.detach() for t in tensors if t is not None]
+        if len(dst) == len(src) and all((b is None) == (t is None) for b, t in zip(buffers, tensors)):
+            try:
+                torch._foreach_copy_(dst, src)  # raises on a shape mismatch: then fresh buffers below
+                return buffers
+            except RuntimeError:
+                pass
     return [None if t is None else t.detach().clone() for t in tensors]
-
-
-def _same_layout(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
-    if a is None or b is None:
-        return a is None and b is None
-    return a.shape == b.shape and a.dtype == b.dtype and a.device == b.device

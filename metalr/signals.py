@@ -2,8 +2,9 @@
 
 `Signals` is a plain record; fields a step did not compute are None.
 `SignalTracker` computes them from the model, optimizer and batch outputs, and
-only the ones some controller `requires` (flattening gradients costs a copy of
-the parameters, so it is skipped for schedules that read nothing).
+only the ones some controller `requires`, the loss included (reading a GPU
+tensor as a Python number is a host-device synchronisation, so a schedule that
+reads nothing costs nothing).
 
 Call order in a training loop (the harness does exactly this):
 
@@ -43,7 +44,7 @@ from typing import Any, Protocol
 
 import torch
 
-from metalr.gradstats import GradAlign, copy_into, host_dot, host_norm
+from metalr.gradstats import GradAlign, copy_into, host_dot, host_dots, host_norm
 
 #: Every signal a controller may list in `requires`.
 SIGNAL_NAMES = frozenset(
@@ -202,7 +203,21 @@ class SignalTracker:
         """grad_norm, grad_cos, hypergrad as Python numbers (their readers need them): per-tensor reductions, no flattened copy."""
         grads = [p.grad for p in self.params]
         present = [g for g in grads if g is not None]
-        s.grad_norm = host_norm(present)
+        hyper = "hypergrad" in self.requires and self._prev_params is not None and bool(self._prev_lr)
+        if hyper:
+            # The buffer becomes theta_{t-1} - theta_t = lr_{t-1} u_{t-1} in place (it holds theta_t again below).
+            assert self._prev_params is not None and self._prev_lr
+            torch._foreach_sub_(self._prev_params, [p.detach() for p in self.params])
+            steps = [q for g, q in zip(grads, self._prev_params) if g is not None]
+            absent = [q for g, q in zip(grads, self._prev_params) if g is None]
+            g_sq, dot, step_sq = host_dots(present, steps)  # one pass: |g|^2, g . (lr u), |lr u|^2
+            step_sq += host_norm(absent) ** 2 if absent else 0.0
+            s.grad_norm = _finite_or_nan(math.sqrt(g_sq)) if present else math.nan
+            denom = s.grad_norm * math.sqrt(step_sq)
+            s.hypergrad = _finite_or_nan(dot / self._prev_lr)  # g_t . u_{t-1}
+            s.hypergrad_cos = _finite_or_nan(dot / denom) if denom > 0 else 0.0
+        else:
+            s.grad_norm = host_norm(present)
         if "grad_cos" in self.requires:
             if self._prev_grad is not None:
                 pairs = [(g, q) for g, q in zip(grads, self._prev_grad) if g is not None and q is not None]
@@ -210,16 +225,7 @@ class SignalTracker:
                 s.grad_cos = _finite_or_nan(host_dot([g for g, _ in pairs], [q for _, q in pairs]) / denom) if denom > 0 else 0.0
             self._prev_grad = copy_into(self._prev_grad, grads)
         if "hypergrad" in self.requires:
-            theta = [p.detach() for p in self.params]
-            if self._prev_params is not None and self._prev_lr:
-                # The buffer becomes theta_{t-1} - theta_t = lr_{t-1} u_{t-1} in place, then holds theta_t again.
-                torch._foreach_sub_(self._prev_params, theta)
-                idx = [i for i, g in enumerate(grads) if g is not None]
-                dot = host_dot([grads[i] for i in idx], [self._prev_params[i] for i in idx])  # type: ignore[misc]
-                denom = s.grad_norm * host_norm(self._prev_params)
-                s.hypergrad = _finite_or_nan(dot / self._prev_lr)  # g_t . u_{t-1}
-                s.hypergrad_cos = _finite_or_nan(dot / denom) if denom > 0 else 0.0
-            self._prev_params = copy_into(self._prev_params, theta)  # type: ignore[arg-type,assignment]
+            self._prev_params = copy_into(self._prev_params, [p.detach() for p in self.params])  # type: ignore[arg-type,assignment]
             self._prev_lr = lr
 
     def state_dict(self) -> dict[str, Any]:

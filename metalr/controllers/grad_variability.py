@@ -14,6 +14,10 @@ norms (scale-free). measure="direction": spread of gradient directions,
 the gradient per step). With interval == window the windows compared do not
 overlap. Non-finite readings are skipped. `extra_logs` gives v and the factor
 applied at each step. Default bounds: [base/100, 10 * base].
+
+Cost: the gradient norm is read as a Python float every step (per-tensor reductions,
+no copy; on a GPU one host-device synchronisation per step); measure="direction" also
+keeps the previous gradient (one model-sized buffer).
 """
 
 from __future__ import annotations

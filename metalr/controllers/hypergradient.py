@@ -13,6 +13,10 @@ serves SGD, SGD+momentum and Adam.
   lr *= 1 + beta * cos(g_t, u_{t-1}); scale-free, so one beta transfers across tasks.
 
 Consecutive gradients that agree raise the LR; ones that disagree lower it.
+
+Cost: the tracker keeps the previous parameters (one model-sized buffer, updated in
+place) and reads g_t . u_{t-1} and two norms as Python floats every step: on a GPU,
+host-device synchronisations every step (`benchmarks/README.md`).
 """
 
 from __future__ import annotations
