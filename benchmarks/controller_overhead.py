@@ -18,6 +18,14 @@ rt_bilstm (~70 ms), rt_minilm (a 22M-parameter transformer; needs the MiniLM
 weights, `make install`). Default controllers: constant, the schedules and the
 signal-reading ones with overhead targets; `--all` times every registered one.
 
+Two figures per controller. `ratio` / `overhead`: the whole step against constant
+LR. It also carries what the controller's LR does to the step's cost: a different
+LR trajectory changes the numbers the model computes on (denormal floats on a CPU
+are many times slower), so it is flushed to zero here (`torch.set_flush_denormal`;
+`--keep-denormals` to keep them). `own us` / `own %`: the time spent in
+`SignalTracker.collect` + `controller.step` themselves, per step, and as a
+percentage of the paired constant step: the controller's cost, free of that effect.
+
 On CUDA (`--device cuda`) each controller also gets an untimed pass with
 `torch.cuda.set_sync_debug_mode("warn")` around `collect` + `controller.step`,
 and the table's `syncs/step` column counts the synchronisations it reports
@@ -46,16 +54,20 @@ DEFAULT_STEPS = {"digits_mlp": 100, "mnist1d_cnn": 100, "rt_bilstm": 20, "rt_min
 DEFAULT_CONTROLLERS = ("cosine", "step", "onecycle", "meta", "hypergradient", "grad_variability", "loss_patterns", "plateau")
 
 
-def time_steps(task: tasks.Task, name: str, batches: list[Any], device: torch.device, warmup: int = 3, count_syncs: bool = False) -> float:
-    """Seconds per training step under controller `name` (after `warmup` untimed steps); with `count_syncs`, syncs per step instead."""
+def time_steps(task: tasks.Task, name: str, batches: list[Any], device: torch.device, warmup: int = 3, count_syncs: bool = False) -> tuple[float, float]:
+    """(seconds per training step, of which in `collect` + `controller.step`) under controller `name`, after `warmup` untimed steps.
+
+    With `count_syncs`: (host-device synchronisations per step, 0.0) instead.
+    """
     s = setup(name, task=task, total_steps=len(batches) + warmup, controller_kwargs=smoke_kwargs(name, quick=False), seed=0, device=device)
     assert s.task is not None
     task, model, optimizer, ctrl, tracker = s.task, s.model, s.optimizer, s.controller, s.tracker
     model.train()
     syncs = 0
+    own = 0.0
 
     def step(batch: Any, watch: bool = False) -> None:
-        nonlocal syncs
+        nonlocal syncs, own
         optimizer.zero_grad(set_to_none=True)
         out = task.forward(model, batch)
         out.loss.backward()
@@ -63,13 +75,17 @@ def time_steps(task: tasks.Task, name: str, batches: list[Any], device: torch.de
             warnings.simplefilter("always")
             if watch:
                 torch.cuda.set_sync_debug_mode("warn")
+            t0 = time.perf_counter()
             signals = tracker.collect(loss=out.loss, logits=out.logits, targets=out.targets, batch_size=out.batch_size)
+            t1 = time.perf_counter()
             if watch:
                 torch.cuda.set_sync_debug_mode("default")
             optimizer.step()
             if watch:
                 torch.cuda.set_sync_debug_mode("warn")
+            t2 = time.perf_counter()
             ctrl.step(signals)
+            own += time.perf_counter() - t2 + t1 - t0
             if watch:
                 torch.cuda.set_sync_debug_mode("default")
         syncs += sum("synchroniz" in str(w.message) for w in caught)
@@ -79,13 +95,14 @@ def time_steps(task: tasks.Task, name: str, batches: list[Any], device: torch.de
     if count_syncs:
         for b in batches:
             step(b, watch=True)
-        return syncs / len(batches)
+        return syncs / len(batches), 0.0
     _sync(device)
+    own = 0.0
     start = time.perf_counter()
     for b in batches:
         step(b)
     _sync(device)
-    return (time.perf_counter() - start) / len(batches)
+    return (time.perf_counter() - start) / len(batches), own / len(batches)
 
 
 def _quiet_transformers() -> None:
@@ -125,7 +142,10 @@ def main() -> None:
     ap.add_argument("--controllers", nargs="*", default=None, help=f"default: {' '.join(DEFAULT_CONTROLLERS)}")
     ap.add_argument("--all", action="store_true", help="every registered controller")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--keep-denormals", action="store_true", help="do not flush denormal floats to zero (CPU)")
     args = ap.parse_args()
+    if not args.keep_denormals:
+        torch.set_flush_denormal(True)
     _quiet_transformers()
     device = torch.device(args.device)
     if device.type == "cpu":
@@ -149,21 +169,24 @@ def main() -> None:
             batches.extend(to_device(b, device) for b in loader)
         batches = batches[: steps + 3]
         times: dict[str, list[float]] = {n: [] for n in names}
+        owns: dict[str, list[float]] = {n: [] for n in names}
         failed: dict[str, str] = {}
         paired: dict[str, list[float]] = {n: [] for n in names}
         for _ in range(args.repeats):
             for n in names:
                 if n in failed:
                     continue
-                t_const = time_steps(task, "constant", batches, device)
+                t_const, _ = time_steps(task, "constant", batches, device)
                 try:
-                    times[n].append(time_steps(task, n, batches, device))
+                    t, t_own = time_steps(task, n, batches, device)
+                    times[n].append(t)
+                    owns[n].append(t_own)
                     paired[n].append(t_const)
                 except Exception as e:  # report, do not hide: a controller that cannot run here is listed
                     failed[n] = f"{type(e).__name__}: {e}"[:120]
-        syncs = {n: time_steps(task, n, batches[:13], device, count_syncs=True) for n in names if n not in failed} if device.type == "cuda" else {}
+        syncs = {n: time_steps(task, n, batches[:13], device, count_syncs=True)[0] for n in names if n not in failed} if device.type == "cuda" else {}
         print(f"\n## {task_name} ({steps} timed steps; constant: {1e3 * statistics.median(times['constant']):.3f} ms/step)")
-        print(f"{'controller':<22} {'ms/step':>8} {'ratio':>7} {'overhead':>9}" + ("  syncs/step" if syncs else ""))
+        print(f"{'controller':<22} {'ms/step':>8} {'ratio':>7} {'overhead':>9} {'own us':>7} {'own %':>6}" + ("  syncs/step" if syncs else ""))
         for n in names:
             if n in failed:
                 print(f"{n:<22} {'-':>8} {'-':>7} {'-':>9}  failed: {failed[n]}")
@@ -171,7 +194,12 @@ def main() -> None:
             ratio = statistics.median(t / b for t, b in zip(times[n], paired[n]))
             flag = "  > 5%" if ratio > 1.05 else ""
             sync = f"  {syncs[n]:10.2f}" if syncs else ""
-            print(f"{n:<22} {1e3 * statistics.median(times[n]):8.3f} {ratio:7.3f} {100 * (ratio - 1):+8.1f}%{sync}{flag}", flush=True)
+            own_us = 1e6 * statistics.median(owns[n])
+            own_pct = 100 * statistics.median(o / b for o, b in zip(owns[n], paired[n]))
+            print(
+                f"{n:<22} {1e3 * statistics.median(times[n]):8.3f} {ratio:7.3f} {100 * (ratio - 1):+8.1f}% {own_us:7.1f} {own_pct:5.1f}%{sync}{flag}",
+                flush=True,
+            )
         assert all(math.isfinite(x) for v in times.values() for x in v)
 
 
