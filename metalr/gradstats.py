@@ -129,7 +129,7 @@ def host_dots(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> tuple[flo
     return aa, ab, bb
 
 
-def _finite(v: float) -> float:
+def finite_or_nan(v: float) -> float:
     return v if math.isfinite(v) else math.nan
 
 
@@ -137,8 +137,8 @@ def host_norm(tensors: Sequence[torch.Tensor]) -> float:
     """`global_norm` as a Python float (NaN if non-finite or there is no tensor)."""
     arrays = _arrays(tensors)
     if arrays is None:
-        return _finite(float(global_norm(tensors)))
-    return _finite(math.sqrt(sum(float(np.dot(a, a)) for a in arrays))) if arrays else math.nan
+        return finite_or_nan(float(global_norm(tensors)))
+    return finite_or_nan(math.sqrt(sum(float(np.dot(a, a)) for a in arrays))) if arrays else math.nan
 
 
 def host_dot(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> float:
@@ -150,25 +150,16 @@ def host_dot(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> float:
 
 
 def host_grad_stats(grads: Sequence[torch.Tensor | None], refs: Sequence[torch.Tensor | None] | None) -> tuple[float, float | None]:
-    """`grad_stats` as Python numbers: (norm, NaN if non-finite), (cosine, None if absent or undefined). One pass over the tensors."""
+    """`grad_stats` as Python numbers: (norm, NaN if non-finite), (cosine, None if absent or undefined)."""
     gs = [g for g in grads if g is not None]
-    pairs = [(g, r) for g, r in zip(grads, refs) if g is not None and r is not None] if refs is not None else []
-    xg, xr = _arrays(gs), _arrays([r for _, r in pairs])
-    if xg is None or xr is None:  # off the CPU: the device path, then one read per number
-        norm_t, cos_t = grad_stats(grads, refs)
-        norm, cos = _finite(float(norm_t)), (None if cos_t is None else float(cos_t))
-        return norm, (cos if cos is not None and math.isfinite(cos) else None)
-    paired = {id(g): x for (g, _), x in zip(pairs, xr)}
-    gg = gr = rr = 0.0
-    for g, x in zip(gs, xg):
-        gg += float(np.dot(x, x))
-        y = paired.get(id(g))
-        if y is not None:
-            gr += float(np.dot(x, y))
-            rr += float(np.dot(y, y))
-    norm = _finite(math.sqrt(gg)) if gs else math.nan
-    if refs is None or not math.isfinite(norm):
-        return norm, None
+    if refs is None:
+        return host_norm(gs), None
+    paired = [(g, r) for g, r in zip(grads, refs) if g is not None and r is not None]
+    lone = [g for g, r in zip(grads, refs) if g is not None and r is None]
+    g_sq, gr, rr = host_dots([g for g, _ in paired], [r for _, r in paired])  # one pass over the pairs
+    if lone:
+        g_sq += host_norm(lone) ** 2
+    norm = finite_or_nan(math.sqrt(g_sq)) if gs else math.nan
     denom = norm * math.sqrt(rr)
     if not (denom > 0 and math.isfinite(denom)):
         return norm, None

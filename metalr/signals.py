@@ -44,7 +44,7 @@ from typing import Any, Protocol
 
 import torch
 
-from metalr.gradstats import GradAlign, copy_into, host_dot, host_dots, host_norm
+from metalr.gradstats import GradAlign, copy_into, finite_or_nan, host_dot, host_dots, host_norm
 
 #: Every signal a controller may list in `requires`.
 SIGNAL_NAMES = frozenset(
@@ -95,10 +95,6 @@ class SignalSource(Protocol):
     def read(self, step: int, epoch: int, logits: torch.Tensor | None = None, targets: torch.Tensor | None = None) -> Any: ...
     def state_dict(self) -> dict[str, Any]: ...
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
-
-
-def _finite_or_nan(x: float) -> float:
-    return x if math.isfinite(x) else float("nan")
 
 
 class SignalTracker:
@@ -203,29 +199,28 @@ class SignalTracker:
         """grad_norm, grad_cos, hypergrad as Python numbers (their readers need them): per-tensor reductions, no flattened copy."""
         grads = [p.grad for p in self.params]
         present = [g for g in grads if g is not None]
-        hyper = "hypergrad" in self.requires and self._prev_params is not None and bool(self._prev_lr)
-        if hyper:
+        theta = [p.detach() for p in self.params] if "hypergrad" in self.requires else []
+        if theta and self._prev_params is not None and self._prev_lr:
             # The buffer becomes theta_{t-1} - theta_t = lr_{t-1} u_{t-1} in place (it holds theta_t again below).
-            assert self._prev_params is not None and self._prev_lr
-            torch._foreach_sub_(self._prev_params, [p.detach() for p in self.params])
+            torch._foreach_sub_(self._prev_params, theta)
             steps = [q for g, q in zip(grads, self._prev_params) if g is not None]
             absent = [q for g, q in zip(grads, self._prev_params) if g is None]
             g_sq, dot, step_sq = host_dots(present, steps)  # one pass: |g|^2, g . (lr u), |lr u|^2
             step_sq += host_norm(absent) ** 2 if absent else 0.0
-            s.grad_norm = _finite_or_nan(math.sqrt(g_sq)) if present else math.nan
+            s.grad_norm = finite_or_nan(math.sqrt(g_sq)) if present else math.nan
             denom = s.grad_norm * math.sqrt(step_sq)
-            s.hypergrad = _finite_or_nan(dot / self._prev_lr)  # g_t . u_{t-1}
-            s.hypergrad_cos = _finite_or_nan(dot / denom) if denom > 0 else 0.0
+            s.hypergrad = finite_or_nan(dot / self._prev_lr)  # g_t . u_{t-1}
+            s.hypergrad_cos = finite_or_nan(dot / denom) if denom > 0 else 0.0
         else:
             s.grad_norm = host_norm(present)
         if "grad_cos" in self.requires:
             if self._prev_grad is not None:
                 pairs = [(g, q) for g, q in zip(grads, self._prev_grad) if g is not None and q is not None]
                 denom = s.grad_norm * host_norm([q for q in self._prev_grad if q is not None])
-                s.grad_cos = _finite_or_nan(host_dot([g for g, _ in pairs], [q for _, q in pairs]) / denom) if denom > 0 else 0.0
+                s.grad_cos = finite_or_nan(host_dot([g for g, _ in pairs], [q for _, q in pairs]) / denom) if denom > 0 else 0.0
             self._prev_grad = copy_into(self._prev_grad, grads)
         if "hypergrad" in self.requires:
-            self._prev_params = copy_into(self._prev_params, [p.detach() for p in self.params])  # type: ignore[arg-type,assignment]
+            self._prev_params = copy_into(self._prev_params, theta)  # type: ignore[arg-type,assignment]
             self._prev_lr = lr
 
     def state_dict(self) -> dict[str, Any]:

@@ -124,9 +124,9 @@ def lr_rule(
     progress = min(1.0, max(0.0, step / total_steps))
     scale = cfg.horizon_scale(total_steps)
     lo, hi = cfg.log_bounds
+    feats.update(loss, grad_norm, grad_align)  # type: ignore[arg-type]
     if isinstance(feats, DeviceFeatureState):
         assert isinstance(policy, MetaPolicy), "device-resident signals need the torch policy"
-        feats.update(loss, grad_norm, grad_align)
         change = scale * policy(feats.features(progress, log_rel).to(policy.feature_shift.dtype))
         blowing_up = feats.diverging(cfg.guard_ratio)
         if loss is not None:
@@ -138,7 +138,6 @@ def lr_rule(
         state.guard_fired = state.guard_fired + fire.to(torch.int64)
         change = change + torch.where(fire, math.log(cfg.guard_factor), 0.0).to(change.dtype)
         return torch.clamp(log_rel + change, lo, hi)
-    feats.update(loss, grad_norm, grad_align)  # type: ignore[arg-type]
     if isinstance(policy, HostPolicy):
         delta: Any = scale * policy(feats.features(progress, float(log_rel)))
     else:
