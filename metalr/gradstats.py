@@ -210,3 +210,79 @@ def copy_into(buffers: list[torch.Tensor | None] | None, tensors: Sequence[torch
             except RuntimeError:
                 pass
     return [None if t is None else t.detach().clone() for t in tensors]
+
+
+#: Parameter dtypes numpy can view (bfloat16 cannot: such parameters take the torch path).
+_NUMPY_FLOATS = (torch.float32, torch.float64, torch.float16)
+
+
+class UpdateSize:
+    """Relative size of the last update, |theta_t - theta_{t-1}| / |theta_t|, on a fixed subset of coordinates.
+
+    The one signal that tells an LR that is 10x too high from one that is right whatever the
+    optimizer (SGD, momentum, Adam, AdamW, a user's own): how far the weights moved, relative to
+    the weights. Measured on at most `max_coords` coordinates, every `stride`-th entry of the
+    parameters laid end to end (fixed at the first call: no RNG), so it keeps a buffer of that
+    many numbers, never a model-sized one; with a few thousand coordinates the sampling error of
+    the ratio is a few per cent, which a log10 feature does not notice.
+
+    Call it once per step with the current parameters, before the step's update: it returns the
+    ratio of the previous update (None on the first call, or when the sampled weights are all zero).
+    `host=True`: a Python float, from numpy views for CPU tensors; `host=False`: a 0-d float64
+    tensor on the parameters' device (NaN when undefined), with no host synchronisation.
+    """
+
+    def __init__(self, max_coords: int = 4096) -> None:
+        if max_coords < 1:
+            raise ValueError(f"max_coords must be >= 1, got {max_coords}")
+        self.max_coords = int(max_coords)
+        self.stride: int | None = None
+        self.offsets: list[int] = []
+        self.prev: Any = None  # the last call's sample: a numpy array (host path) or a tensor (device path)
+        self._ptrs: list[int] = []
+        self._views: list[np.ndarray] = []
+
+    def _sample(self, params: Sequence[torch.Tensor], host: bool) -> Any:
+        if self.stride is None or len(self.offsets) != len(params):
+            self.stride = max(1, math.ceil(sum(p.numel() for p in params) / self.max_coords))
+            self.offsets, start = [], 0
+            for p in params:
+                self.offsets.append((-start) % self.stride)  # global index start + offset is a multiple of stride
+                start += p.numel()
+        stride = self.stride
+        if host and all(p.device.type == "cpu" and p.dtype in _NUMPY_FLOATS for p in params):
+            ptrs = [p.data_ptr() for p in params]
+            if ptrs != self._ptrs:  # strided numpy views of the parameters' memory, kept while the storage is the same
+                self._views = [p.detach().numpy().reshape(-1)[off::stride] for p, off in zip(params, self.offsets)]
+                self._ptrs = ptrs
+            return np.concatenate(self._views).astype(np.float64)
+        return torch.cat([p.detach().reshape(-1)[off::stride].to(torch.float64) for p, off in zip(params, self.offsets)])
+
+    def __call__(self, params: Sequence[torch.Tensor], host: bool = True) -> Any:
+        x = self._sample(params, host)
+        prev, self.prev = self.prev, x
+        if isinstance(x, np.ndarray):
+            if prev is None or len(prev) != len(x):
+                return None
+            prev = np.asarray(prev)
+            norm = math.sqrt(float(x @ x))
+            d = x - prev
+            return finite_or_nan(math.sqrt(float(d @ d)) / norm) if norm > 0 else None
+        if prev is None or len(prev) != len(x):
+            return None if host else torch.full((), math.nan, dtype=torch.float64, device=x.device)
+        norm = torch.linalg.vector_norm(x)
+        ratio = torch.where(norm > 0, torch.linalg.vector_norm(x - torch.as_tensor(prev, device=x.device)) / norm, math.nan)
+        if host:
+            v = float(ratio)
+            return finite_or_nan(v) if not math.isnan(v) else None
+        return ratio
+
+    def state_dict(self) -> dict[str, object]:
+        prev = None if self.prev is None else torch.as_tensor(self.prev).detach().cpu().clone()
+        return {"stride": self.stride, "offsets": list(self.offsets), "prev": prev}
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        stride, prev = state.get("stride"), state.get("prev")
+        self.stride = None if stride is None else int(stride)  # type: ignore[call-overload]
+        self.offsets = [int(o) for o in state.get("offsets", [])]  # type: ignore[union-attr]
+        self.prev = None if prev is None else torch.as_tensor(prev, dtype=torch.float64).clone().numpy()

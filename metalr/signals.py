@@ -44,7 +44,7 @@ from typing import Any, Protocol
 
 import torch
 
-from metalr.gradstats import GradAlign, copy_into, finite_or_nan, host_dot, host_dots, host_norm
+from metalr.gradstats import GradAlign, UpdateSize, copy_into, finite_or_nan, host_dot, host_dots, host_norm
 
 #: Every signal a controller may list in `requires`.
 SIGNAL_NAMES = frozenset(
@@ -54,6 +54,7 @@ SIGNAL_NAMES = frozenset(
         "grad_norm",  # global L2 norm of the gradient
         "grad_cos",  # cosine between this and the previous step's gradient
         "grad_align",  # cosine between the gradient and the optimizer's running gradient average (metalr.gradstats)
+        "update_size",  # |theta_t - theta_{t-1}| / |theta_t|: relative size of the previous update (metalr.gradstats.UpdateSize)
         "hypergrad",  # g_t . u_{t-1}: dot of gradient and previous update direction (Baydin et al.)
         "val_loss",  # validation loss, only on the step after an evaluation
         "val_accuracy",  # validation accuracy, idem
@@ -75,6 +76,7 @@ class Signals:
     grad_norm: float | None = None
     grad_cos: float | None = None
     grad_align: float | None = None
+    update_size: float | None = None
     hypergrad: float | None = None
     hypergrad_cos: float | None = None  # g_t . u_{t-1} / (|g_t| |u_{t-1}|), scale-free
     val_loss: float | None = None
@@ -113,7 +115,8 @@ class SignalTracker:
 
     Buffers: `grad_cos` keeps the previous gradient, `hypergrad` the previous parameters
     (one model-sized buffer each, per tensor, overwritten in place); `grad_align` keeps
-    nothing while the optimizer has a momentum buffer (see `metalr.gradstats`).
+    nothing while the optimizer has a momentum buffer (see `metalr.gradstats`);
+    `update_size` keeps a sample of at most 4096 parameter values.
     """
 
     def __init__(
@@ -146,6 +149,7 @@ class SignalTracker:
         self._prev_lr: float | None = None
         self._pending_eval: tuple[float, float | None] | None = None
         self._align = GradAlign()
+        self._update_size = UpdateSize()
 
     def record_eval(self, val_loss: float, val_accuracy: float | None = None) -> None:
         """Attach an evaluation result to the next `collect`."""
@@ -182,6 +186,8 @@ class SignalTracker:
             norm, s.grad_align = self._align([p.grad for p in params], [self.optimizer.state.get(p) for p in params], host=not self.as_tensors)
             if s.grad_norm is None:
                 s.grad_norm = norm
+        if "update_size" in self.requires:
+            s.update_size = self._update_size(self.params, host=not self.as_tensors)
         if self._pending_eval is not None:
             s.val_loss, s.val_accuracy = self._pending_eval
             self._pending_eval = None
@@ -234,6 +240,7 @@ class SignalTracker:
             "prev_lr": self._prev_lr,
             "pending_eval": pending,
             "align": self._align.state_dict(),
+            "update_size": self._update_size.state_dict(),
             "sources": {name: source.state_dict() for name, source in self.sources.items()},
         }
         return copy.deepcopy(state)
@@ -249,6 +256,7 @@ class SignalTracker:
         pending = state.get("pending_eval")
         self._pending_eval = None if pending is None else (float(pending[0]), None if pending[1] is None else float(pending[1]))
         self._align.load_state_dict(state.get("align", {"prev": None}))
+        self._update_size.load_state_dict(state.get("update_size", {}))  # absent from metalr <= 0.3 states: starts afresh
         for name, source in self.sources.items():
             source.load_state_dict(state["sources"][name])
 

@@ -86,6 +86,7 @@ def realistic_run(n: int = 40) -> list[Signals]:
                 grad_align=0.6 * (-1) ** (i // 4),
                 hypergrad=0.1 * (-1) ** i,
                 hypergrad_cos=0.5 * (-1) ** (i // 2),
+                update_size=[1e-3, 3e-2][(i // 4) % 2],
                 val_loss=(max(0.5, 1.5 - 0.2 * e) if t % 5 == 0 else None),
                 val_accuracy=(0.5 + 0.02 * e if t % 5 == 0 else None),
                 uncertainty=[0.05, 0.4][e % 2],

@@ -23,7 +23,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from metalr import controllers, load_pretrained  # noqa: E402
 from metalr.controllers.meta import MetaController  # noqa: E402
 from metalr.meta.checkpoint import CheckpointError, FrozenPolicy, read_policy, save_policy  # noqa: E402
-from metalr.meta.features import FEATURE_NAMES, STATE_NAMES, DeviceFeatureState, FeatureState  # noqa: E402
+from metalr.gradstats import UpdateSize  # noqa: E402
+from metalr.meta.features import FEATURE_NAMES, N_FEATURES, STATE_NAMES, DeviceFeatureState, FeatureState  # noqa: E402
 from metalr.meta.features import SCALE as FEATURE_SCALE  # noqa: E402
 from metalr.meta.features import SHIFT as FEATURE_SHIFT  # noqa: E402
 from metalr.meta.policy import MetaPolicy  # noqa: E402
@@ -93,7 +94,7 @@ def test_rule_guard_cuts_a_blowing_up_loss_at_once() -> None:
 
 
 def test_deployed_controller_needs_no_logits_and_warns_without_total_steps(caplog: pytest.LogCaptureFixture) -> None:
-    assert "accuracy" not in MetaController.requires and MetaController.requires <= {"loss", "grad_align", "grad_norm"}
+    assert "accuracy" not in MetaController.requires and MetaController.requires <= {"loss", "grad_align", "grad_norm", "update_size"}
     opt = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)
     with caplog.at_level(logging.WARNING):
         ctrl = MetaController(opt, checkpoint=FrozenPolicy(MetaPolicy(), {}, "", RuleConfig(default_total_steps=777)))
@@ -425,15 +426,17 @@ def test_device_features_equal_host_features() -> None:
             return rng.choice([rng.lognormvariate(0, 1), -0.1, 0.0])
         if kind == "norm":
             return rng.choice([rng.lognormvariate(0, 2), 0.0])
+        if kind == "update":  # relative update sizes from 1e-10 (below the clip) to 100 (above it), or exactly 0
+            return rng.choice([10 ** rng.uniform(-10, 2), 0.0])
         return rng.uniform(-1.3, 1.3)
 
     for _ in range(40):
         host, dev = FeatureState(), DeviceFeatureState()
         for _ in range(40):
-            loss, norm, align = draw("loss"), draw("norm"), draw("align")
-            host.update(loss, norm, align)
+            loss, norm, align, size = draw("loss"), draw("norm"), draw("align"), draw("update")
+            host.update(loss, norm, align, size)
             as_t = rng.random() < 0.5  # the device state takes tensors or numbers
-            dev.update(*(None if v is None else (torch.tensor(v, dtype=torch.float64) if as_t else v) for v in (loss, norm, align)))
+            dev.update(*(None if v is None else (torch.tensor(v, dtype=torch.float64) if as_t else v) for v in (loss, norm, align, size)))
             progress, lr_rel = rng.random(), rng.uniform(-9.0, 5.0)
             assert dev.features(progress, torch.tensor(lr_rel, dtype=torch.float64)).tolist() == pytest.approx(
                 host.features(progress, lr_rel), rel=1e-12, abs=1e-12
@@ -454,3 +457,67 @@ def test_host_policy_is_the_shipped_policy() -> None:
     with torch.no_grad():
         expected = pol(x).tolist()
     assert [host(row) for row in x.tolist()] == pytest.approx(expected, rel=1e-5, abs=1e-7)
+
+
+def test_update_size_host_and_device_paths_agree_and_measure_the_update() -> None:
+    """`UpdateSize` on every coordinate is the exact |theta_t - theta_{t-1}| / |theta_t|; a strided sample is close; host = device."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(30, 200), torch.nn.ReLU(), torch.nn.Linear(200, 7))
+    params = list(model.parameters())
+    exact, sampled, device = UpdateSize(max_coords=10**6), UpdateSize(max_coords=512), UpdateSize(max_coords=512)
+    for u in (exact, sampled):
+        assert u(params) is None  # nothing to compare with yet
+    assert math.isnan(float(device(params, host=False)))
+    for scale in (1e-4, 1e-2, 1.0):
+        before = [p.detach().clone() for p in params]
+        with torch.no_grad():
+            for p in params:
+                p.add_(scale * torch.randn_like(p))
+        true = math.sqrt(sum(float((p.detach() - q).pow(2).sum()) for p, q in zip(params, before))) / math.sqrt(sum(float(p.detach().pow(2).sum()) for p in params))
+        assert exact(params) == pytest.approx(true, rel=1e-5)  # true: float32 sums
+        got = sampled(params)
+        assert got == pytest.approx(true, rel=0.15)  # a 512-coordinate sample of a 7.6k-parameter model
+        assert float(device(params, host=False)) == pytest.approx(got, rel=1e-12)
+    assert len(sampled.prev) <= 512  # a sample, never a model-sized buffer
+    restored = UpdateSize(max_coords=512)
+    restored.load_state_dict(sampled.state_dict())
+    with torch.no_grad():
+        params[0].mul_(1.5)
+    assert restored(params) == pytest.approx(sampled(params), rel=1e-12)
+
+
+def test_warm_start_from_an_earlier_format_widens_with_zero_weights(tmp_path: Path) -> None:
+    """A format-2 policy (10 features) read with expand_features computes what it did, whatever the new feature's value."""
+    from metalr.meta.checkpoint import read_policy
+
+    old = ROOT / "checkpoints" / "stages" / "meta_stage2.safetensors"
+    with pytest.raises(CheckpointError, match="format_version"):
+        read_policy(old)  # deployment never widens
+    widened = read_policy(old, expand_features=True)
+    assert widened.policy.model_args["n_features"] == N_FEATURES == 11 and widened.metadata["expanded_from"]["format_version"] == 2
+    from safetensors.torch import load_file
+
+    t = load_file(str(old))
+    x = torch.randn(64, 10)
+    h = torch.relu(((x - t["feature_shift"]) / t["feature_scale"]) @ t["net.0.weight"].T + t["net.0.bias"])
+    h = torch.relu(h @ t["net.2.weight"].T + t["net.2.bias"])
+    reference = 0.2 * torch.tanh(h @ t["net.4.weight"].T + t["net.4.bias"]).squeeze(-1)
+    for update_size in (-6.0, -2.5, 0.0):
+        x11 = torch.cat([x, torch.full((64, 1), update_size)], 1)
+        assert torch.allclose(widened.policy(x11), reference, rtol=1e-5, atol=1e-7)
+
+
+def test_update_size_reads_bfloat16_parameters() -> None:
+    """numpy cannot view bfloat16: such parameters take the torch path and give the same ratio."""
+    torch.manual_seed(1)
+    model = torch.nn.Linear(40, 20).to(torch.bfloat16)
+    params = list(model.parameters())
+    u = UpdateSize()
+    u(params)
+    before = [p.detach().double().clone() for p in params]
+    with torch.no_grad():
+        params[0].add_(0.05)
+    true = math.sqrt(sum(float((p.detach().double() - q).pow(2).sum()) for p, q in zip(params, before))) / math.sqrt(
+        sum(float(p.detach().double().pow(2).sum()) for p in params)
+    )
+    assert u(params) == pytest.approx(true, rel=1e-9)

@@ -11,7 +11,8 @@ log-LR change, a fixed guard cuts the LR at once when the loss blows up, and the
 LR stays within [min_factor, max_factor] x base LR. Every param group keeps its
 own base LR; one multiplier scales them all.
 
-It reads only the loss and gradients: no logits, no accuracy. Pass `total_steps`
+It reads only the loss, the gradients and the relative size of the last update
+(a sample of at most 4096 weights): no logits, no accuracy. Pass `total_steps`
 (the harness and the integrations do): the policy's `progress` feature and the
 per-step size of its changes depend on the run's length. Without it the rule
 assumes `default_total_steps` from the checkpoint and says so in the log.
@@ -53,7 +54,7 @@ log = logging.getLogger(__name__)
 class MetaController(Controller):
     """LR multiplier set by the meta-learned policy (frozen: no learning at deployment)."""
 
-    requires = frozenset({"loss", "grad_align"})
+    requires = frozenset({"loss", "grad_align", "update_size"})
     device_signals = True
     _state_keys = ("log_rel", "rule_state", "total_steps")
 
@@ -113,13 +114,13 @@ class MetaController(Controller):
         self._rule_state = RuleState.from_state(self._rule_state.state_dict())
 
     def _compute_lrs(self, signals: Signals) -> list[float]:
-        device = _device_of(signals.loss, signals.grad_align, signals.grad_norm)
+        device = _device_of(signals.loss, signals.grad_align, signals.grad_norm, signals.update_size)
         if device is None:  # Python numbers (a CPU tracker): the host path, every step
             if self._rule_state.on_device:
                 self._to_host()
             self._log_rel = lr_rule(
                 self._host_policy, self.rule, self._rule_state, self._log_rel, signals.loss, signals.grad_norm, signals.grad_align,
-                self.last_step, self.total_steps,
+                self.last_step, self.total_steps, signals.update_size,
             )  # fmt: skip
             self._read = (float(self._log_rel), float(self._rule_state.guard_fired))
             factor = math.exp(self._read[0])
@@ -129,7 +130,7 @@ class MetaController(Controller):
         with torch.no_grad():
             self._log_rel = lr_rule(
                 self._policy, self.rule, self._rule_state, self._log_rel, signals.loss, signals.grad_norm, signals.grad_align,
-                self.last_step, self.total_steps,
+                self.last_step, self.total_steps, signals.update_size,
             )  # fmt: skip
         if self.last_step % self.sync_every:
             return list(self._last_lr)

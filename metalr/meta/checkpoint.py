@@ -22,12 +22,12 @@ from typing import Any
 import torch
 
 from metalr.io import atomic_write_bytes, atomic_write_json, versions
-from metalr.meta.features import FEATURE_NAMES
+from metalr.meta.features import FEATURE_NAMES, SCALE, SHIFT
 from metalr.meta.policy import MetaPolicy
 from metalr.meta.rule import RuleConfig
 
 FORMAT = "metalr.meta_policy"
-FORMAT_VERSION = 2  # 2: model_args + rule settings; grad_align/loss features, no accuracy
+FORMAT_VERSION = 3  # 2: model_args + rule settings; grad_align/loss features, no accuracy. 3: + update_size
 DEFAULT_PATH = Path(__file__).resolve().parents[2] / "checkpoints" / "metalr_default.safetensors"
 
 
@@ -64,8 +64,14 @@ def save_policy(path: str | os.PathLike[str], policy: MetaPolicy, *, rule: RuleC
     atomic_write_json(Path(path).with_suffix(".json"), meta)
 
 
-def read_policy(path: str | os.PathLike[str] | None = None) -> FrozenPolicy:
-    """Load and validate a policy file (default: the shipped one)."""
+def read_policy(path: str | os.PathLike[str] | None = None, expand_features: bool = False) -> FrozenPolicy:
+    """Load and validate a policy file (default: the shipped one).
+
+    `expand_features=True` (meta-training's warm start only) also accepts a file from an earlier
+    format whose features are a prefix of this metalr's: the new features get zero input weights,
+    so the expanded policy computes exactly what the file's did and meta-training can learn to
+    use them. Deployment never expands: a policy must have been trained on the features it reads.
+    """
     from safetensors import safe_open
 
     p = Path(path) if path is not None else DEFAULT_PATH
@@ -83,6 +89,8 @@ def read_policy(path: str | os.PathLike[str] | None = None) -> FrozenPolicy:
         meta = json.loads(header["metalr"])
     except Exception as e:
         raise CheckpointError(f"{p}: no metalr metadata in the safetensors header ({type(e).__name__}: {e})") from None
+    if expand_features:
+        meta, tensors = _expand(meta, tensors)
     _validate(p, meta, tensors)
     policy = MetaPolicy(**_model_args(meta))
     policy.load_state_dict(tensors, strict=True)
@@ -90,6 +98,26 @@ def read_policy(path: str | os.PathLike[str] | None = None) -> FrozenPolicy:
     for q in policy.parameters():
         q.requires_grad_(False)
     return FrozenPolicy(policy, meta, str(p), RuleConfig(**meta["rule"]))
+
+
+def _expand(meta: Any, tensors: dict[str, torch.Tensor]) -> tuple[Any, dict[str, torch.Tensor]]:
+    """A format-2+ policy whose features are a strict prefix of FEATURE_NAMES, widened with zero input weights."""
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("format_version") not in (2, FORMAT_VERSION):
+        return meta, tensors
+    names = meta.get("feature_names")
+    if not isinstance(names, list) or not 0 < len(names) < len(FEATURE_NAMES) or names != list(FEATURE_NAMES[: len(names)]):
+        return meta, tensors
+    n_old, n_new = len(names), len(FEATURE_NAMES)
+    tensors = dict(tensors)
+    w = tensors.get("net.0.weight")
+    if w is None or w.shape[1] != n_old:
+        return meta, tensors
+    tensors["net.0.weight"] = torch.cat([w, w.new_zeros(w.shape[0], n_new - n_old)], 1)
+    tensors["feature_shift"] = torch.cat([tensors["feature_shift"], torch.tensor(SHIFT[n_old:], dtype=tensors["feature_shift"].dtype)])
+    tensors["feature_scale"] = torch.cat([tensors["feature_scale"], torch.tensor(SCALE[n_old:], dtype=tensors["feature_scale"].dtype)])
+    meta = {**meta, "format_version": FORMAT_VERSION, "feature_names": list(FEATURE_NAMES), "model_args": {**meta.get("model_args", {}), "n_features": n_new}}
+    meta["expanded_from"] = {"format_version": 2, "feature_names": names}
+    return meta, tensors
 
 
 def _model_args(meta: dict[str, Any]) -> dict[str, Any]:

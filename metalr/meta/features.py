@@ -9,8 +9,9 @@ one controller transfer across tasks, models and optimizers. Missing or
 non-finite signals leave the state unchanged (a NaN loss never poisons the
 averages) and every feature is clipped, so the policy's input is always finite.
 
-The inputs are only what any training loop has: the loss, and the gradient's
-norm and alignment with the optimizer's running average (`metalr.gradstats`).
+The inputs are only what any training loop has: the loss, the gradient's
+norm and alignment with the optimizer's running average, and the relative size
+of the last update (`metalr.gradstats`).
 No accuracy (a plain loop may not give logits), no absolute LR.
 
 Loss features follow the Celo recipe (Moudgil et al. 2025): the loss seen
@@ -30,6 +31,13 @@ loss is stuck" read the same on any task.
 | 7  | align_fast   | EMA_0.5 of grad_align (cos(gradient, optimizer's moment))       | [-1, 1]     |
 | 8  | align_slow   | EMA_0.95 of grad_align                                         | [-1, 1]     |
 | 9  | gnorm_trend  | log(EMA_0.5(grad norm) / EMA_0.95(grad norm))                  | [-3, 3]     |
+| 10 | update_size  | EMA_0.9 of log10(|theta_t - theta_{t-1}| / |theta_t|)           | [-6, 0]     |
+
+`update_size` (`metalr.gradstats.UpdateSize`, format 3) is the only feature that
+sees the LR's absolute level: how far one step moves the weights, relative to the
+weights, whatever the optimizer. The loss and gradient features see an LR 10x too
+high mostly through its consequences, which often look like an LR too low (a loss
+that falls slowly); this one sees the cause.
 
 The policy sees `(feature - SHIFT) / SCALE` (stored in every checkpoint, so a
 checkpoint carries its own normalisation).
@@ -65,10 +73,13 @@ FEATURE_NAMES: tuple[str, ...] = (
     "align_fast",
     "align_slow",
     "gnorm_trend",
+    "update_size",
 )
-CLIP: tuple[tuple[float, float], ...] = ((0, 1), (-8, 4), (-1, 1), (-1, 1), (0, 3), (-8, 3), (0, 1), (-1, 1), (-1, 1), (-3, 3))
-SHIFT: tuple[float, ...] = (0.5, 0.0, 0.0, 0.0, 0.2, -1.0, 0.3, 0.0, 0.0, 0.0)
-SCALE: tuple[float, ...] = (0.3, 2.0, 0.05, 0.05, 0.3, 1.0, 0.3, 0.4, 0.3, 0.3)
+CLIP: tuple[tuple[float, float], ...] = ((0, 1), (-8, 4), (-1, 1), (-1, 1), (0, 3), (-8, 3), (0, 1), (-1, 1), (-1, 1), (-3, 3), (-6, 0))
+SHIFT: tuple[float, ...] = (0.5, 0.0, 0.0, 0.0, 0.2, -1.0, 0.3, 0.0, 0.0, 0.0, -2.5)
+SCALE: tuple[float, ...] = (0.3, 2.0, 0.05, 0.05, 0.3, 1.0, 0.3, 0.4, 0.3, 0.3, 1.0)
+#: log10 of an update size is clipped to this before it is averaged (an update of exactly 0 is skipped).
+UPDATE_LOG_RANGE = (-8.0, 1.0)
 N_FEATURES = len(FEATURE_NAMES)
 _EPS = 1e-12
 
@@ -95,9 +106,10 @@ class FeatureState:
     a_slow: float | None = None
     g_fast: float | None = None
     g_slow: float | None = None
+    u_mid: float | None = None  # EMA 0.9 of log10(update size)
 
-    def update(self, loss: float | None, grad_norm: float | None, grad_align: float | None) -> None:
-        """Fold one step's signals in; missing or non-finite ones are skipped."""
+    def update(self, loss: float | None, grad_norm: float | None, grad_align: float | None, update_size: float | None = None) -> None:
+        """Fold one step's signals in; missing or non-finite ones (and an update size <= 0) are skipped."""
         if _finite(loss):
             v = max(float(loss), _EPS)  # type: ignore[arg-type]
             if self.loss0 is None:
@@ -115,6 +127,9 @@ class FeatureState:
             a = min(1.0, max(-1.0, float(grad_align)))  # type: ignore[arg-type]
             self.a_fast = _ema(self.a_fast, a, 0.5)
             self.a_slow = _ema(self.a_slow, a, 0.95)
+        if _finite(update_size) and update_size > 0:  # type: ignore[operator]
+            u = min(UPDATE_LOG_RANGE[1], max(UPDATE_LOG_RANGE[0], math.log10(update_size)))  # type: ignore[arg-type]
+            self.u_mid = _ema(self.u_mid, u, 0.9)
 
     def features(self, progress: float, lr_rel: float) -> list[float]:
         """The raw (clipped, always finite) feature vector, in `FEATURE_NAMES` order."""
@@ -130,6 +145,7 @@ class FeatureState:
             self.a_fast if self.a_fast is not None else 0.0,
             self.a_slow if self.a_slow is not None else 0.0,
             _log_ratio(self.g_fast, self.g_slow),
+            self.u_mid if self.u_mid is not None else SHIFT[10],  # unseen: the neutral input
         ]
         return [_clip(v, lo, hi) for v, (lo, hi) in zip(raw, CLIP)]
 
@@ -143,7 +159,7 @@ class FeatureState:
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> FeatureState:
-        return cls(**{k: (None if v is None or not math.isfinite(float(v)) else float(v)) for k, v in state.items()})
+        return cls(**{k: (None if v is None or not math.isfinite(float(v)) else float(v)) for k, v in state.items()})  # u_mid absent (<= 0.3): unseen
 
 
 def _log_ratio(a: float | None, b: float | None) -> float:
@@ -159,18 +175,21 @@ def _clip(v: float, lo: float, hi: float) -> float:
     return min(hi, max(lo, v))
 
 
-# The state vector: slots 0-7 are running averages of an observation (slot 0, "the first loss",
-# is an average with beta 1: set once, then kept), slots 8-9 the running min / max of slot 2.
-STATE_NAMES: tuple[str, ...] = ("loss0", "l_fast", "l_mid", "l_slow", "a_fast", "a_slow", "g_fast", "g_slow", "l_min", "l_max")
-_L0, _LF, _LM, _LS, _AF, _AS, _GF, _GS, _LMIN, _LMAX = range(10)
-_BETA = (1.0, 0.5, 0.9, 0.99, 0.5, 0.95, 0.5, 0.95)  # EMA_beta(x) = beta * old + (1 - beta) * x
-_OBS = (0, 0, 0, 0, 1, 1, 2, 2)  # which observation (loss, grad_align, grad_norm) feeds each averaged slot
-# Observation bounds: the loss is floored at _EPS, the alignment clipped to [-1, 1]; a gradient norm must be > 0.
-_OBS_LO, _OBS_HI, _OBS_FLOOR = (_EPS, -1.0, -math.inf), (math.inf, 1.0, math.inf), (-math.inf, -math.inf, 0.0)
+# The state vector: slots 0-8 are running averages of an observation (slot 0, "the first loss",
+# is an average with beta 1: set once, then kept), slots 9-10 the running min / max of slot 2.
+STATE_NAMES: tuple[str, ...] = ("loss0", "l_fast", "l_mid", "l_slow", "a_fast", "a_slow", "g_fast", "g_slow", "u_mid", "l_min", "l_max")
+_L0, _LF, _LM, _LS, _AF, _AS, _GF, _GS, _UM, _LMIN, _LMAX = range(11)
+_N_AVG = 9
+_BETA = (1.0, 0.5, 0.9, 0.99, 0.5, 0.95, 0.5, 0.95, 0.9)  # EMA_beta(x) = beta * old + (1 - beta) * x
+_OBS = (0, 0, 0, 0, 1, 1, 2, 2, 3)  # which observation (loss, grad_align, grad_norm, log10 update size) feeds each averaged slot
+# Observation bounds: the loss is floored at _EPS, the alignment clipped to [-1, 1], log10(update size) to
+# UPDATE_LOG_RANGE; a gradient norm must be > 0 (an update size too: its log is taken before the check).
+_OBS_LO, _OBS_HI = (_EPS, -1.0, -math.inf, UPDATE_LOG_RANGE[0]), (math.inf, 1.0, math.inf, UPDATE_LOG_RANGE[1])
+_OBS_FLOOR = (-math.inf, -math.inf, 0.0, -math.inf)
 # Log-ratio features: log(state[num] / state[den]), in the order trend_fast, trend_slow, above_min, vs_first, gnorm_trend.
 _NUM, _DEN = (_LF, _LM, _LM, _LM, _GF), (_LM, _LS, _LMIN, _L0, _GS)
-# The feature vector from [progress, lr_rel, log-ratios (5), minmax, align_fast, align_slow]: FEATURE_NAMES order.
-_ORDER = (0, 1, 2, 3, 4, 5, 7, 8, 9, 6)
+# The feature vector from [progress, lr_rel, log-ratios (5), minmax, align_fast, align_slow, update_size]: FEATURE_NAMES order.
+_ORDER = (0, 1, 2, 3, 4, 5, 7, 8, 9, 6, 10)
 
 
 class _Consts:
@@ -194,6 +213,7 @@ class _Consts:
         self.nan = f64(math.nan)
         self.zero = f64(0.0)
         self.min_first = torch.tensor([True, False], device=device)
+        self.u_unseen = f64(SHIFT[10])
 
 
 _CONSTS: dict[torch.device, _Consts] = {}
@@ -219,21 +239,21 @@ class DeviceFeatureState:
             return x.detach().reshape(()).to(dtype=torch.float64, device=self.s.device)
         return torch.tensor(float(x), dtype=torch.float64, device=self.s.device)
 
-    def update(self, loss: Any, grad_norm: Any, grad_align: Any) -> None:
-        """Fold one step's signals in; missing (None) or non-finite ones (and a gradient norm <= 0) are skipped."""
-        device = next((x.device for x in (loss, grad_norm, grad_align) if isinstance(x, torch.Tensor)), self.s.device)
+    def update(self, loss: Any, grad_norm: Any, grad_align: Any, update_size: Any = None) -> None:
+        """Fold one step's signals in; missing (None) or non-finite ones (and a gradient norm or update size <= 0) are skipped."""
+        device = next((x.device for x in (loss, grad_norm, grad_align, update_size) if isinstance(x, torch.Tensor)), self.s.device)
         if self.s.device != device:
             self.s = self.s.to(device)
         c = _consts(self.s.device)
-        o3 = torch.stack([self._as_tensor(loss, c), self._as_tensor(grad_align, c), self._as_tensor(grad_norm, c)])
+        o3 = torch.stack([self._as_tensor(loss, c), self._as_tensor(grad_align, c), self._as_tensor(grad_norm, c), torch.log10(self._as_tensor(update_size, c))])
         ok3 = torch.isfinite(o3) & (o3 > c.floor)
         o3 = torch.clamp(o3, c.lo, c.hi)
         obs, ok = o3[c.obs], ok3[c.obs]
-        old = self.s[:8]
+        old = self.s[:_N_AVG]
         ema = torch.where(torch.isnan(old), obs, old * c.beta + obs * c.one_minus_beta)
         avg = torch.where(ok, ema, old)
         mid = avg[_LM]
-        mm = self.s[8:]
+        mm = self.s[_N_AVG:]
         new_mm = torch.where(c.min_first, torch.fmin(mm, mid), torch.fmax(mm, mid))
         self.s = torch.cat([avg, torch.where(ok3[0], new_mm, mm)])
 
@@ -249,7 +269,8 @@ class DeviceFeatureState:
         else:
             lr = torch.full((), float(lr_rel), dtype=torch.float64, device=s.device)
         head = torch.stack([torch.full((), float(progress), dtype=torch.float64, device=s.device), lr])
-        raw = torch.cat([head, ratios, minmax.reshape(1), s[_AF : _AS + 1]])[c.order]
+        u = torch.where(torch.isnan(s[_UM]), c.u_unseen, s[_UM]).reshape(1)
+        raw = torch.cat([head, ratios, minmax.reshape(1), s[_AF : _AS + 1], u])[c.order]
         return torch.clamp(torch.nan_to_num(raw, nan=0.0, posinf=0.0, neginf=0.0), c.clip_lo, c.clip_hi)
 
     def diverging(self, ratio: float) -> torch.Tensor:
@@ -262,9 +283,9 @@ class DeviceFeatureState:
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> DeviceFeatureState:
-        if set(state) != set(STATE_NAMES):
+        if set(state) - {"u_mid"} != set(STATE_NAMES) - {"u_mid"}:  # u_mid is absent from metalr <= 0.3 states (unseen)
             raise ValueError(f"feature state has keys {sorted(state)}, expected {sorted(STATE_NAMES)}")
-        values = [math.nan if state[k] is None else float(state[k]) for k in STATE_NAMES]
+        values = [math.nan if state.get(k) is None else float(state[k]) for k in STATE_NAMES]
         return cls(torch.tensor(values, dtype=torch.float64))
 
     @classmethod

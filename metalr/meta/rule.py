@@ -2,7 +2,7 @@
 
     state = RuleState()
     for each step t = 1..T (after the optimizer step):
-        log_rel = lr_rule(policy, cfg, state, loss, grad_norm, grad_align, t, T)
+        log_rel = lr_rule(policy, cfg, state, log_rel, loss, grad_norm, grad_align, t, T, update_size)
         lr = base_lr * exp(log_rel)                   # the LR of the next step
 
 `metalr.meta.unroll` calls it with `log_rel` a tensor that carries gradients into
@@ -11,7 +11,7 @@ else computes the meta-controller's LR, and `tests/test_meta.py` checks that the
 two callers give the same LR sequence on the same run.
 
 Per step:
-1. fold the step's loss / gradient statistics into the `FeatureState`;
+1. fold the step's loss / gradient statistics / update size into the `FeatureState`;
 2. the policy reads the features and proposes a log-LR change in
    [-max_log_step, max_log_step], read as the change for one `1/horizon_steps`
    of the run: a T-step run applies `horizon_steps / T` of it per step (capped),
@@ -111,6 +111,7 @@ def lr_rule(
     grad_align: torch.Tensor | float | None,
     step: int,
     total_steps: int,
+    update_size: torch.Tensor | float | None = None,
 ) -> Any:
     """The next log(LR / base LR) after step `step` of `total_steps` (see module docstring).
 
@@ -124,7 +125,7 @@ def lr_rule(
     progress = min(1.0, max(0.0, step / total_steps))
     scale = cfg.horizon_scale(total_steps)
     lo, hi = cfg.log_bounds
-    feats.update(loss, grad_norm, grad_align)  # type: ignore[arg-type]
+    feats.update(loss, grad_norm, grad_align, update_size)  # type: ignore[arg-type]
     if isinstance(feats, DeviceFeatureState):
         assert isinstance(policy, MetaPolicy), "device-resident signals need the torch policy"
         change = scale * policy(feats.features(progress, log_rel).to(policy.feature_shift.dtype))

@@ -369,10 +369,15 @@ def plot_history(history: list[dict[str, Any]], path: Path) -> None:
 
 
 def _warm_start(policy: MetaPolicy, path: str) -> None:
-    """Load the weights of the policy file `path` into `policy` (refused unless the architectures match)."""
+    """Load the weights of the policy file `path` into `policy` (refused unless the architectures match).
+
+    A file whose features are a prefix of this metalr's (an earlier format) is widened with zero
+    input weights (`read_policy(expand_features=True)`): it computes what it did, and training
+    starts from it.
+    """
     from metalr.meta.checkpoint import read_policy
 
-    src = read_policy(path).policy
+    src = read_policy(path, expand_features=True).policy  # a policy of an earlier format starts with zero weights on the new features
     if dict(src.model_args) != dict(policy.model_args):
         raise ValueError(f"init_from {path}: model_args {src.model_args} differ from this run's {policy.model_args}")
     policy.load_state_dict(src.state_dict())

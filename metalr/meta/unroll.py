@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import higher
 import torch
 
-from metalr.gradstats import GradAlign
+from metalr.gradstats import GradAlign, UpdateSize
 from metalr.meta.policy import MetaPolicy
 from metalr.meta.rule import RuleConfig, RuleState, lr_rule
 from metalr.meta.tasks import InnerTask, batch_stream
@@ -47,6 +47,7 @@ class Trajectory:
     log_rel: float = 0.0  # log(LR / base LR)
     rule: RuleState = field(default_factory=RuleState)
     align: GradAlign = field(default_factory=GradAlign)
+    update: UpdateSize = field(default_factory=UpdateSize)
     lrs: list[float] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
     diverged: bool = False
@@ -141,12 +142,13 @@ def truncation(
                 seen["norm"], seen["align"] = traj.align(grads, states)  # Python numbers, as on the deployed CPU path
                 return grads
 
+            size = traj.update(list(fmodel.parameters()))  # the previous update's relative size, as SignalTracker.collect reads it
             lr = task.spec.lr * torch.exp(log_rel)  # float64, computed exactly as MetaController does
             traj.lrs.append(float(lr.detach()))
             traj.losses.append(loss_value)
             diffopt.step(loss, override={"lr": [lr]}, grad_callback=observe)
             traj.step += 1
-            log_rel = lr_rule(policy, cfg, traj.rule, log_rel, loss_value, seen.get("norm"), seen.get("align"), traj.step, traj.total)
+            log_rel = lr_rule(policy, cfg, traj.rule, log_rel, loss_value, seen.get("norm"), seen.get("align"), traj.step, traj.total, size)
             if traj.step % val_every == 0 or traj.step == traj.total:
                 fmodel.eval()
                 val = val_objective(fmodel(task.x_val[traj.val_idx]), task.y_val[traj.val_idx], traj.objective)
