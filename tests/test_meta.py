@@ -93,6 +93,44 @@ def test_rule_guard_cuts_a_blowing_up_loss_at_once() -> None:
     assert state.guard_fired == 2
 
 
+def test_update_ceiling_stops_raises_and_pulls_down_on_every_path() -> None:
+    """A policy that always raises the LR: below the ceiling it does; above it the change is <= -pull * excess, the same on
+    the torch (meta-training), host (numpy) and device (tensor) paths."""
+    from metalr.meta.policy import HostPolicy
+
+    pol = MetaPolicy().double()
+    with torch.no_grad():
+        pol.net[-1].bias.fill_(5.0)  # tanh(5) ~ 1: the maximal raise
+    host = HostPolicy(pol)
+    cfg = RuleConfig(update_ceiling=-2.0, ceiling_pull=0.1)
+    sizes = [1e-4] * 5 + [1e-1] * 30  # update sizes far below, then 1 decade above, the ceiling
+    runs = {}
+    for path in ("torch", "host", "device"):
+        state = RuleState() if path != "device" else RuleState().to_device(torch.device("cpu"))
+        log_rel: object = 0.0 if path == "host" else torch.tensor(0.0, dtype=torch.float64)
+        seq = []
+        for t, size in enumerate(sizes, 1):
+            u = torch.tensor(size, dtype=torch.float64) if path == "device" else size
+            loss = torch.tensor(1.0, dtype=torch.float64) if path == "device" else 1.0
+            log_rel = lr_rule(host if path == "host" else pol, cfg, state, log_rel, loss, 1.0, 0.5, t, 100, u)
+            seq.append(float(log_rel.detach() if isinstance(log_rel, torch.Tensor) else log_rel))
+        runs[path] = seq
+    seq = runs["host"]
+    assert seq[4] == pytest.approx(5 * 0.2, rel=1e-3)  # raising at full speed below the ceiling
+    # the EMA_0.9 of log10(size) crosses the ceiling 11 steps after the jump (-1 - 3 * 0.9**k > -2): no raise after that,
+    # and a pull of -0.1 per decade above it (the average is 0.88 decades above after 30 steps)
+    peak = seq.index(max(seq))
+    assert 5 + 9 <= peak <= 5 + 11 and all(b < a for a, b in zip(seq[peak:], seq[peak + 1 :]))
+    u = -1.0 - 3.0 * 0.9**30
+    assert seq[-1] - seq[-2] == pytest.approx(-0.1 * (u + 2.0), rel=1e-3)
+    assert runs["torch"] == pytest.approx(seq, rel=1e-9) and runs["device"] == pytest.approx(seq, rel=1e-9)
+    for no_ceiling in (RuleConfig(),):  # the default (0: the weights' own norm) never binds here
+        state, lr = RuleState(), 0.0
+        for t, size in enumerate(sizes[:15], 1):
+            lr = lr_rule(host, no_ceiling, state, lr, 1.0, 1.0, 0.5, t, 100, size)
+        assert lr == pytest.approx(15 * 0.2, rel=1e-3)  # below the LR bound log(30)
+
+
 def test_deployed_controller_needs_no_logits_and_warns_without_total_steps(caplog: pytest.LogCaptureFixture) -> None:
     assert "accuracy" not in MetaController.requires and MetaController.requires <= {"loss", "grad_align", "grad_norm", "update_size"}
     opt = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)

@@ -149,6 +149,10 @@ class FeatureState:
         ]
         return [_clip(v, lo, hi) for v, (lo, hi) in zip(raw, CLIP)]
 
+    def update_excess(self, ceiling: float) -> float:
+        """Decades by which the averaged update size exceeds 10**ceiling (negative below it; 0 while unseen)."""
+        return 0.0 if self.u_mid is None else self.u_mid - ceiling
+
     def diverging(self, ratio: float) -> bool:
         """The fast loss average is more than `ratio` times the first loss: training is blowing up."""
         return self.l_fast is not None and self.loss0 is not None and self.l_fast > ratio * self.loss0
@@ -272,6 +276,10 @@ class DeviceFeatureState:
         u = torch.where(torch.isnan(s[_UM]), c.u_unseen, s[_UM]).reshape(1)
         raw = torch.cat([head, ratios, minmax.reshape(1), s[_AF : _AS + 1], u])[c.order]
         return torch.clamp(torch.nan_to_num(raw, nan=0.0, posinf=0.0, neginf=0.0), c.clip_lo, c.clip_hi)
+
+    def update_excess(self, ceiling: float) -> torch.Tensor:
+        """Decades by which the averaged update size exceeds 10**ceiling (a 0-d tensor; NaN while unseen)."""
+        return self.s[_UM] - ceiling
 
     def diverging(self, ratio: float) -> torch.Tensor:
         """The fast loss average is more than `ratio` times the first loss: training is blowing up (a 0-d bool tensor)."""

@@ -16,11 +16,16 @@ Per step:
    [-max_log_step, max_log_step], read as the change for one `1/horizon_steps`
    of the run: a T-step run applies `horizon_steps / T` of it per step (capped),
    so the same policy bends the LR by the same amount over 100 or 10,000 steps;
-3. a fixed safety guard: a non-finite loss, or a fast loss average more than
+3. a fixed ceiling on the update size: while the weights already move by more than
+   10**update_ceiling of their norm per step (the `update_size` feature), the policy may
+   not raise the LR, and must lower it by `ceiling_pull` per decade above the ceiling. A
+   meta-gradient does not see the cliff where a too-high LR collapses training (the loss
+   is flat past it), so, like divergence, this is not left to be learned;
+4. a fixed safety guard: a non-finite loss, or a fast loss average more than
    `guard_ratio` times the first loss, multiplies the LR by `guard_factor` at
    once (then waits `guard_cooldown` steps before it can fire again). Learned
    changes are deliberately slow; blowing up is not something to learn slowly;
-4. log(LR / base LR) stays in [log min_factor, log max_factor].
+5. log(LR / base LR) stays in [log min_factor, log max_factor].
 
 Signals that are Python numbers (CPU) run through `FeatureState` and a Python
 guard; signals that are device tensors (GPU, `RuleState.to_device`) through
@@ -53,12 +58,16 @@ class RuleConfig:
     guard_factor: float = 0.3  # ... then LR *= guard_factor at once
     guard_cooldown: int = 5  # steps before the guard may fire again
     default_total_steps: int = 1000  # assumed run length when the caller gives none (logged)
+    update_ceiling: float = 0.0  # log10 update size above which the policy may not raise the LR (0: the weights' own norm, i.e. off)
+    ceiling_pull: float = 0.0  # ... and must lower it by at least this much per decade above the ceiling (per 1/horizon_steps)
 
     def __post_init__(self) -> None:
         if self.horizon_steps < 1 or self.max_horizon_scale <= 0 or self.default_total_steps < 1 or self.guard_cooldown < 0:
             raise ValueError(f"invalid RuleConfig {self}")
         if not 0 < self.min_factor < 1 < self.max_factor or not math.isfinite(self.max_factor):
             raise ValueError(f"need 0 < min_factor < 1 < max_factor (finite), got {self.min_factor}, {self.max_factor}")
+        if not (self.update_ceiling <= 0 and self.ceiling_pull >= 0):
+            raise ValueError(f"need update_ceiling <= 0 and ceiling_pull >= 0, got {self.update_ceiling}, {self.ceiling_pull}")
         if not (self.guard_ratio > 1 and 0 < self.guard_factor < 1):
             raise ValueError(f"need guard_ratio > 1 and 0 < guard_factor < 1, got {self.guard_ratio}, {self.guard_factor}")
 
@@ -129,6 +138,8 @@ def lr_rule(
     if isinstance(feats, DeviceFeatureState):
         assert isinstance(policy, MetaPolicy), "device-resident signals need the torch policy"
         change = scale * policy(feats.features(progress, log_rel).to(policy.feature_shift.dtype))
+        over = feats.update_excess(cfg.update_ceiling)  # NaN while unseen: the comparison below is False
+        change = torch.where(over > 0, torch.minimum(change, (-scale * cfg.ceiling_pull * over).to(change.dtype)), change)
         blowing_up = feats.diverging(cfg.guard_ratio)
         if loss is not None:
             blowing_up = blowing_up | ~torch.isfinite(torch.as_tensor(loss, dtype=torch.float64, device=blowing_up.device))
@@ -143,6 +154,10 @@ def lr_rule(
         delta: Any = scale * policy(feats.features(progress, float(log_rel)))
     else:
         delta = scale * policy(torch.tensor(feats.features(progress, float(log_rel.detach())), dtype=policy.feature_shift.dtype))
+    over = feats.update_excess(cfg.update_ceiling)
+    if over > 0:  # the weights already move fast: no raise (and a pull down, if configured)
+        cap = -scale * cfg.ceiling_pull * over
+        delta = min(delta, cap) if isinstance(policy, HostPolicy) else torch.clamp(delta, max=cap)
     nonfinite_loss = loss is not None and not math.isfinite(loss)  # type: ignore[arg-type]
     if state.cooldown > 0:
         state.cooldown -= 1
