@@ -284,5 +284,6 @@ class UpdateSize:
     def load_state_dict(self, state: dict[str, object]) -> None:
         stride, prev = state.get("stride"), state.get("prev")
         self.stride = None if stride is None else int(stride)  # type: ignore[call-overload]
-        self.offsets = [int(o) for o in state.get("offsets", [])]  # type: ignore[union-attr]
+        offsets: Any = state.get("offsets") or []
+        self.offsets = [int(o) for o in offsets]
         self.prev = None if prev is None else torch.as_tensor(prev, dtype=torch.float64).clone().numpy()

@@ -64,7 +64,9 @@ def _at(spec: TaskSpec, f: float) -> TaskSpec:
 def _job(args: tuple[str, str, TaskSpec]) -> tuple[str, TaskSpec, float]:
     name, path, spec = args
     torch.set_num_threads(1)
-    make = None if name == "constant" else (lambda o, t: _Cosine(o, t)) if name == "cosine" else (lambda o, t: MetaController(o, checkpoint=path, total_steps=t))
+    make = (
+        None if name == "constant" else (lambda o, t: _Cosine(o, t)) if name == "cosine" else (lambda o, t: MetaController(o, checkpoint=path, total_steps=t))
+    )
     return name, spec, run_spec(spec, make)["val_accuracy"]
 
 

@@ -22,8 +22,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from metalr import controllers, load_pretrained  # noqa: E402
 from metalr.controllers.meta import MetaController  # noqa: E402
-from metalr.meta.checkpoint import CheckpointError, FrozenPolicy, read_policy, save_policy  # noqa: E402
 from metalr.gradstats import UpdateSize  # noqa: E402
+from metalr.meta.checkpoint import CheckpointError, FrozenPolicy, read_policy, save_policy  # noqa: E402
 from metalr.meta.features import FEATURE_NAMES, N_FEATURES, STATE_NAMES, DeviceFeatureState, FeatureState  # noqa: E402
 from metalr.meta.features import SCALE as FEATURE_SCALE  # noqa: E402
 from metalr.meta.features import SHIFT as FEATURE_SHIFT  # noqa: E402
@@ -511,7 +511,9 @@ def test_update_size_host_and_device_paths_agree_and_measure_the_update() -> Non
         with torch.no_grad():
             for p in params:
                 p.add_(scale * torch.randn_like(p))
-        true = math.sqrt(sum(float((p.detach() - q).pow(2).sum()) for p, q in zip(params, before))) / math.sqrt(sum(float(p.detach().pow(2).sum()) for p in params))
+        true = math.sqrt(sum(float((p.detach() - q).pow(2).sum()) for p, q in zip(params, before))) / math.sqrt(
+            sum(float(p.detach().pow(2).sum()) for p in params)
+        )
         assert exact(params) == pytest.approx(true, rel=1e-5)  # true: float32 sums
         got = sampled(params)
         assert got == pytest.approx(true, rel=0.15)  # a 512-coordinate sample of a 7.6k-parameter model

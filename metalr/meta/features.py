@@ -249,7 +249,9 @@ class DeviceFeatureState:
         if self.s.device != device:
             self.s = self.s.to(device)
         c = _consts(self.s.device)
-        o3 = torch.stack([self._as_tensor(loss, c), self._as_tensor(grad_align, c), self._as_tensor(grad_norm, c), torch.log10(self._as_tensor(update_size, c))])
+        o3 = torch.stack(
+            [self._as_tensor(loss, c), self._as_tensor(grad_align, c), self._as_tensor(grad_norm, c), torch.log10(self._as_tensor(update_size, c))]
+        )
         ok3 = torch.isfinite(o3) & (o3 > c.floor)
         o3 = torch.clamp(o3, c.lo, c.hi)
         obs, ok = o3[c.obs], ok3[c.obs]

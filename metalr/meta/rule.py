@@ -154,9 +154,9 @@ def lr_rule(
         delta: Any = scale * policy(feats.features(progress, float(log_rel)))
     else:
         delta = scale * policy(torch.tensor(feats.features(progress, float(log_rel.detach())), dtype=policy.feature_shift.dtype))
-    over = feats.update_excess(cfg.update_ceiling)
-    if over > 0:  # the weights already move fast: no raise (and a pull down, if configured)
-        cap = -scale * cfg.ceiling_pull * over
+    excess = float(feats.update_excess(cfg.update_ceiling))  # a Python float here (host features)
+    if excess > 0:  # the weights already move fast: no raise (and a pull down, if configured)
+        cap = -scale * cfg.ceiling_pull * excess
         delta = min(delta, cap) if isinstance(policy, HostPolicy) else torch.clamp(delta, max=cap)
     nonfinite_loss = loss is not None and not math.isfinite(loss)  # type: ignore[arg-type]
     if state.cooldown > 0:
