@@ -254,7 +254,8 @@ class UpdateSize:
             ptrs = [p.data_ptr() for p in params]
             if ptrs != self._ptrs:  # strided numpy views of the parameters' memory, kept while the storage is the same
                 self._views = [p.detach().numpy().reshape(-1)[off::stride] for p, off in zip(params, self.offsets)]
-                self._ptrs = ptrs
+                # a non-contiguous parameter's reshape is a copy, not a view: never reuse it
+                self._ptrs = ptrs if all(p.is_contiguous() for p in params) else []
             return np.concatenate(self._views).astype(np.float64)
         return torch.cat([p.detach().reshape(-1)[off::stride].to(torch.float64) for p, off in zip(params, self.offsets)])
 

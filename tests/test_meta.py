@@ -561,3 +561,15 @@ def test_update_size_reads_bfloat16_parameters() -> None:
         sum(float(p.detach().double().pow(2).sum()) for p in params)
     )
     assert u(params) == pytest.approx(true, rel=1e-9)
+
+
+def test_update_size_sees_non_contiguous_parameters_move() -> None:
+    """A parameter stored transposed (non-contiguous) is re-read every call, never a stale copy."""
+    w = torch.nn.Parameter(torch.randn(30, 20).t())
+    assert not w.is_contiguous()
+    u = UpdateSize()
+    u([w])
+    for _ in range(3):
+        with torch.no_grad():
+            w.mul_(1.1)
+        assert u([w]) == pytest.approx(0.1 / 1.1, rel=1e-6)
