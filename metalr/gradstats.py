@@ -212,10 +212,6 @@ def copy_into(buffers: list[torch.Tensor | None] | None, tensors: Sequence[torch
     return [None if t is None else t.detach().clone() for t in tensors]
 
 
-#: Parameter dtypes numpy can view (bfloat16 cannot: such parameters take the torch path).
-_NUMPY_FLOATS = (torch.float32, torch.float64, torch.float16)
-
-
 class UpdateSize:
     """Relative size of the last update, |theta_t - theta_{t-1}| / |theta_t|, on a fixed subset of coordinates.
 
@@ -240,7 +236,7 @@ class UpdateSize:
         self.offsets: list[int] = []
         self.prev: Any = None  # the last call's sample: a numpy array (host path) or a tensor (device path)
         self._ptrs: list[int] = []
-        self._views: list[np.ndarray] = []
+        self._views: list[np.ndarray] | None = None
 
     def _sample(self, params: Sequence[torch.Tensor], host: bool) -> Any:
         if self.stride is None or len(self.offsets) != len(params):
@@ -250,13 +246,15 @@ class UpdateSize:
                 self.offsets.append((-start) % self.stride)  # global index start + offset is a multiple of stride
                 start += p.numel()
         stride = self.stride
-        if host and all(p.device.type == "cpu" and p.dtype in _NUMPY_FLOATS for p in params):
+        if host:
             ptrs = [p.data_ptr() for p in params]
             if ptrs != self._ptrs:  # strided numpy views of the parameters' memory, kept while the storage is the same
-                self._views = [p.detach().numpy().reshape(-1)[off::stride] for p, off in zip(params, self.offsets)]
-                # a non-contiguous parameter's reshape is a copy, not a view: never reuse it
-                self._ptrs = ptrs if all(p.is_contiguous() for p in params) else []
-            return np.concatenate(self._views).astype(np.float64)
+                arrays = _arrays(params)  # None off the CPU or for a dtype numpy cannot view (bfloat16): the torch path
+                self._views = None if arrays is None else [a[off::stride] for a, off in zip(arrays, self.offsets)]
+                # a non-contiguous parameter's flat array is a copy, not a view: never reuse it
+                self._ptrs = ptrs if arrays is not None and all(p.is_contiguous() for p in params) else []
+            if self._views is not None:
+                return np.concatenate(self._views).astype(np.float64)
         return torch.cat([p.detach().reshape(-1)[off::stride].to(torch.float64) for p, off in zip(params, self.offsets)])
 
     def __call__(self, params: Sequence[torch.Tensor], host: bool = True) -> Any:
@@ -265,7 +263,7 @@ class UpdateSize:
         if isinstance(x, np.ndarray):
             if prev is None or len(prev) != len(x):
                 return None
-            prev = np.asarray(prev)
+            prev = np.asarray(prev)  # a CPU tensor if the last call took the torch path
             norm = math.sqrt(float(x @ x))
             d = x - prev
             return finite_or_nan(math.sqrt(float(d @ d)) / norm) if norm > 0 else None

@@ -28,27 +28,17 @@ from multiprocessing import Pool
 from pathlib import Path
 
 import torch
-from torch.optim.lr_scheduler import CosineAnnealingLR
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from metalr import controllers  # noqa: E402
 from metalr.controllers.meta import MetaController  # noqa: E402
 from metalr.meta.tasks import USUAL_LR, TaskSpec, sample_spec, validation_specs  # noqa: E402
 from metalr.meta.validate import run_spec  # noqa: E402
 
 GRID = (0.1, 0.316228, 1.0, 3.16228, 10.0)
 DEV_SEED = 555_000
-
-
-class _Cosine:
-    requires = ()
-
-    def __init__(self, opt: torch.optim.Optimizer, total: int) -> None:
-        self.s = CosineAnnealingLR(opt, total)
-
-    def step(self, signals: object) -> None:
-        self.s.step()
 
 
 def dev_bases(n_generated: int = 20) -> list[TaskSpec]:
@@ -64,9 +54,12 @@ def _at(spec: TaskSpec, f: float) -> TaskSpec:
 def _job(args: tuple[str, str, TaskSpec]) -> tuple[str, TaskSpec, float]:
     name, path, spec = args
     torch.set_num_threads(1)
-    make = (
-        None if name == "constant" else (lambda o, t: _Cosine(o, t)) if name == "cosine" else (lambda o, t: MetaController(o, checkpoint=path, total_steps=t))
-    )
+    if name == "constant":
+        make = None
+    elif name == "cosine":
+        make = lambda o, t: controllers.build("cosine", o, total_steps=t)  # noqa: E731
+    else:
+        make = lambda o, t: MetaController(o, checkpoint=path, total_steps=t)  # noqa: E731
     return name, spec, run_spec(spec, make)["val_accuracy"]
 
 
@@ -124,10 +117,9 @@ def main() -> None:
         tuned = max(cache[key("cosine", _at(b, f))] for f in GRID)
         cells = []
         for n in shown:
-            src = n
             vals = []
             for m in args.mults:
-                v = cache.get(key(src, _at(b, m)), math.nan)
+                v = cache.get(key(n, _at(b, m)), math.nan)
                 regrets[n][m].append(v - tuned)
                 vals.append(f"{v - tuned:+.3f}")
             cells.append(" / ".join(vals))
