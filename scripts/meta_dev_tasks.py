@@ -8,7 +8,8 @@ validation nor evaluation tasks, at base LR x0.1, x1 and x10 of the optimizer's 
 format) under its rule with update_ceiling C and ceiling_pull P (written to runs/meta_dev/).
 
 Each base task (20 generated from seed stream 555000 with the optimizer's usual LR, plus wine and
-breast cancer at the validation settings) is also trained with constant LR and with cosine over
+breast cancer at the validation settings; with `--long N` also N longer runs, 800-2000 steps, from
+seed stream 556000; `--generated 0 --long N` runs those alone) is also trained with constant LR and with cosine over
 the 5-point grid x0.1 .. x10; "tuned" is the best cosine. Per checkpoint it prints the regret
 (final validation accuracy minus tuned) per task and multiplier, and the mean and worst regret.
 This is where the update-size ceiling of configs/meta_train.yaml was chosen (docs/meta_training).
@@ -39,12 +40,14 @@ from metalr.meta.validate import run_spec  # noqa: E402
 
 GRID = (0.1, 0.316228, 1.0, 3.16228, 10.0)
 DEV_SEED = 555_000
+LONG_SEED = 556_000  # the longer set (--long): 800-2000 steps, where an LR decayed too early shows
 
 
-def dev_bases(n_generated: int = 20) -> list[TaskSpec]:
+def dev_bases(n_generated: int = 20, n_long: int = 0) -> list[TaskSpec]:
     out = [sample_spec(DEV_SEED + i, steps_range=(200, 1000)) for i in range(n_generated)]
+    out += [sample_spec(LONG_SEED + i, steps_range=(800, 2000)) for i in range(n_long)]
     out = [TaskSpec(**{**s.to_dict(), "lr": USUAL_LR[s.optimizer]}) for s in out]
-    return out + validation_specs(0, lr_factors=(1.0,))
+    return out + (validation_specs(0, lr_factors=(1.0,)) if n_generated else [])
 
 
 def _at(spec: TaskSpec, f: float) -> TaskSpec:
@@ -84,7 +87,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("checkpoints", nargs="+")
     ap.add_argument("--mults", type=float, nargs="+", default=[0.1, 1.0, 10.0])
-    ap.add_argument("--generated", type=int, default=20)
+    ap.add_argument("--generated", type=int, default=20, help="tasks of the first set (0: none, and no wine/breast cancer either)")
+    ap.add_argument("--long", type=int, default=0, help="tasks of the longer set (seed stream 556000, 800-2000 steps)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--cache", default=str(ROOT / "runs" / "meta_dev" / "cache.json"))
     args = ap.parse_args()
@@ -97,7 +101,7 @@ def main() -> None:
     def key(name: str, spec: TaskSpec) -> str:
         return name + "|" + json.dumps(spec.to_dict(), sort_keys=True)
 
-    bases = dev_bases(args.generated)
+    bases = dev_bases(args.generated, args.long)
     jobs = [("cosine", "", _at(b, f)) for b in bases for f in GRID]
     jobs += [("constant", "", _at(b, f)) for b in bases for f in args.mults]
     jobs += [(names[p], p, _at(b, f)) for p in args.checkpoints for b in bases for f in args.mults]

@@ -217,6 +217,38 @@ def test_short_meta_training_lowers_meta_loss_on_a_fixed_task() -> None:
     assert after < before - 0.01, (before, after)
 
 
+def test_loss_from_scores_only_the_end_of_the_run() -> None:
+    """With loss_from, the meta-loss is the validation objective over the run's tail only, and still reaches the policy."""
+    spec = teacher_spec("sgd", 0.2, 40)
+    pol = lively_policy(std=0.05)
+    whole = truncation(start(materialise(spec), 64), pol, RuleConfig(), 40, 5)
+    tail = truncation(start(materialise(spec), 64), pol, RuleConfig(), 40, 5, loss_from=0.8)
+    assert whole.weight == trajectory_weight(40, 5, 1.0) == 8.0
+    assert tail.weight == trajectory_weight(40, 5, 1.0, loss_from=0.8) == 2.0  # steps 35 and 40
+    tail.loss.backward()
+    assert all(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in pol.parameters())
+    assert float(tail.loss.detach()) != float(whole.loss.detach()) / 4  # not the whole run's terms, rescaled
+
+
+def test_full_unroll_config_draws_whole_runs_and_task_clip_bounds_each_task() -> None:
+    cfg = tiny_cfg(truncation=60, steps_range=[20, 60], val_every=5, meta_batch=2, loss_from=0.5)
+    assert cfg.full_unroll and cfg.step_multiple == 5
+    with pytest.raises(ValueError, match="unrolled whole"):
+        tiny_cfg(truncation=30, steps_range=[20, 60])
+    with pytest.raises(ValueError, match="loss_from"):
+        tiny_cfg(loss_from=1.0)
+    with pytest.raises(ValueError, match="task_grad_clip"):
+        tiny_cfg(task_grad_clip=-1.0)
+    norms = []
+    for clip in (0.0, 1e-6):
+        torch.manual_seed(0)
+        pol = lively_policy(std=0.05)
+        out = meta_step(pol, torch.optim.SGD(pol.parameters(), lr=0.0), tiny_cfg(**{**cfg.__dict__, "task_grad_clip": clip}), step=0)
+        assert out["inner_steps"] >= 40  # two whole runs of >= 20 steps
+        norms.append(out["grad_norm"])
+    assert norms[0] > 1e-4 and norms[1] <= 2e-6 * (1 + 1e-5), norms  # each of the 2 tasks clipped to 1e-6
+
+
 def test_warm_start_is_validated_first_and_kept_unless_beaten(tmp_path: Path) -> None:
     """init_from: training starts from the file's weights; that policy is the step-0 candidate of the selection."""
     from metalr.meta.trainer import BEST_POLICY, train

@@ -4,8 +4,12 @@ One meta-step: every process draws its share of the meta-batch (task i of step s
 is seeded by (seed, s, i), so the draw does not depend on the process count),
 trains each task for its full trajectory as a chain of K-step truncations
 (`metalr.meta.unroll`), and backpropagates each truncation's validation-loss
-terms into the policy as it goes. Two things fight short-horizon bias (Wu et al.
-2018; Metz et al. 2019):
+terms into the policy as it goes. With `truncation` at least the longest run
+(`full_unroll`), every run is one truncation and the meta-gradient is the exact
+derivative of the run's meta-loss; with `loss_from` that meta-loss is only the
+end of the run (e.g. the last 20%), so an early decision is judged by where
+training ends, not by the next few dozen steps (the shipped stage 4). Truncated
+chains fight short-horizon bias (Wu et al. 2018; Metz et al. 2019) with:
 - the meta-loss of a task covers its whole trajectory: the validation soft error
   (1 - mean probability of the true class, a differentiable stand-in for the error
   rate) relative to its value at init, every `val_every` steps, weighted from 1 at
@@ -69,11 +73,13 @@ class MetaTrainConfig:
     meta_batch: int = 8  # tasks per meta-update (split across processes)
     meta_lr: float = 1e-3  # Adam on the policy
     grad_clip: float = 1.0  # meta-gradient norm clip
+    task_grad_clip: float = 0.0  # clip each task's meta-gradient to this norm before the batch sum (0: off), so one chaotic unroll cannot steer the step
     truncation: int = 20  # K inner steps per differentiable truncation
     val_every: int = 5  # a meta-loss term every this many inner steps
     val_batch: int = 256
     objective: str = "soft_error"  # validation quantity of the meta-loss: soft_error | log_val_loss (metalr.meta.unroll.val_objective)
     end_weight: float = 4.0  # weight of the last meta-loss term relative to the first (linear in between)
+    loss_from: float = 0.0  # meta-loss terms only from this fraction of each run on (0: the whole trajectory)
     credit: bool = True  # carry d(log LR)/d(policy) across truncations
     init_from: str = ""  # warm start: a policy file (same model_args); it is validated at meta-step 0 as a candidate
     data_families: list[str] = field(default_factory=lambda: list(DATA_FAMILIES))
@@ -101,8 +107,12 @@ class MetaTrainConfig:
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
         if self.validate_every < 0 or self.validation_tasks < 0 or self.curriculum_meta_steps < 0 or self.validation_max_steps < 1:
             raise ValueError("validate_every, validation_tasks and curriculum_meta_steps must be >= 0, validation_max_steps >= 1")
+        if self.task_grad_clip < 0:
+            raise ValueError(f"task_grad_clip must be >= 0, got {self.task_grad_clip}")
         if not (self.meta_lr > 0 and self.grad_clip > 0 and self.max_log_step > 0 and self.end_weight > 0 and self.lr_decades >= 0):
             raise ValueError("meta_lr, grad_clip, max_log_step and end_weight must be > 0, lr_decades >= 0")
+        if not 0.0 <= self.loss_from < 1.0:
+            raise ValueError(f"loss_from must be in [0, 1), got {self.loss_from}")
         self.rule_config()  # validates the rule's fields
         if self.objective not in ("soft_error", "log_val_loss"):
             raise ValueError(f"unknown objective {self.objective!r}; valid: soft_error, log_val_loss")
@@ -118,8 +128,21 @@ class MetaTrainConfig:
         if bad_opt or not self.optimizers:
             raise ValueError(f"unknown optimizer(s) {bad_opt or '(none given)'}; valid: {', '.join(OPTIMIZERS)} (higher 0.2.1 has no AdamW)")
         lo, hi = (self.steps_range + [0, 0])[:2]
-        if len(self.steps_range) != 2 or not self.truncation <= lo <= hi:
-            raise ValueError(f"steps_range must be [lo, hi] with truncation ({self.truncation}) <= lo <= hi, got {self.steps_range}")
+        if len(self.steps_range) != 2 or not 0 < lo <= hi or not (self.truncation <= lo or self.truncation >= hi):
+            raise ValueError(
+                f"steps_range must be [lo, hi] with truncation ({self.truncation}) <= lo <= hi (chains of truncations), "
+                f"or lo <= hi <= truncation (every run unrolled whole), got {self.steps_range}"
+            )
+
+    @property
+    def full_unroll(self) -> bool:
+        """Every run is one truncation: the meta-gradient is exact for the whole run (no truncation bias)."""
+        return self.truncation >= self.steps_range[1]
+
+    @property
+    def step_multiple(self) -> int:
+        """Run lengths are drawn as multiples of this: the truncation, or `val_every` when runs are unrolled whole."""
+        return self.val_every if self.full_unroll else self.truncation
 
     def rule_config(self) -> RuleConfig:
         try:
@@ -137,12 +160,12 @@ class MetaTrainConfig:
 
 
 # ------------------------------------------------------------------ one meta-step
-def trajectory_weight(steps: int, val_every: int, end_weight: float) -> float:
+def trajectory_weight(steps: int, val_every: int, end_weight: float, loss_from: float = 0.0) -> float:
     """Sum of the meta-loss weights of a full `steps`-long trajectory (the per-task normaliser)."""
     from metalr.meta.unroll import meta_weight
 
     points = [t for t in range(1, steps + 1) if t % val_every == 0 or t == steps]
-    return sum(meta_weight(t / steps, end_weight) for t in points)
+    return sum(meta_weight(t / steps, end_weight, loss_from) for t in points)
 
 
 def run_trajectory(traj: Any, policy: MetaPolicy, rule: RuleConfig, cfg: MetaTrainConfig, norm: float) -> tuple[float, list[torch.Tensor]]:
@@ -162,7 +185,7 @@ def run_trajectory(traj: Any, policy: MetaPolicy, rule: RuleConfig, cfg: MetaTra
     credit = [torch.zeros_like(p) for p in params]  # d(log_rel at truncation start)/d(policy)
     task_loss = 0.0
     while not traj.done:
-        res = truncation(traj, policy, rule, cfg.truncation, cfg.val_every, cfg.end_weight)
+        res = truncation(traj, policy, rule, cfg.truncation, cfg.val_every, cfg.end_weight, loss_from=cfg.loss_from)
         task_loss += float(res.loss.detach())
         wrt = [*params, res.log_rel_start]
         g_end: tuple[torch.Tensor | None, ...] = ()
@@ -235,7 +258,7 @@ def meta_step(policy: MetaPolicy, meta_opt: torch.optim.Optimizer, cfg: MetaTrai
             tuple(cfg.optimizers),
             cfg.lr_decades,
             (cfg.steps_range[0], cfg.max_steps_at(step)),
-            cfg.truncation,
+            cfg.step_multiple,
         )  # fmt: skip
         for index in range(cfg.meta_batch)
     ]
@@ -248,9 +271,12 @@ def meta_step(policy: MetaPolicy, meta_opt: torch.optim.Optimizer, cfg: MetaTrai
         for p in params:
             p.grad = torch.zeros_like(p)
         traj = start(materialise(spec), cfg.val_batch, cfg.objective)
-        norm = trajectory_weight(spec.steps, cfg.val_every, cfg.end_weight) * cfg.meta_batch
+        norm = trajectory_weight(spec.steps, cfg.val_every, cfg.end_weight, cfg.loss_from) * cfg.meta_batch
         task_loss, _ = run_trajectory(traj, policy, rule, cfg, norm)
         grads[index] = torch.cat([p.grad.reshape(-1) for p in params])  # type: ignore[union-attr]
+        row_norm = float(grads[index].norm())
+        if cfg.task_grad_clip and row_norm > cfg.task_grad_clip:
+            grads[index] *= cfg.task_grad_clip / row_norm
         stats[index] = torch.tensor([task_loss * cfg.meta_batch / norm, float(traj.diverged), float(traj.rule.guard_fired), float(traj.step)])
         if index == 0:
             lrs0[0] = len(traj.lrs)

@@ -90,8 +90,11 @@ def start(task: InnerTask, val_batch: int, objective: str = "soft_error") -> Tra
     return Trajectory(task, task.make_optimizer(), batch_stream(task), val_idx, max(val0, 1e-8), objective)
 
 
-def meta_weight(progress: float, end_weight: float) -> float:
-    """Weight of a validation-loss term taken at `progress`: 1 at the start rising linearly to `end_weight` at the end."""
+def meta_weight(progress: float, end_weight: float, loss_from: float = 0.0) -> float:
+    """Weight of a validation-loss term taken at `progress`: 1 at the start rising linearly to `end_weight` at the end;
+    0 before `loss_from` (a fraction of the run: only the end of training counts)."""
+    if progress < loss_from:
+        return 0.0
     return 1.0 + (end_weight - 1.0) * progress
 
 
@@ -111,8 +114,9 @@ def truncation(
     val_every: int,
     end_weight: float = 1.0,
     track_higher_grads: bool = True,
+    loss_from: float = 0.0,
 ) -> TruncationResult:
-    """Run up to `k` inner steps under the rule; a meta-loss term every `val_every` steps.
+    """Run up to `k` inner steps under the rule; a meta-loss term every `val_every` steps (from `loss_from` of the run on).
 
     The term is val/val0 (soft error) or log(val/val0) (cross-entropy), see `val_objective`.
 
@@ -149,12 +153,12 @@ def truncation(
             diffopt.step(loss, override={"lr": [lr]}, grad_callback=observe)
             traj.step += 1
             log_rel = lr_rule(policy, cfg, traj.rule, log_rel, loss_value, seen.get("norm"), seen.get("align"), traj.step, traj.total, size)
-            if traj.step % val_every == 0 or traj.step == traj.total:
+            if (traj.step % val_every == 0 or traj.step == traj.total) and meta_weight(traj.step / traj.total, end_weight, loss_from) > 0:
                 fmodel.eval()
                 val = val_objective(fmodel(task.x_val[traj.val_idx]), task.y_val[traj.val_idx], traj.objective)
                 fmodel.train()
                 if math.isfinite(float(val.detach())):
-                    w = meta_weight(traj.step / traj.total, end_weight)
+                    w = meta_weight(traj.step / traj.total, end_weight, loss_from)
                     ratio = val.clamp_min(1e-8) / traj.val0
                     terms.append(w * (ratio if traj.objective == "soft_error" else torch.log(ratio)))
                     weight += w
