@@ -271,6 +271,21 @@ def test_warm_start_is_validated_first_and_kept_unless_beaten(tmp_path: Path) ->
 
 
 # ----------------------------------------------------------------- task distribution
+def test_teacher_large_is_opt_in_and_trains() -> None:
+    """The opt-in family changes no default draw (stage configs and validation stay reproducible) and makes harder tasks."""
+    assert all(sample_spec(s).data != "teacher_large" for s in range(300))
+    assert validation_specs(8, n_large=2)[:24] == validation_specs(8)[:24] and len(validation_specs(8, n_large=2)) == 36
+    spec = sample_spec(7, ("teacher_large",), steps_range=(100, 100))
+    assert spec.data == "teacher_large" and 5000 <= spec.params["n"] <= 20000 and 5 <= spec.params["classes"] <= 20
+    task = materialise(replace(spec, steps=5))
+    assert len(task.y_train) + len(task.y_val) == spec.params["n"]
+    r = run_spec(replace(spec, steps=20), None)
+    assert not r["diverged"] and 0.0 <= r["val_accuracy"] <= 1.0
+    with pytest.raises(ValueError, match="teacher_large"):
+        tiny_cfg(data_families=["nope"])
+    assert tiny_cfg(data_families=["blobs", "teacher_large"], validation_large=1).validation_large == 1
+
+
 def test_task_distribution_covers_families_optimizers_and_three_decades() -> None:
     specs = [sample_spec(s) for s in range(400)]
     assert {s.model for s in specs} >= {"mlp", "cnn1d", "cnn2d", "gru", "lstm", "attention", "bag"}

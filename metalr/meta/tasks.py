@@ -38,6 +38,10 @@ import torch.nn.functional as F
 from torch import nn
 
 DATA_FAMILIES = ("teacher", "blobs", "signal", "tokens", "digits", "iris")
+#: Opt-in families (a config must name them; the defaults above, and every draw made from them, are unchanged):
+#: `teacher_large`: 5k-20k examples, 5-20 classes, a deeper noisy teacher: tasks still learning when the run ends.
+EXTRA_FAMILIES = ("teacher_large",)
+ALL_FAMILIES = DATA_FAMILIES + EXTRA_FAMILIES
 #: Real sets used only to select checkpoints (neither meta-training nor evaluation).
 VALIDATION_REAL = ("wine", "breast_cancer")
 OPTIMIZERS = ("sgd", "sgdm", "adam")
@@ -122,6 +126,7 @@ _FAMILIES: dict[str, tuple[float, tuple[str, ...]]] = {
     "tokens": (0.18, ("gru", "lstm", "attention", "bag")),
     "digits": (0.17, ("mlp", "cnn2d")),
     "iris": (0.08, ("mlp",)),
+    "teacher_large": (0.25, ("mlp",)),
 }
 
 
@@ -137,7 +142,7 @@ def sample_spec(
     d = _Draw(seed)
     fams = [f for f in _FAMILIES if f in data_families]
     if not fams:
-        raise ValueError(f"no known data family in {data_families}; valid: {', '.join(DATA_FAMILIES)}")
+        raise ValueError(f"no known data family in {data_families}; valid: {', '.join(ALL_FAMILIES)}")
     w = np.array([_FAMILIES[f][0] for f in fams])
     data = d.pick(fams, w / w.sum())
     model = d.pick(_FAMILIES[data][1])
@@ -152,6 +157,8 @@ def sample_spec(
     params: dict[str, Any] = {}
     if data == "teacher":
         params.update(dim=d.int(8, 64), classes=d.int(2, 10), n=d.int(600, 4000), noise=float(d.rng.uniform(0, 0.2)), depth=d.int(1, 3))
+    elif data == "teacher_large":
+        params.update(dim=d.int(16, 96), classes=d.int(5, 20), n=d.int(5000, 20000), noise=float(d.rng.uniform(0, 0.3)), depth=d.int(2, 3))
     elif data == "blobs":
         params.update(dim=d.int(5, 40), classes=d.int(2, 8), n=d.int(600, 3000), spread=float(d.rng.uniform(0.5, 2.0)))
     elif data == "signal":
@@ -210,7 +217,7 @@ def make_data(spec: TaskSpec) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
             x = x.reshape(-1, 1, 8, 8)
         return x[n_val:], y[n_val:], x[:n_val], y[:n_val], int(y.max()) + 1
     n, k = int(p["n"]), int(p["classes"])
-    if spec.data == "teacher":
+    if spec.data in ("teacher", "teacher_large"):
         x = torch.randn(n, p["dim"], generator=g)
         y = _noisy(_teacher_labels(x, k, p["depth"], g), k, p["noise"], g)
     elif spec.data == "blobs":
@@ -235,7 +242,7 @@ def make_data(spec: TaskSpec) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
             h = torch.tanh(h @ wh + emb[x[:, i]])
         y = (h @ torch.randn(16, k, generator=g)).argmax(1)
     else:
-        raise ValueError(f"unknown data family {spec.data!r}; valid: {', '.join(DATA_FAMILIES + VALIDATION_REAL)}")
+        raise ValueError(f"unknown data family {spec.data!r}; valid: {', '.join(ALL_FAMILIES + VALIDATION_REAL)}")
     n_val = max(100, n // 5)
     return x[n_val:], y[n_val:], x[:n_val], y[:n_val], k
 
@@ -357,12 +364,14 @@ def batch_stream(task: InnerTask) -> torch.Tensor:
     return torch.stack(rows[: task.spec.steps])
 
 
-def validation_specs(n_generated: int = 8, lr_factors: tuple[float, ...] = (0.1, 1.0, 10.0), seed: int = 987_654_321) -> list[TaskSpec]:
+def validation_specs(n_generated: int = 8, lr_factors: tuple[float, ...] = (0.1, 1.0, 10.0), seed: int = 987_654_321, n_large: int = 0) -> list[TaskSpec]:
     """Fixed checkpoint-selection tasks: generated ones from their own seed stream, plus wine and breast cancer.
 
     Each base task is run at its drawn LR times every factor in `lr_factors` (selection rewards robustness to the base LR).
+    `n_large` adds that many `teacher_large` tasks (600-1000 steps, their own seed stream) after the others.
     """
     bases = [sample_spec(seed + i, steps_range=(200, 1000)) for i in range(n_generated)]
+    bases += [sample_spec(seed + 500 + i, ("teacher_large",), steps_range=(600, 1000)) for i in range(n_large)]
     for j, name in enumerate(VALIDATION_REAL):
         bases.append(TaskSpec(data=name, model="mlp", optimizer=("sgdm", "adam")[j % 2], lr=USUAL_LR[("sgdm", "adam")[j % 2]], weight_decay=0.0,
                               batch_size=32, steps=300, seed=seed + 100 + j, params=dict(width=64, layers=1, act="relu", norm="none")))  # fmt: skip

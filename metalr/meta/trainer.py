@@ -53,7 +53,7 @@ import torch.distributed as dist
 from metalr.meta.checkpoint import save_policy
 from metalr.meta.policy import MetaPolicy
 from metalr.meta.rule import RuleConfig
-from metalr.meta.tasks import DATA_FAMILIES, OPTIMIZERS, TaskSpec, materialise, sample_spec, task_seed
+from metalr.meta.tasks import ALL_FAMILIES, DATA_FAMILIES, OPTIMIZERS, TaskSpec, materialise, sample_spec, task_seed
 from metalr.testing import pause_point
 
 log = logging.getLogger(__name__)
@@ -92,6 +92,7 @@ class MetaTrainConfig:
     rule: dict[str, Any] = field(default_factory=dict)  # RuleConfig fields (bounds, horizon, guard); defaults if empty
     validate_every: int = 25  # meta-steps between validation runs (0: never; the last policy is exported)
     validation_tasks: int = 8  # generated validation tasks (plus wine and breast cancer), each at x0.1, x1, x10
+    validation_large: int = 0  # more validation tasks from the opt-in teacher_large family (tasks still learning at the end)
     validation_max_steps: int = 1000  # cap on a validation run's length
     out_dir: str = "runs/meta"
     export_path: str = ""  # also write the selected frozen policy here (e.g. checkpoints/metalr_default.safetensors)
@@ -105,7 +106,7 @@ class MetaTrainConfig:
         for key in ("meta_steps", "meta_batch", "truncation", "val_every", "val_batch", "checkpoint_every", "log_every", "trajectory_every", "num_threads"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
-        if self.validate_every < 0 or self.validation_tasks < 0 or self.curriculum_meta_steps < 0 or self.validation_max_steps < 1:
+        if self.validate_every < 0 or self.validation_tasks < 0 or self.validation_large < 0 or self.curriculum_meta_steps < 0 or self.validation_max_steps < 1:
             raise ValueError("validate_every, validation_tasks and curriculum_meta_steps must be >= 0, validation_max_steps >= 1")
         if self.task_grad_clip < 0:
             raise ValueError(f"task_grad_clip must be >= 0, got {self.task_grad_clip}")
@@ -118,9 +119,9 @@ class MetaTrainConfig:
             raise ValueError(f"unknown objective {self.objective!r}; valid: soft_error, log_val_loss")
         if self.truncation % self.val_every:
             raise ValueError(f"truncation ({self.truncation}) must be a multiple of val_every ({self.val_every})")
-        unknown = sorted(set(self.data_families) - set(DATA_FAMILIES))
+        unknown = sorted(set(self.data_families) - set(ALL_FAMILIES))
         if unknown or not self.data_families:
-            raise ValueError(f"unknown meta-training task(s) {unknown or '(none given)'}; valid: {', '.join(DATA_FAMILIES)}")
+            raise ValueError(f"unknown meta-training task(s) {unknown or '(none given)'}; valid: {', '.join(ALL_FAMILIES)}")
         leaked = sorted(t for t in self.held_out if t in self.data_families or TASK_DATA.get(t) in self.data_families)
         if leaked:
             raise ValueError(f"task(s) {leaked} are both meta-trained on and held out (their data is a meta-training family)")
@@ -316,7 +317,7 @@ def validation_score(policy: MetaPolicy, cfg: MetaTrainConfig) -> dict[str, floa
     frozen_policy.eval()
     frozen = FrozenPolicy(frozen_policy, {}, "", cfg.rule_config())
     accs, div = [], 0
-    for spec in validation_specs(cfg.validation_tasks):
+    for spec in validation_specs(cfg.validation_tasks, n_large=cfg.validation_large):
         spec = replace(spec, steps=min(spec.steps, cfg.validation_max_steps))
         r = run_spec(spec, lambda opt, total: MetaController(opt, checkpoint=frozen, total_steps=total))
         accs.append(r["val_accuracy"])
