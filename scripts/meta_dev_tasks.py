@@ -8,7 +8,8 @@ validation nor evaluation tasks, at base LR x0.1, x1 and x10 of the optimizer's 
 format) under its rule with update_ceiling C and ceiling_pull P (written to runs/meta_dev/).
 
 Each base task (20 generated from seed stream 555000 with the optimizer's usual LR, plus wine and
-breast cancer at the validation settings; with `--long N` also N longer runs, 800-2000 steps, from
+breast cancer at the validation settings; with `--long N` also N longer runs, 800-2000 steps drawn
+(600 at most for the recurrent, attention and 2-D conv models, as in meta-training), from
 seed stream 556000; `--generated 0 --long N` runs those alone) is also trained with constant LR and with cosine over
 the 5-point grid x0.1 .. x10; "tuned" is the best cosine. Per checkpoint it prints the regret
 (final validation accuracy minus tuned) per task and multiplier, and the mean and worst regret.
@@ -25,6 +26,7 @@ import math
 import os
 import sys
 import time
+from dataclasses import replace
 from multiprocessing import Pool
 from pathlib import Path
 
@@ -40,18 +42,18 @@ from metalr.meta.validate import run_spec  # noqa: E402
 
 GRID = (0.1, 0.316228, 1.0, 3.16228, 10.0)
 DEV_SEED = 555_000
-LONG_SEED = 556_000  # the longer set (--long): 800-2000 steps, where an LR decayed too early shows
+LONG_SEED = 556_000  # the longer set (--long): 800-2000 steps drawn, where an LR decayed too early shows
 
 
 def dev_bases(n_generated: int = 20, n_long: int = 0) -> list[TaskSpec]:
     out = [sample_spec(DEV_SEED + i, steps_range=(200, 1000)) for i in range(n_generated)]
     out += [sample_spec(LONG_SEED + i, steps_range=(800, 2000)) for i in range(n_long)]
-    out = [TaskSpec(**{**s.to_dict(), "lr": USUAL_LR[s.optimizer]}) for s in out]
+    out = [replace(s, lr=USUAL_LR[s.optimizer]) for s in out]
     return out + (validation_specs(0, lr_factors=(1.0,)) if n_generated else [])
 
 
 def _at(spec: TaskSpec, f: float) -> TaskSpec:
-    return TaskSpec(**{**spec.to_dict(), "lr": spec.lr * f})
+    return replace(spec, lr=spec.lr * f)
 
 
 def _job(args: tuple[str, str, TaskSpec]) -> tuple[str, TaskSpec, float]:
@@ -70,8 +72,6 @@ def _with_rule(arg: str, out_dir: Path) -> str:
     """`path` as is, or for `path:C,P` a copy of its (widened) policy with update_ceiling C and ceiling_pull P."""
     if ":" not in arg:
         return arg
-    from dataclasses import replace
-
     from metalr.meta.checkpoint import read_policy, save_policy
 
     path, spec = arg.rsplit(":", 1)

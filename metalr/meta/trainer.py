@@ -8,7 +8,8 @@ terms into the policy as it goes. With `truncation` at least the longest run
 (`full_unroll`), every run is one truncation and the meta-gradient is the exact
 derivative of the run's meta-loss; with `loss_from` that meta-loss is only the
 end of the run (e.g. the last 20%), so an early decision is judged by where
-training ends, not by the next few dozen steps (the shipped stage 4). Truncated
+training ends, not by the next few dozen steps (tried in configs/meta_train_full_unroll.yaml, not
+shipped: docs/meta_training/README.md). Truncated
 chains fight short-horizon bias (Wu et al. 2018; Metz et al. 2019) with:
 - the meta-loss of a task covers its whole trajectory: the validation soft error
   (1 - mean probability of the true class, a differentiable stand-in for the error
@@ -107,7 +108,7 @@ class MetaTrainConfig:
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
         if self.validate_every < 0 or self.validation_tasks < 0 or self.validation_large < 0 or self.curriculum_meta_steps < 0 or self.validation_max_steps < 1:
-            raise ValueError("validate_every, validation_tasks and curriculum_meta_steps must be >= 0, validation_max_steps >= 1")
+            raise ValueError("validate_every, validation_tasks, validation_large and curriculum_meta_steps must be >= 0, validation_max_steps >= 1")
         if self.task_grad_clip < 0:
             raise ValueError(f"task_grad_clip must be >= 0, got {self.task_grad_clip}")
         if not (self.meta_lr > 0 and self.grad_clip > 0 and self.max_log_step > 0 and self.end_weight > 0 and self.lr_decades >= 0):
@@ -275,9 +276,10 @@ def meta_step(policy: MetaPolicy, meta_opt: torch.optim.Optimizer, cfg: MetaTrai
         norm = trajectory_weight(spec.steps, cfg.val_every, cfg.end_weight, cfg.loss_from) * cfg.meta_batch
         task_loss, _ = run_trajectory(traj, policy, rule, cfg, norm)
         grads[index] = torch.cat([p.grad.reshape(-1) for p in params])  # type: ignore[union-attr]
-        row_norm = float(grads[index].norm())
-        if cfg.task_grad_clip and row_norm > cfg.task_grad_clip:
-            grads[index] *= cfg.task_grad_clip / row_norm
+        if cfg.task_grad_clip:
+            row_norm = float(grads[index].norm())
+            if row_norm > cfg.task_grad_clip:
+                grads[index] *= cfg.task_grad_clip / row_norm
         stats[index] = torch.tensor([task_loss * cfg.meta_batch / norm, float(traj.diverged), float(traj.rule.guard_fired), float(traj.step)])
         if index == 0:
             lrs0[0] = len(traj.lrs)

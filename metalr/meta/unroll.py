@@ -153,12 +153,12 @@ def truncation(
             diffopt.step(loss, override={"lr": [lr]}, grad_callback=observe)
             traj.step += 1
             log_rel = lr_rule(policy, cfg, traj.rule, log_rel, loss_value, seen.get("norm"), seen.get("align"), traj.step, traj.total, size)
-            if (traj.step % val_every == 0 or traj.step == traj.total) and meta_weight(traj.step / traj.total, end_weight, loss_from) > 0:
+            w = meta_weight(traj.step / traj.total, end_weight, loss_from) if traj.step % val_every == 0 or traj.step == traj.total else 0.0
+            if w > 0:
                 fmodel.eval()
                 val = val_objective(fmodel(task.x_val[traj.val_idx]), task.y_val[traj.val_idx], traj.objective)
                 fmodel.train()
                 if math.isfinite(float(val.detach())):
-                    w = meta_weight(traj.step / traj.total, end_weight, loss_from)
                     ratio = val.clamp_min(1e-8) / traj.val0
                     terms.append(w * (ratio if traj.objective == "soft_error" else torch.log(ratio)))
                     weight += w
