@@ -187,7 +187,7 @@ def test_credit_carried_across_truncations_equals_one_long_truncation() -> None:
     long = truncation(start(materialise(spec), 64), pol, RuleConfig(), 40, 10)
     expected = torch.autograd.grad(long.log_rel_end, params, allow_unused=True)
     traj = start(materialise(spec), 64)
-    _, credit = run_trajectory(traj, pol, RuleConfig(), tiny_cfg(truncation=10, val_every=5, credit=True), norm=1.0)
+    _, credit, _ = run_trajectory(traj, pol, RuleConfig(), tiny_cfg(truncation=10, val_every=5, credit=True), norm=1.0)
     assert traj.step == 40
     for e, c in zip(expected, credit):
         torch.testing.assert_close(c, e if e is not None else torch.zeros_like(c), rtol=1e-4, atol=1e-7)

@@ -40,6 +40,7 @@ between meta-steps lets `--resume` reproduce an uninterrupted run exactly.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -48,6 +49,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -82,6 +84,9 @@ class MetaTrainConfig:
     end_weight: float = 4.0  # weight of the last meta-loss term relative to the first (linear in between)
     loss_from: float = 0.0  # meta-loss terms only from this fraction of each run on (0: the whole trajectory)
     credit: bool = True  # carry d(log LR)/d(policy) across truncations
+    lr_labels: str = ""  # LR-label file (scripts/meta_label_tasks.py): tasks are drawn from it, each at a random base LR
+    label_weight: float = 0.0  # weight of the band penalty (metalr.meta.labels.band_penalty), per step, relative to the val-loss meta-loss
+    label_window: list[float] = field(default_factory=lambda: [0.1, 0.9])  # progress range over which the band penalty counts
     init_from: str = ""  # warm start: a policy file (same model_args); it is validated at meta-step 0 as a candidate
     data_families: list[str] = field(default_factory=lambda: list(DATA_FAMILIES))
     optimizers: list[str] = field(default_factory=lambda: list(OPTIMIZERS))
@@ -115,6 +120,15 @@ class MetaTrainConfig:
             raise ValueError("meta_lr, grad_clip, max_log_step and end_weight must be > 0, lr_decades >= 0")
         if not 0.0 <= self.loss_from < 1.0:
             raise ValueError(f"loss_from must be in [0, 1), got {self.loss_from}")
+        if self.label_weight < 0 or (self.label_weight > 0 and not self.lr_labels):
+            raise ValueError(f"label_weight must be >= 0, and > 0 only with an lr_labels file, got {self.label_weight} with lr_labels={self.lr_labels!r}")
+        if len(self.label_window) != 2 or not 0.0 <= self.label_window[0] <= self.label_window[1] <= 1.0:
+            raise ValueError(f"label_window must be [from, to] with 0 <= from <= to <= 1, got {self.label_window}")
+        if self.lr_labels:  # refuses a missing or malformed file now, not at the first meta-step
+            label_data = {e["spec"]["data"] for e in _labels(self.lr_labels)}
+            leaked_labels = sorted(t for t in self.held_out if t in label_data or TASK_DATA.get(t) in label_data)
+            if leaked_labels:
+                raise ValueError(f"task(s) {leaked_labels} are held out but {self.lr_labels} has tasks on their data")
         self.rule_config()  # validates the rule's fields
         if self.objective not in ("soft_error", "log_val_loss"):
             raise ValueError(f"unknown objective {self.objective!r}; valid: soft_error, log_val_loss")
@@ -162,6 +176,46 @@ class MetaTrainConfig:
 
 
 # ------------------------------------------------------------------ one meta-step
+@functools.cache
+def _labels(path: str) -> tuple[dict[str, Any], ...]:
+    from metalr.meta.labels import read_labels
+
+    entries = read_labels(path)
+    if not entries:
+        raise ValueError(f"{path}: no labelled tasks")
+    return tuple(entries)
+
+
+def draw_task(cfg: MetaTrainConfig, step: int, index: int) -> tuple[TaskSpec, tuple[float, float] | None]:
+    """Task `index` of meta-step `step` and its LR band (None without `lr_labels`).
+
+    With `lr_labels`, a labelled task is picked and given a base LR of usual * 10**U(-lr_decades, lr_decades),
+    both drawn from the task's seed, so the draw does not depend on the process count either.
+    """
+    seed = task_seed(cfg.seed, step, index)
+    if cfg.lr_labels:
+        from metalr.meta.labels import labelled_spec
+
+        entries = _labels(cfg.lr_labels)
+        rng = np.random.default_rng(seed)
+        entry = entries[int(rng.integers(len(entries)))]
+        return labelled_spec(entry, float(rng.uniform(-cfg.lr_decades, cfg.lr_decades)))
+    spec = sample_spec(seed, tuple(cfg.data_families), tuple(cfg.optimizers), cfg.lr_decades, (cfg.steps_range[0], cfg.max_steps_at(step)), cfg.step_multiple)
+    return spec, None
+
+
+def labels_digest(cfg: MetaTrainConfig) -> str:
+    """sha256 of the `lr_labels` file ("" without one): a resumed run must draw from the same labels."""
+    import hashlib
+
+    return hashlib.sha256(Path(cfg.lr_labels).read_bytes()).hexdigest() if cfg.lr_labels else ""
+
+
+def band_steps(steps: int, window: list[float] | tuple[float, float]) -> int:
+    """How many of a `steps`-long run's steps have their progress in `window` (the band penalty's normaliser)."""
+    return sum(1 for t in range(1, steps + 1) if window[0] <= t / steps <= window[1])
+
+
 def trajectory_weight(steps: int, val_every: int, end_weight: float, loss_from: float = 0.0) -> float:
     """Sum of the meta-loss weights of a full `steps`-long trajectory (the per-task normaliser)."""
     from metalr.meta.unroll import meta_weight
@@ -170,10 +224,14 @@ def trajectory_weight(steps: int, val_every: int, end_weight: float, loss_from: 
     return sum(meta_weight(t / steps, end_weight, loss_from) for t in points)
 
 
-def run_trajectory(traj: Any, policy: MetaPolicy, rule: RuleConfig, cfg: MetaTrainConfig, norm: float) -> tuple[float, list[torch.Tensor]]:
+def run_trajectory(
+    traj: Any, policy: MetaPolicy, rule: RuleConfig, cfg: MetaTrainConfig, norm: float, band: tuple[float, float] | None = None, band_norm: float = 1.0
+) -> tuple[float, list[torch.Tensor], float]:
     """Train one task to the end as a chain of truncations, adding d(meta-loss / norm)/d(policy) into `.grad`.
 
-    Returns (sum of the trajectory's weighted meta-loss terms, final credit d(log LR)/d(policy)).
+    With a `band` (the task's LR label), the meta-loss also has `cfg.label_weight` times the band penalty
+    (`metalr.meta.labels.band_penalty`) summed over the run's steps in `cfg.label_window`, over `band_norm`.
+    Returns (sum of the trajectory's weighted meta-loss terms, final credit d(log LR)/d(policy), sum of band penalties).
     With `cfg.credit`, each truncation's loss is also credited, through the LR state it started
     from, to every earlier policy output (exact for that state: the carried derivative equals
     what one long truncation would give; `tests/test_meta.py` checks it).
@@ -185,18 +243,23 @@ def run_trajectory(traj: Any, policy: MetaPolicy, rule: RuleConfig, cfg: MetaTra
         if p.grad is None:
             p.grad = torch.zeros_like(p)
     credit = [torch.zeros_like(p) for p in params]  # d(log_rel at truncation start)/d(policy)
-    task_loss = 0.0
+    task_loss = band_loss = 0.0
+    window = (cfg.label_window[0], cfg.label_window[1])
     while not traj.done:
-        res = truncation(traj, policy, rule, cfg.truncation, cfg.val_every, cfg.end_weight, loss_from=cfg.loss_from)
+        res = truncation(traj, policy, rule, cfg.truncation, cfg.val_every, cfg.end_weight, loss_from=cfg.loss_from, band=band, band_window=window)
         task_loss += float(res.loss.detach())
+        band_loss += float(res.band_loss.detach())
+        objective = res.loss / norm
+        if band is not None and cfg.label_weight and res.band_terms:
+            objective = objective + (cfg.label_weight / band_norm) * res.band_loss
         wrt = [*params, res.log_rel_start]
         g_end: tuple[torch.Tensor | None, ...] = ()
         d_end = 0.0
         if cfg.credit and res.log_rel_end.requires_grad:
             g_end = torch.autograd.grad(res.log_rel_end, wrt, allow_unused=True, retain_graph=True)
             d_end = float(g_end[-1]) if g_end[-1] is not None else 0.0
-        if res.loss.requires_grad:
-            g_loss = torch.autograd.grad(res.loss / norm, wrt, allow_unused=True)
+        if objective.requires_grad:
+            g_loss = torch.autograd.grad(objective, wrt, allow_unused=True)
             d_start = float(g_loss[-1]) if g_loss[-1] is not None else 0.0
             for p, g, c in zip(params, g_loss[:-1], credit):
                 if g is not None:
@@ -205,7 +268,7 @@ def run_trajectory(traj: Any, policy: MetaPolicy, rule: RuleConfig, cfg: MetaTra
                     p.grad.add_(c, alpha=d_start)  # type: ignore[union-attr]
         if g_end:
             credit = [c * d_end + (g if g is not None else torch.zeros_like(c)) for c, g in zip(credit, g_end[:-1])]
-    return task_loss, credit
+    return task_loss, credit, band_loss
 
 
 def task_cost(spec: TaskSpec) -> float:
@@ -253,20 +316,11 @@ def meta_step(policy: MetaPolicy, meta_opt: torch.optim.Optimizer, cfg: MetaTrai
     rule = cfg.rule_config()
     params = list(policy.parameters())
     n = sum(p.numel() for p in params)
-    specs = [
-        sample_spec(
-            task_seed(cfg.seed, step, index),
-            tuple(cfg.data_families),
-            tuple(cfg.optimizers),
-            cfg.lr_decades,
-            (cfg.steps_range[0], cfg.max_steps_at(step)),
-            cfg.step_multiple,
-        )  # fmt: skip
-        for index in range(cfg.meta_batch)
-    ]
+    draws = [draw_task(cfg, step, index) for index in range(cfg.meta_batch)]
+    specs = [spec for spec, _ in draws]
     order = sorted(range(cfg.meta_batch), key=lambda i: -task_cost(specs[i]))
     grads = torch.zeros(cfg.meta_batch, n, dtype=torch.float32)
-    stats = torch.zeros(cfg.meta_batch, 4, dtype=torch.float64)  # loss, diverged, guard fired, inner steps
+    stats = torch.zeros(cfg.meta_batch, 5, dtype=torch.float64)  # loss, diverged, guard fired, inner steps, mean band penalty
     lrs0 = torch.zeros(specs[0].steps + 1, dtype=torch.float64)  # task 0's LR trajectory (for the logs), length first
     for index in TaskQueue(order, f"meta_step/{step}", rank, world):
         spec = specs[index]
@@ -274,13 +328,16 @@ def meta_step(policy: MetaPolicy, meta_opt: torch.optim.Optimizer, cfg: MetaTrai
             p.grad = torch.zeros_like(p)
         traj = start(materialise(spec), cfg.val_batch, cfg.objective)
         norm = trajectory_weight(spec.steps, cfg.val_every, cfg.end_weight, cfg.loss_from) * cfg.meta_batch
-        task_loss, _ = run_trajectory(traj, policy, rule, cfg, norm)
+        n_band = max(1, band_steps(spec.steps, cfg.label_window))
+        task_loss, _, band_loss = run_trajectory(traj, policy, rule, cfg, norm, draws[index][1], n_band * cfg.meta_batch)
         grads[index] = torch.cat([p.grad.reshape(-1) for p in params])  # type: ignore[union-attr]
         if cfg.task_grad_clip:
             row_norm = float(grads[index].norm())
             if row_norm > cfg.task_grad_clip:
                 grads[index] *= cfg.task_grad_clip / row_norm
-        stats[index] = torch.tensor([task_loss * cfg.meta_batch / norm, float(traj.diverged), float(traj.rule.guard_fired), float(traj.step)])
+        stats[index] = torch.tensor(
+            [task_loss * cfg.meta_batch / norm, float(traj.diverged), float(traj.rule.guard_fired), float(traj.step), band_loss / n_band]
+        )
         if index == 0:
             lrs0[0] = len(traj.lrs)
             lrs0[1 : 1 + len(traj.lrs)] = torch.tensor([lr / spec.lr for lr in traj.lrs], dtype=torch.float64)
@@ -301,6 +358,7 @@ def meta_step(policy: MetaPolicy, meta_opt: torch.optim.Optimizer, cfg: MetaTrai
         "diverged": float(sums[1]),
         "guard_fired": float(sums[2]),
         "inner_steps": float(sums[3]),
+        "band_penalty": float(sums[4]) / cfg.meta_batch,
         "grad_norm": grad_norm,
         "lr_trajectory": lrs0[1 : 1 + int(lrs0[0])].tolist(),
     }
@@ -344,7 +402,8 @@ def save_train_state(
         for k, v in st.items():
             tensors[f"opt.{i}.{k}"] = torch.as_tensor(v).clone().contiguous()
     tensors["rng.torch"] = torch.get_rng_state()
-    meta = {"step": step, "config": asdict(cfg), "param_groups": sd["param_groups"], "history": history, "best": best, "versions": versions()}
+    config = {**asdict(cfg), "lr_labels_sha256": labels_digest(cfg)}
+    meta = {"step": step, "config": config, "param_groups": sd["param_groups"], "history": history, "best": best, "versions": versions()}
     atomic_write_bytes(path, save(tensors, metadata={"metalr_train": json.dumps(meta)}))
 
 
@@ -433,7 +492,10 @@ def train(cfg: MetaTrainConfig, resume: bool = False) -> MetaPolicy:
     ckpt = out / TRAIN_STATE
     if resume and ckpt.is_file():
         step, history, best, saved_cfg = load_train_state(ckpt, policy, meta_opt)
-        changed = sorted(k for k, v in asdict(cfg).items() if saved_cfg.get(k) != v and k not in _RESUMABLE_CHANGES)
+        defaults = asdict(MetaTrainConfig())  # a key newer than the checkpoint had its default then
+        changed = sorted(k for k, v in asdict(cfg).items() if saved_cfg.get(k, defaults[k]) != v and k not in _RESUMABLE_CHANGES)
+        if saved_cfg.get("lr_labels_sha256", "") != labels_digest(cfg):
+            changed.append(f"the contents of lr_labels {cfg.lr_labels!r}")
         if changed:
             raise ValueError(f"--resume with a different config would not reproduce the run; changed keys: {changed}")
         log.info("resumed from %s at meta-step %d", ckpt, step)
@@ -485,6 +547,8 @@ def train(cfg: MetaTrainConfig, resume: bool = False) -> MetaPolicy:
                 writer.add_scalar("charts/diverged_tasks", stats["diverged"], step)
                 writer.add_scalar("charts/guard_fired", stats["guard_fired"], step)
                 writer.add_scalar("charts/tasks_seen", tasks_seen, step)
+                if cfg.lr_labels:
+                    writer.add_scalar("losses/band_penalty", stats["band_penalty"], step)
             if validate:
                 writer.add_scalar("charts/val_score", record["val_score"], step)
             if step % cfg.trajectory_every == 0 or step == 1:

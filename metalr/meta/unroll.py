@@ -28,6 +28,7 @@ import higher
 import torch
 
 from metalr.gradstats import GradAlign, UpdateSize
+from metalr.meta.labels import band_penalty
 from metalr.meta.policy import MetaPolicy
 from metalr.meta.rule import RuleConfig, RuleState, lr_rule
 from metalr.meta.tasks import InnerTask, batch_stream
@@ -104,6 +105,8 @@ class TruncationResult:
     weight: float  # sum of the terms' weights (the trajectory's normaliser accumulates these)
     log_rel_start: torch.Tensor  # leaf: the LR state this truncation started from
     log_rel_end: torch.Tensor  # the LR state it ends in, a function of the policy and log_rel_start
+    band_loss: torch.Tensor = field(default_factory=lambda: torch.zeros(()))  # sum of `band_penalty` terms (0-d)
+    band_terms: int = 0  # how many
 
 
 def truncation(
@@ -115,10 +118,14 @@ def truncation(
     end_weight: float = 1.0,
     track_higher_grads: bool = True,
     loss_from: float = 0.0,
+    band: tuple[float, float] | None = None,
+    band_window: tuple[float, float] = (0.1, 0.9),
 ) -> TruncationResult:
     """Run up to `k` inner steps under the rule; a meta-loss term every `val_every` steps (from `loss_from` of the run on).
 
     The term is val/val0 (soft error) or log(val/val0) (cross-entropy), see `val_objective`.
+    With a `band` (the task's LR label, `metalr.meta.labels`), every step whose progress lies in
+    `band_window` also adds `band_penalty` of the LR it sets to `band_loss` (kept apart: the trainer weighs it).
 
     A non-finite inner loss ends the trajectory (`traj.diverged`); what was gathered is returned.
     With `track_higher_grads=False` this is a plain (non-differentiable) run of the same rule:
@@ -128,6 +135,7 @@ def truncation(
     start_leaf = torch.tensor(traj.log_rel, dtype=torch.float64, requires_grad=track_higher_grads)
     log_rel = start_leaf
     terms: list[torch.Tensor] = []
+    band_terms: list[torch.Tensor] = []
     weight = 0.0
     with higher.innerloop_ctx(task.model, traj.optimizer, copy_initial_weights=True, track_higher_grads=track_higher_grads) as (fmodel, diffopt):
         for _ in range(k):
@@ -153,6 +161,8 @@ def truncation(
             diffopt.step(loss, override={"lr": [lr]}, grad_callback=observe)
             traj.step += 1
             log_rel = lr_rule(policy, cfg, traj.rule, log_rel, loss_value, seen.get("norm"), seen.get("align"), traj.step, traj.total, size)
+            if band is not None and band_window[0] <= traj.step / traj.total <= band_window[1]:
+                band_terms.append(band_penalty(log_rel, band, traj.step / traj.total))
             w = meta_weight(traj.step / traj.total, end_weight, loss_from) if traj.step % val_every == 0 or traj.step == traj.total else 0.0
             if w > 0:
                 fmodel.eval()
@@ -165,7 +175,8 @@ def truncation(
         _carry(traj, fmodel, diffopt)
     traj.log_rel = float(log_rel.detach())
     total = torch.stack(terms).sum() if terms else torch.zeros(())
-    return TruncationResult(total, weight, start_leaf, log_rel)
+    band_total = torch.stack(band_terms).sum() if band_terms else torch.zeros(())
+    return TruncationResult(total, weight, start_leaf, log_rel, band_total, len(band_terms))
 
 
 def _carry(traj: Trajectory, fmodel: torch.nn.Module, diffopt: higher.optim.DifferentiableOptimizer) -> None:
