@@ -21,6 +21,9 @@ chains fight short-horizon bias (Wu et al. 2018; Metz et al. 2019) with:
   to every earlier decision that set its LR, not only to the last K steps'.
 Run lengths follow a curriculum: the longest run drawn grows from
 `3 * steps_range[0]` to `steps_range[1]` over the first `curriculum_meta_steps`.
+With `lr_labels` (stage 5, `metalr.meta.labels`) tasks, run lengths included, come instead from a
+pool swept beforehand with cosine at 7 peak LRs, each at a random base LR, and the meta-loss also
+penalises log LR outside the band of near-best peak LRs (`label_weight`).
 Gradients are averaged over the meta-batch (all-reduce when distributed),
 clipped, and Adam takes one step. Processes take tasks from a shared queue,
 most expensive first (`TaskQueue`), so tasks of unequal length keep both busy;
@@ -84,7 +87,7 @@ class MetaTrainConfig:
     end_weight: float = 4.0  # weight of the last meta-loss term relative to the first (linear in between)
     loss_from: float = 0.0  # meta-loss terms only from this fraction of each run on (0: the whole trajectory)
     credit: bool = True  # carry d(log LR)/d(policy) across truncations
-    lr_labels: str = ""  # LR-label file (scripts/meta_label_tasks.py): tasks are drawn from it, each at a random base LR
+    lr_labels: str = ""  # LR-label file (scripts/meta_label_tasks.py): tasks (and their run lengths) are drawn from it, each at a random base LR
     label_weight: float = 0.0  # weight of the band penalty (metalr.meta.labels.band_penalty), per step, relative to the val-loss meta-loss
     label_window: list[float] = field(default_factory=lambda: [0.1, 0.9])  # progress range over which the band penalty counts
     init_from: str = ""  # warm start: a policy file (same model_args); it is validated at meta-step 0 as a candidate
@@ -176,8 +179,18 @@ class MetaTrainConfig:
 
 
 # ------------------------------------------------------------------ one meta-step
-@functools.cache
 def _labels(path: str) -> tuple[dict[str, Any], ...]:
+    """The labelled tasks of `path`, read once per version of the file (its size and modification time)."""
+    try:
+        st = os.stat(path)
+        version = (st.st_size, st.st_mtime_ns)
+    except OSError:
+        version = (-1, -1)  # read_labels says what is wrong
+    return _read_labels_cached(path, version)
+
+
+@functools.cache
+def _read_labels_cached(path: str, version: tuple[int, int]) -> tuple[dict[str, Any], ...]:
     from metalr.meta.labels import read_labels
 
     entries = read_labels(path)
