@@ -41,14 +41,14 @@ def test_band_is_the_near_best_range_widened_by_half_a_step() -> None:
 
 def test_band_penalty_is_zero_inside_follows_the_cosine_and_pulls_toward_the_band() -> None:
     band = (math.log(2.0), math.log(4.0))
-    assert float(band_penalty(torch.tensor(math.log(3.0), dtype=torch.float64), band, 0.0)) == 0.0
+    assert float(band_penalty(torch.tensor(math.log(3.0), dtype=torch.float64), band, 0, 100)) == 0.0
     # half-way through a cosine the band is half as high: log 3 is above it, log 1.5 inside it
-    assert float(band_penalty(torch.tensor(math.log(3.0), dtype=torch.float64), band, 0.5)) > 0.0
-    assert float(band_penalty(torch.tensor(math.log(1.5), dtype=torch.float64), band, 0.5)) == 0.0
-    assert cosine_shape(1.0) == 0.05 and cosine_shape(0.0) == 1.0
+    assert float(band_penalty(torch.tensor(math.log(3.0), dtype=torch.float64), band, 50, 100)) > 0.0
+    assert float(band_penalty(torch.tensor(math.log(1.5), dtype=torch.float64), band, 50, 100)) == 0.0
+    assert cosine_shape(100, 100) == 0.05 and cosine_shape(0, 100) == 1.0
     for value, sign in ((0.0, -1.0), (3.0, 1.0)):  # below the band: descent raises the LR; above: lowers it
         x = torch.tensor(value, dtype=torch.float64, requires_grad=True)
-        band_penalty(x, band, 0.0).backward()
+        band_penalty(x, band, 0, 100).backward()
         assert float(x.grad) * sign > 0
 
 

@@ -90,13 +90,20 @@ def labelled_spec(entry: dict[str, Any], base_decades: float) -> tuple[TaskSpec,
     return spec, ((lo - base_decades) * ln10, (hi - base_decades) * ln10)
 
 
-def cosine_shape(progress: float, floor: float = 0.05) -> float:
-    """The cosine schedule's LR relative to its peak at `progress`, floored (its log stays finite)."""
-    return max(floor, 0.5 * (1.0 + math.cos(math.pi * min(1.0, max(0.0, progress)))))
+def cosine_shape(step: int, total_steps: int, floor: float = 0.05) -> float:
+    """The LR of the `cosine` controller the labels were swept with, relative to its peak, at `step`; floored (its log stays finite)."""
+    from metalr.controllers.cosine import cosine_lr
+
+    return max(floor, cosine_lr(min(step, total_steps), 1.0, total_steps))
 
 
-def band_penalty(log_rel: torch.Tensor, band: tuple[float, float], progress: float) -> torch.Tensor:
-    """Squared distance (in log LR) of the LR from the band a cosine schedule peaking in `band` would be in at `progress`."""
-    shift = math.log(cosine_shape(progress))
+def in_window(step: int, total_steps: int, window: tuple[float, float] | list[float]) -> bool:
+    """Whether `step` of a `total_steps`-long run lies in the band penalty's progress `window`."""
+    return window[0] <= step / total_steps <= window[1]
+
+
+def band_penalty(log_rel: torch.Tensor, band: tuple[float, float], step: int, total_steps: int) -> torch.Tensor:
+    """Squared distance (in log LR) of the LR from the band a cosine schedule peaking in `band` would be in at `step`."""
+    shift = math.log(cosine_shape(step, total_steps))
     lo, hi = band[0] + shift, band[1] + shift
     return torch.relu(lo - log_rel) ** 2 + torch.relu(log_rel - hi) ** 2

@@ -226,7 +226,9 @@ def labels_digest(cfg: MetaTrainConfig) -> str:
 
 def band_steps(steps: int, window: list[float] | tuple[float, float]) -> int:
     """How many of a `steps`-long run's steps have their progress in `window` (the band penalty's normaliser)."""
-    return sum(1 for t in range(1, steps + 1) if window[0] <= t / steps <= window[1])
+    from metalr.meta.labels import in_window
+
+    return sum(1 for t in range(1, steps + 1) if in_window(t, steps, window))
 
 
 def trajectory_weight(steps: int, val_every: int, end_weight: float, loss_from: float = 0.0) -> float:

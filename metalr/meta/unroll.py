@@ -28,7 +28,7 @@ import higher
 import torch
 
 from metalr.gradstats import GradAlign, UpdateSize
-from metalr.meta.labels import band_penalty
+from metalr.meta.labels import band_penalty, in_window
 from metalr.meta.policy import MetaPolicy
 from metalr.meta.rule import RuleConfig, RuleState, lr_rule
 from metalr.meta.tasks import InnerTask, batch_stream
@@ -161,8 +161,8 @@ def truncation(
             diffopt.step(loss, override={"lr": [lr]}, grad_callback=observe)
             traj.step += 1
             log_rel = lr_rule(policy, cfg, traj.rule, log_rel, loss_value, seen.get("norm"), seen.get("align"), traj.step, traj.total, size)
-            if band is not None and band_window[0] <= traj.step / traj.total <= band_window[1]:
-                band_terms.append(band_penalty(log_rel, band, traj.step / traj.total))
+            if band is not None and in_window(traj.step, traj.total, band_window):
+                band_terms.append(band_penalty(log_rel, band, traj.step, traj.total))
             w = meta_weight(traj.step / traj.total, end_weight, loss_from) if traj.step % val_every == 0 or traj.step == traj.total else 0.0
             if w > 0:
                 fmodel.eval()
