@@ -28,6 +28,7 @@ from metalr.meta.tasks import ALL_FAMILIES  # noqa: E402
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=240, help="tasks to label")
+    ap.add_argument("--start", type=int, default=0, help="first index of the label stream (a later range gives tasks meta-training never saw)")
     ap.add_argument("--out", default=str(ROOT / "runs" / "meta_labels" / "labels.json"))
     ap.add_argument("--families", nargs="+", default=list(ALL_FAMILIES), help="data families drawn (default: every one, teacher_large included)")
     ap.add_argument("--steps", type=int, nargs=2, default=[100, 2000], help="run lengths, log-uniform")
@@ -37,7 +38,7 @@ def main() -> None:
     out = Path(args.out)
     done = read_labels(out) if out.is_file() else []
     have = {d["index"] for d in done}
-    todo = [(i, tuple(args.families), tuple(args.steps), args.step_multiple) for i in range(args.n) if i not in have]
+    todo = [(i, tuple(args.families), tuple(args.steps), args.step_multiple) for i in range(args.start, args.start + args.n) if i not in have]
     print(f"{len(have)} labelled already, {len(todo)} to go", flush=True)
     t0 = time.perf_counter()
     with Pool(args.workers) as pool:

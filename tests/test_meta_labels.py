@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -134,3 +135,35 @@ def test_resume_refuses_changed_label_contents(tmp_path: Path) -> None:
     write_labels(path, [{"index": 0, "spec": _spec().to_dict(), "grid": list(GRID), "acc": [0.1] * 7, "band": [0.0, 1.0]}])
     with pytest.raises(ValueError, match="contents of lr_labels"):
         train(MetaTrainConfig(**{**cfg.__dict__, "meta_steps": 2}), resume=True)
+
+
+def _probe_script() -> Any:
+    """scripts/meta_level_probe.py as a module (scripts are not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("meta_level_probe", Path(__file__).resolve().parents[1] / "scripts" / "meta_level_probe.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_level_probe_reads_the_deployed_features_and_a_faster_lr_moves_the_weights_more() -> None:
+    probe = _probe_script()
+    entry = {"index": 7, "spec": _spec("sgdm", steps=200).to_dict(), "grid": list(GRID), "acc": [0.5] * len(GRID), "band": [0.25, 0.75]}
+    slow, fast = probe.probe(entry, -1.5, 0.15), probe.probe(entry, 0.75, 0.15)
+    for r in (slow, fast):
+        assert r["index"] == 7 and r["band"] == [0.25, 0.75] and not r["diverged"]
+        assert r["steps"] == 30  # 15 % of 200 is under the 30-step minimum
+        assert len(r["features"]) == len(probe.OBSERVED) and all(math.isfinite(v) for v in r["features"])
+        assert -1.0 <= r["hypergrad_cos"] <= 1.0
+    i = probe.OBSERVED.index("update_size")
+    assert fast["features"][i] > slow["features"][i] + 1.0  # 10**2.25 x the LR: over a decade more movement per step
+
+
+def test_level_probe_reads_a_sweep_linearly_between_grid_points_and_flat_beyond() -> None:
+    probe = _probe_script()
+    entry = {"grid": [-1.0, 0.0, 1.0], "acc": [0.2, 0.6, 0.4]}
+    assert probe.acc_at(entry, -0.5) == pytest.approx(0.4)
+    assert probe.acc_at(entry, 0.25) == pytest.approx(0.55)
+    assert probe.acc_at(entry, -3.0) == pytest.approx(0.2) and probe.acc_at(entry, 2.0) == pytest.approx(0.4)
