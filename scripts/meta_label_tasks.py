@@ -35,6 +35,8 @@ def main() -> None:
     ap.add_argument("--step-multiple", type=int, default=40)
     ap.add_argument("--workers", type=int, default=2)
     args = ap.parse_args()
+    if args.start < 0 or args.n < 1:
+        ap.error(f"need --start >= 0 and --n >= 1, got {args.start} and {args.n}")
     out = Path(args.out)
     done = read_labels(out) if out.is_file() else []
     have = {d["index"] for d in done}

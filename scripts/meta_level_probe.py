@@ -200,6 +200,8 @@ def main() -> None:
     args = ap.parse_args()
     if not 0 < args.frac <= 1:
         ap.error(f"--frac must be in (0, 1], got {args.frac}")
+    if (args.n is not None and args.n < 1) or args.regret_n < 1 or args.workers < 1:
+        ap.error("--n, --regret-n and --workers must be >= 1")
     entries = read_labels(args.labels)[: args.n]
     labels = {e["index"]: e for e in entries}
     key = {"labels": str(args.labels), "n": len(entries), "frac": args.frac, "decades": list(DECADES)}
