@@ -45,6 +45,7 @@ from metalr.signals import SignalTracker  # noqa: E402
 
 DECADES = (-1.5, -0.75, 0.0, 0.75, 1.5)
 REGRET_DECADES = (-1.5, 0.0, 1.5)
+FOLDS = 5  # cross-validation folds, by task
 OBSERVED = FEATURE_NAMES[2:]  # progress and lr_rel are the same for every probe: not informative here
 
 
@@ -83,7 +84,7 @@ def probe(entry: dict[str, Any], d: float, frac: float) -> dict[str, Any]:
             predicted = prev[1] if predicted is None else 0.9 * predicted + 0.1 * prev[1]
         s = tracker.collect(loss=loss)
         feats.update(s.loss, s.grad_norm, s.grad_align, s.update_size)
-        before = _flat(params).clone()
+        before = _flat(params)  # torch.cat: already a copy
         opt.step()
         step = _flat(params) - before
         prev = (value, -float(g @ step), step)
@@ -92,10 +93,6 @@ def probe(entry: dict[str, Any], d: float, frac: float) -> dict[str, Any]:
         "index": entry["index"], "d": d, "band": entry["band"], "diverged": diverged, "steps": n,
         "features": feats.features(min(1.0, n / spec.steps), 0.0)[2:], "hypergrad_cos": hyper, "trust_ratio": trust,
     }  # fmt: skip
-
-
-def _run_probe(args: tuple[dict[str, Any], float, float]) -> dict[str, Any]:
-    return probe(*args)
 
 
 def _run_policy(args: tuple[dict[str, Any], float, str]) -> dict[str, Any]:
@@ -142,7 +139,7 @@ def fit(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], np.ndarray
 
     def predict(x: np.ndarray, y: np.ndarray) -> np.ndarray:
         model = GradientBoostingRegressor(max_depth=3, n_estimators=200, learning_rate=0.05, random_state=0)
-        return cross_val_predict(model, x, y, cv=GroupKFold(5), groups=groups)
+        return cross_val_predict(model, x, y, cv=GroupKFold(FOLDS), groups=groups)
 
     print("\nprediction of the LR's place against the band (decades), 5-fold by task:")
     print(f"{'statistics':18s} {'target':7s} {'R2':>6s} {'rmse':>6s} {'sd':>6s}")
@@ -200,8 +197,8 @@ def main() -> None:
     args = ap.parse_args()
     if not 0 < args.frac <= 1:
         ap.error(f"--frac must be in (0, 1], got {args.frac}")
-    if (args.n is not None and args.n < 1) or args.regret_n < 1 or args.workers < 1:
-        ap.error("--n, --regret-n and --workers must be >= 1")
+    if (args.n is not None and args.n < (1 if args.skip_probe else FOLDS)) or args.regret_n < 1 or args.workers < 1:
+        ap.error(f"need --n >= {FOLDS} (the fits are {FOLDS}-fold by task), --regret-n >= 1 and --workers >= 1")
     entries = read_labels(args.labels)[: args.n]
     labels = {e["index"]: e for e in entries}
     key = {"labels": str(args.labels), "n": len(entries), "frac": args.frac, "decades": list(DECADES)}
@@ -216,7 +213,7 @@ def main() -> None:
     else:
         t0 = time.time()
         with Pool(args.workers) as pool:
-            records = pool.map(_run_probe, [(e, d, args.frac) for e in entries for d in DECADES], chunksize=4)
+            records = pool.starmap(probe, [(e, d, args.frac) for e in entries for d in DECADES], chunksize=4)
         from metalr.io import atomic_write_json
 
         cache.parent.mkdir(parents=True, exist_ok=True)
