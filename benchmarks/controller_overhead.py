@@ -1,6 +1,7 @@
 """Per-step cost of LR controllers relative to constant LR, and host-device synchronisations.
 
     python benchmarks/controller_overhead.py [--tasks digits_mlp mnist1d_cnn rt_bilstm rt_minilm] [--repeats 7] [--all]
+    python benchmarks/controller_overhead.py --controllers meta meta:checkpoints/stages/meta_stage5.safetensors   # two checkpoints
 
 A step is what the harness does: forward, backward, the signals the controller
 requires (`SignalTracker.collect`), `optimizer.step()`, `controller.step()`.
@@ -59,7 +60,9 @@ def time_steps(task: tasks.Task, name: str, batches: list[Any], device: torch.de
 
     With `count_syncs`: (host-device synchronisations per step, 0.0) instead.
     """
-    s = setup(name, task=task, total_steps=len(batches) + warmup, controller_kwargs=smoke_kwargs(name, quick=False), seed=0, device=device)
+    name, _, checkpoint = name.partition(":")  # meta:PATH times the meta-controller with another checkpoint
+    kwargs = {**smoke_kwargs(name, quick=False), **({"checkpoint": checkpoint} if checkpoint else {})}
+    s = setup(name, task=task, total_steps=len(batches) + warmup, controller_kwargs=kwargs, seed=0, device=device)
     assert s.task is not None
     task, model, optimizer, ctrl, tracker = s.task, s.model, s.optimizer, s.controller, s.tracker
     model.train()
@@ -105,6 +108,12 @@ def time_steps(task: tasks.Task, name: str, batches: list[Any], device: torch.de
     return (time.perf_counter() - start) / len(batches), own / len(batches)
 
 
+def _label(name: str) -> str:
+    """meta:PATH is shown as meta:<file stem>."""
+    base, _, path = name.partition(":")
+    return f"{base}:{path.rsplit('/', 1)[-1].removesuffix('.safetensors')}" if path else base
+
+
 def _quiet_transformers() -> None:
     """rt_minilm is built once per timing: keep transformers' per-load report and progress bar out of the table."""
     try:
@@ -139,7 +148,7 @@ def main() -> None:
     ap.add_argument("--tasks", nargs="+", default=list(DEFAULT_TASKS))
     ap.add_argument("--steps", type=int, default=None, help=f"timed steps per measurement (default per task: {DEFAULT_STEPS})")
     ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--controllers", nargs="*", default=None, help=f"default: {' '.join(DEFAULT_CONTROLLERS)}")
+    ap.add_argument("--controllers", nargs="*", default=None, help=f"default: {' '.join(DEFAULT_CONTROLLERS)}; meta:PATH = meta with checkpoint PATH")
     ap.add_argument("--all", action="store_true", help="every registered controller")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--keep-denormals", action="store_true", help="do not flush denormal floats to zero (CPU)")
@@ -189,7 +198,7 @@ def main() -> None:
         print(f"{'controller':<22} {'ms/step':>8} {'ratio':>7} {'overhead':>9} {'own us':>7} {'own %':>6}" + ("  syncs/step" if syncs else ""))
         for n in names:
             if n in failed:
-                print(f"{n:<22} {'-':>8} {'-':>7} {'-':>9}  failed: {failed[n]}")
+                print(f"{_label(n):<22} {'-':>8} {'-':>7} {'-':>9}  failed: {failed[n]}")
                 continue
             ratio = statistics.median(t / b for t, b in zip(times[n], paired[n]))
             flag = "  > 5%" if ratio > 1.05 else ""
@@ -197,7 +206,7 @@ def main() -> None:
             own_us = 1e6 * statistics.median(owns[n])
             own_pct = 100 * statistics.median(o / b for o, b in zip(owns[n], paired[n]))
             print(
-                f"{n:<22} {1e3 * statistics.median(times[n]):8.3f} {ratio:7.3f} {100 * (ratio - 1):+8.1f}% {own_us:7.1f} {own_pct:5.1f}%{sync}{flag}",
+                f"{_label(n):<22} {1e3 * statistics.median(times[n]):8.3f} {ratio:7.3f} {100 * (ratio - 1):+8.1f}% {own_us:7.1f} {own_pct:5.1f}%{sync}{flag}",
                 flush=True,
             )
         assert all(math.isfinite(x) for v in times.values() for x in v)

@@ -190,6 +190,14 @@ class GradAlign:
         self.prev = copy_into(self.prev, grads)
         return out
 
+    def prime(self, grads: Sequence[torch.Tensor | None], states: Sequence[dict[str, object] | None]) -> None:
+        """Keep what the next call needs without computing anything: for a caller that reads the
+        statistic only every k steps (`SignalTracker(every=k)`), on the step before it does."""
+        if moment_buffers(states) is not None:
+            self.prev = None
+        else:
+            self.prev = copy_into(self.prev, grads)
+
     def state_dict(self) -> dict[str, object]:
         return {"prev": None if self.prev is None else [None if t is None else t.clone() for t in self.prev]}
 
@@ -256,6 +264,11 @@ class UpdateSize:
             if self._views is not None:
                 return np.concatenate(self._views).astype(np.float64)
         return torch.cat([p.detach().reshape(-1)[off::stride].to(torch.float64) for p, off in zip(params, self.offsets)])
+
+    def prime(self, params: Sequence[torch.Tensor], host: bool = True) -> None:
+        """Take the sample the next call compares with, computing nothing: for a caller that reads
+        the ratio only every k steps (`SignalTracker(every=k)`), on the step before it does."""
+        self.prev = self._sample(params, host)
 
     def __call__(self, params: Sequence[torch.Tensor], host: bool = True) -> Any:
         x = self._sample(params, host)

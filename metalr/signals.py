@@ -64,6 +64,10 @@ SIGNAL_NAMES = frozenset(
 )
 
 
+#: The signals a tracker with `every=k` computes only on every k-th step: those that read the gradients or parameters.
+GRADIENT_SIGNALS = frozenset({"grad_norm", "grad_cos", "grad_align", "update_size", "hypergrad"})
+
+
 @dataclass
 class Signals:
     """One step's observations. Always present: step, epoch, progress."""
@@ -112,6 +116,12 @@ class SignalTracker:
         as_tensors: leave `loss`, `grad_norm` and `grad_align` as 0-d tensors on the parameters'
             device instead of Python floats (no host synchronisation; for controllers that
             declare `device_signals`).
+        every: compute the gradient-level signals (`GRADIENT_SIGNALS`) only on steps that are
+            multiples of `every` (None on the others), for a controller that reads them only then
+            (`Controller.signal_every`). On the step before such a step the tracker keeps what the
+            statistic needs from it (the previous gradient or parameters, the update-size sample)
+            and computes nothing, so every value it reports equals what `every=1` reports on that
+            step. The loss, accuracy, evaluations and signal sources are unaffected.
 
     Buffers: `grad_cos` keeps the previous gradient, `hypergrad` the previous parameters
     (one model-sized buffer each, per tensor, overwritten in place); `grad_align` keeps
@@ -128,7 +138,11 @@ class SignalTracker:
         task_info: dict[str, Any] | None = None,
         sources: Iterable[SignalSource] = (),
         as_tensors: bool = False,
+        every: int = 1,
     ) -> None:
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ValueError(f"every must be an int >= 1, got {every!r}")
+        self.every = every
         self.as_tensors = bool(as_tensors)
         self.requires = frozenset(requires)
         unknown = self.requires - SIGNAL_NAMES
@@ -179,6 +193,21 @@ class SignalTracker:
                 s.loss = float(loss)
         if "accuracy" in self.requires and logits is not None and targets is not None:
             s.accuracy = batch_accuracy(logits, targets)
+        if self.every > 1 and self.step % self.every:
+            if self.step % self.every == self.every - 1:
+                self._prime(lr)
+        else:
+            self._step_signals(s, lr)
+        if self._pending_eval is not None:
+            s.val_loss, s.val_accuracy = self._pending_eval
+            self._pending_eval = None
+        for name, source in self.sources.items():
+            if source.due(self.step, self.epoch):
+                setattr(s, name, source.read(self.step, self.epoch, logits, targets))  # the step's outputs, for sources that reuse its forward
+        return s
+
+    def _step_signals(self, s: Signals, lr: float) -> None:
+        """The gradient-level signals of this step (`GRADIENT_SIGNALS`), into `s`."""
         if self.requires & {"grad_norm", "grad_cos", "hypergrad"}:
             self._gradient_signals(s, lr)
         if "grad_align" in self.requires:
@@ -188,13 +217,19 @@ class SignalTracker:
                 s.grad_norm = norm
         if "update_size" in self.requires:
             s.update_size = self._update_size(self.params, host=not self.as_tensors)
-        if self._pending_eval is not None:
-            s.val_loss, s.val_accuracy = self._pending_eval
-            self._pending_eval = None
-        for name, source in self.sources.items():
-            if source.due(self.step, self.epoch):
-                setattr(s, name, source.read(self.step, self.epoch, logits, targets))  # the step's outputs, for sources that reuse its forward
-        return s
+
+    def _prime(self, lr: float) -> None:
+        """On the step before a gradient-signal step (`every` > 1): keep only what that step's statistics compare with."""
+        if "grad_cos" in self.requires:
+            self._prev_grad = copy_into(self._prev_grad, [p.grad for p in self.params])
+        if "hypergrad" in self.requires:
+            self._prev_params = copy_into(self._prev_params, [p.detach() for p in self.params])  # type: ignore[arg-type,assignment]
+            self._prev_lr = lr
+        if "grad_align" in self.requires:
+            params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            self._align.prime([p.grad for p in params], [self.optimizer.state.get(p) for p in params])
+        if "update_size" in self.requires:
+            self._update_size.prime(self.params, host=not self.as_tensors)
 
     def records(self, signal: str) -> list[dict[str, float]]:
         """Every reading the source of `signal` made (empty when there is none)."""

@@ -199,7 +199,9 @@ def build_tracker(
     # Device-resident signals only pay off off the CPU: there reading a tensor is no synchronisation, and Python numbers are cheaper.
     if as_tensors is None:
         as_tensors = ctrl.device_signals and any(p.device.type != "cpu" for p in params)
-    return SignalTracker(params, ctrl.optimizer, requires=ctrl.requires, total_steps=total_steps, task_info=info, sources=sources, as_tensors=as_tensors)
+    return SignalTracker(
+        params, ctrl.optimizer, requires=ctrl.requires, total_steps=total_steps, task_info=info, sources=sources, as_tensors=as_tensors, every=ctrl.signal_every
+    )
 
 
 def run(

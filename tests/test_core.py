@@ -84,6 +84,39 @@ def test_tracker_computes_only_requested_signals() -> None:
         SignalTracker(model.parameters(), opt, requires={"grad_nrom"})
 
 
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_tracker_every_k_reports_the_every_step_values_on_its_steps(momentum: float) -> None:
+    """`every=3`: gradient-level signals only on steps 3, 6, ...; there equal to an every-step tracker's (the buffers
+    they compare with are primed on the step before); the loss every step; the phase survives a state round trip."""
+    from metalr.signals import GRADIENT_SIGNALS
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=momentum)
+    every1 = SignalTracker(model.parameters(), opt, requires=GRADIENT_SIGNALS | {"loss"})
+    every3 = SignalTracker(model.parameters(), opt, requires=GRADIENT_SIGNALS | {"loss"}, every=3)
+    x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
+    for t in range(1, 13):
+        if t == 7:  # a restored tracker keeps the phase and the primed buffers
+            restored = SignalTracker(model.parameters(), opt, requires=GRADIENT_SIGNALS | {"loss"}, every=3)
+            restored.load_state_dict(every3.state_dict())
+            every3 = restored
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(x + 0.1 * t), y)
+        loss.backward()
+        a, b = every1.collect(loss), every3.collect(loss)
+        assert b.loss == a.loss
+        names = ("grad_norm", "grad_cos", "grad_align", "update_size", "hypergrad", "hypergrad_cos")
+        if t % 3:
+            assert all(getattr(b, n) is None for n in names), t
+        else:
+            for n in names:
+                assert getattr(a, n) is not None and getattr(b, n) == pytest.approx(getattr(a, n), rel=1e-6), (t, n)
+        opt.step()
+    with pytest.raises(ValueError, match="every"):
+        SignalTracker(model.parameters(), opt, requires=(), every=0)
+
+
 def test_eval_signals_arrive_once() -> None:
     model = torch.nn.Linear(2, 1)
     t = SignalTracker(model.parameters(), _opt())

@@ -88,10 +88,10 @@ def test_schedules_read_nothing_back(name: str) -> None:
     assert collect_reads == [[]] * 12 and step_reads == [[]] * 12
 
 
-@pytest.mark.parametrize("optimizer", ["adam", "sgdm", "sgd"])
-def test_meta_reads_back_only_the_lr_every_sync_every_steps(optimizer: str) -> None:
-    collect_reads, step_reads, tracker = _loop("meta", optimizer, 20, sync_every=5)
-    assert tracker.as_tensors
+@pytest.mark.parametrize(("optimizer", "every"), [("adam", 1), ("sgdm", 1), ("sgd", 1), ("sgd", 3), ("adam", 4)])
+def test_meta_reads_back_only_the_lr_every_sync_every_steps(optimizer: str, every: int) -> None:
+    collect_reads, step_reads, tracker = _loop("meta", optimizer, 20, sync_every=5, checkpoint=_shipped_every(every))
+    assert tracker.as_tensors and tracker.every == every
     assert collect_reads == [[]] * 20, "the tracker synchronised for meta"
     reads = {i + 1: r for i, r in enumerate(step_reads) if r}
     assert reads == {5: ["tolist"], 10: ["tolist"], 15: ["tolist"], 20: ["tolist"]}
@@ -132,20 +132,31 @@ def test_trackers_keep_at_most_one_model_sized_buffer(name: str, optimizer: str,
     assert sizes == [n] * buffers
 
 
-@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
-def test_meta_device_path_gives_the_host_path_lrs(optimizer: str) -> None:
+def _shipped_every(every: int) -> Any:
+    """The shipped policy under a rule that decides every `every` steps."""
+    from dataclasses import replace
+
+    from metalr.meta.checkpoint import FrozenPolicy, cached_policy
+
+    frozen = cached_policy()
+    return FrozenPolicy(frozen.policy, frozen.metadata, "", replace(frozen.rule, decide_every=every))
+
+
+@pytest.mark.parametrize(("optimizer", "every"), [("adam", 1), ("sgd", 1), ("adam", 4), ("sgd", 3)])
+def test_meta_device_path_gives_the_host_path_lrs(optimizer: str, every: int) -> None:
     """Signals as device tensors (the GPU path, here on CPU) and as Python numbers drive meta to the same LRs.
 
     One training run (driven by the host-path controller); at every step both trackers read the same
-    gradients and optimizer state, and each feeds its own controller.
+    gradients and optimizer state, and each feeds its own controller. `every` > 1: the rule's `decide_every`.
     """
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3))
     base = 3e-2 if optimizer == "adam" else 0.5
     opt = torch.optim.Adam(model.parameters(), lr=base) if optimizer == "adam" else torch.optim.SGD(model.parameters(), lr=base)
-    host = setup("meta", model=model, optimizer=opt, total_steps=60)
+    kwargs = {"checkpoint": _shipped_every(every)}
+    host = setup("meta", model=model, optimizer=opt, total_steps=60, controller_kwargs=kwargs)
     shadow = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=base)  # the device controller's LR goes here
-    dev_ctrl = setup("meta", model=torch.nn.Linear(1, 1), optimizer=shadow, total_steps=60).controller
+    dev_ctrl = setup("meta", model=torch.nn.Linear(1, 1), optimizer=shadow, total_steps=60, controller_kwargs=kwargs).controller
     dev_tracker = build_tracker(dev_ctrl, model.parameters(), total_steps=60, as_tensors=True)
     dev_tracker.optimizer = opt  # reads the trained optimizer's moments, as the host tracker does
     x, y = torch.randn(64, 6), torch.randint(0, 3, (64,))
@@ -155,7 +166,10 @@ def test_meta_device_path_gives_the_host_path_lrs(optimizer: str) -> None:
         loss = torch.nn.functional.cross_entropy(model(x), y)
         loss.backward()
         signals, dev_signals = host.tracker.collect(loss=loss), dev_tracker.collect(loss=loss)
-        assert isinstance(dev_signals.grad_norm, torch.Tensor) and isinstance(signals.grad_norm, float)
+        if host.tracker.step % every == 0:
+            assert isinstance(dev_signals.grad_norm, torch.Tensor) and isinstance(signals.grad_norm, float)
+        else:
+            assert dev_signals.grad_norm is None and signals.grad_norm is None
         opt.step()
         host_lrs.append(host.controller.step(signals)[0])
         dev_lrs.append(dev_ctrl.step(dev_signals)[0])

@@ -58,25 +58,73 @@ def lively_policy(seed: int = 0, std: float = 0.3) -> MetaPolicy:
 
 
 # ------------------------------------------------------------- one rule, two callers
-@pytest.mark.parametrize(("optimizer", "lr", "steps"), [("sgd", 0.5, 100), ("sgdm", 0.3, 100), ("adam", 0.02, 30)])
-def test_unroll_and_deployed_controller_give_the_same_lrs(optimizer: str, lr: float, steps: int) -> None:
+@pytest.mark.parametrize(
+    ("optimizer", "lr", "steps", "every"),
+    [("sgd", 0.5, 100, 1), ("sgdm", 0.3, 100, 1), ("adam", 0.02, 30, 1), ("sgd", 0.5, 100, 4), ("sgdm", 0.3, 100, 7), ("adam", 0.02, 30, 3)],
+)
+def test_unroll_and_deployed_controller_give_the_same_lrs(optimizer: str, lr: float, steps: int, every: int) -> None:
     """Same data, model and seed: the unroll (track_higher_grads=False) and MetaController via SignalTracker.
 
     Run in float64 (data, model and policy) so that the two code paths' rounding cannot drift apart: the
     deployed CPU path evaluates the policy with numpy (`HostPolicy`), the unroll with torch. Adam with eps
     1e-12 because `higher`'s Adam adds eps before the bias correction and torch's after (they agree as eps -> 0).
+    `every` > 1: the policy decides every k-th step (`decide_every`), with truncations of 20 steps that cut
+    through the k-step blocks, and the deployed tracker computes the statistics only on those steps.
     """
     pol = lively_policy().double()
     spec = teacher_spec(optimizer, lr, steps, adam_eps=1e-12)
+    rule = RuleConfig(decide_every=every)
     traj = start(materialise(spec, torch.float64), 64)
     while not traj.done:
-        truncation(traj, pol, RuleConfig(), 20, 10, track_higher_grads=False)
-    frozen = FrozenPolicy(pol, {}, "", RuleConfig())
+        truncation(traj, pol, rule, 20, 10, track_higher_grads=False)
+    frozen = FrozenPolicy(pol, {}, "", rule)
     deployed = run_spec(spec, lambda opt, total: MetaController(opt, checkpoint=frozen, total_steps=total), torch.float64)
     a, b = torch.tensor(traj.lrs, dtype=torch.float64), torch.tensor(deployed["lrs"], dtype=torch.float64)
     assert len(a) == len(b) == steps
     assert float(a.max() / a.min()) > 1.5, "the policy should move the LR, or the test proves little"
     torch.testing.assert_close(a, b, rtol=1e-5, atol=0.0)
+    if every > 1:  # the LR of step t+1 is set after step t: it can change only after a multiple of k (no guard here)
+        changed = [t for t in range(1, steps) if traj.lrs[t] != traj.lrs[t - 1]]
+        assert changed and all(t % every == 0 for t in changed)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "sgdm", "adam"])
+def test_decide_every_reads_statistics_only_on_its_steps_and_needs_no_special_tracker(optimizer: str) -> None:
+    """decide_every=k: a tracker computing the statistics every step and one computing them every k-th step
+    (what `build_tracker` makes) drive the controller to the same LRs; the latter reports them only on those
+    steps, equal there to the former's."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3))
+    opt = {"sgd": lambda: torch.optim.SGD(model.parameters(), lr=0.3), "sgdm": lambda: torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9),
+           "adam": lambda: torch.optim.Adam(model.parameters(), lr=1e-2)}[optimizer]()  # fmt: skip
+    shadow = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=opt.param_groups[0]["lr"])
+    frozen = FrozenPolicy(lively_policy(), {}, "", RuleConfig(decide_every=5))
+    from metalr.train import build_tracker
+
+    ctrl, ctrl_every = MetaController(opt, checkpoint=frozen, total_steps=60), MetaController(shadow, checkpoint=frozen, total_steps=60)
+    assert ctrl.signal_every == 5
+    full = build_tracker(ctrl, model.parameters(), total_steps=60)
+    full.every = 1  # as a tracker built by hand would be
+    sparse = build_tracker(ctrl_every, model.parameters(), total_steps=60)
+    sparse.optimizer = opt  # reads the trained optimizer's moments
+    assert sparse.every == 5
+    x, y = torch.randn(64, 6), torch.randint(0, 3, (64,))
+    lrs, lrs_every = [], []
+    for t in range(1, 61):
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        a, b = full.collect(loss=loss), sparse.collect(loss=loss)
+        for name in ("grad_norm", "grad_align", "update_size"):
+            if t % 5:
+                assert getattr(b, name) is None
+            elif t > 1:
+                assert getattr(b, name) == pytest.approx(getattr(a, name), rel=1e-6), (t, name)
+        assert b.loss == a.loss
+        opt.step()
+        lrs.append(ctrl.step(a)[0])
+        lrs_every.append(ctrl_every.step(b)[0])
+    assert lrs_every == pytest.approx(lrs, rel=1e-9) and len(set(lrs)) > 5
 
 
 def test_rule_guard_cuts_a_blowing_up_loss_at_once() -> None:
@@ -314,7 +362,7 @@ def test_every_sampled_task_trains_for_a_few_steps(seed: int) -> None:
 def _saved(tmp_path: Path) -> tuple[Path, MetaPolicy]:
     pol = lively_policy(1)
     path = tmp_path / "p.safetensors"
-    save_policy(path, pol, rule=RuleConfig(max_factor=20.0), config={"seed": 1})
+    save_policy(path, pol, rule=RuleConfig(max_factor=20.0, decide_every=2), config={"seed": 1})
     return path, pol
 
 
@@ -324,14 +372,19 @@ def test_load_pretrained_round_trip(tmp_path: Path) -> None:
     for (k, a), (_, b) in zip(pol.state_dict().items(), frozen.policy.state_dict().items()):
         assert torch.equal(a, b), k
     assert frozen.metadata["feature_names"] == list(FEATURE_NAMES) and frozen.metadata["config"] == {"seed": 1}
-    assert frozen.metadata["model_args"] == pol.model_args and frozen.rule.max_factor == 20.0
+    assert frozen.metadata["model_args"] == pol.model_args and frozen.rule.max_factor == 20.0 and frozen.rule.decide_every == 2
     assert json.loads((tmp_path / "p.json").read_text())["rule"]["max_factor"] == 20.0
     ctrl = load_pretrained(str(path), optimizer=torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1), total_steps=10)
     ctrl2 = controllers.build("meta", torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1), checkpoint=str(path), total_steps=10)
+    lrs = []
     for i in range(5):
         s = Signals(step=i + 1, loss=2.0 - 0.1 * i, grad_norm=1.0, grad_align=0.3)
-        assert ctrl.step(s) == ctrl2.step(s)
-    assert ctrl.max_lr == pytest.approx(0.1 * 20.0)
+        lrs.append(ctrl.step(s))
+        assert lrs[-1] == ctrl2.step(s)
+    assert ctrl.max_lr == pytest.approx(0.1 * 20.0) and ctrl.signal_every == 2
+    assert lrs[0] == [0.1] and lrs[1] != lrs[0] and lrs[2] == lrs[1] and lrs[3] != lrs[2]  # decides on steps 2 and 4 only
+    with pytest.raises(ValueError, match="decide_every"):
+        RuleConfig(decide_every=0)
 
 
 def _rewrite_meta(path: Path, out: Path, **changes: object) -> None:

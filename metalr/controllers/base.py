@@ -66,6 +66,11 @@ class Controller:
     #: `SignalTracker(as_tensors=True)`, whose signals never synchronise host and device. Other
     #: controllers (and every controller on a CPU) get Python floats (on a GPU: one sync per value).
     device_signals: ClassVar[bool] = False
+    #: The controller reads the gradient-level signals (`metalr.signals.GRADIENT_SIGNALS`) only on
+    #: steps that are multiples of this; `metalr.train.build_tracker` builds a tracker that computes
+    #: them only then (`SignalTracker(every=...)`). A tracker that computes them every step gives the
+    #: same LRs, only slower. An instance may set it (the meta-controller takes its checkpoint's).
+    signal_every: int = 1
     #: True when the strategy replaces the optimizer (schedule-free, Prodigy ...) and
     #: overrides `make_optimizer`; its constructor refuses any other optimizer.
     owns_optimizer: ClassVar[bool] = False

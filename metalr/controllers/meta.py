@@ -12,7 +12,10 @@ LR stays within [min_factor, max_factor] x base LR. Every param group keeps its
 own base LR; one multiplier scales them all.
 
 It reads only the loss, the gradients and the relative size of the last update
-(a sample of at most 4096 weights): no logits, no accuracy. Pass `total_steps`
+(a sample of at most 4096 weights): no logits, no accuracy. A checkpoint whose rule
+has `decide_every` = k (`metalr.meta.rule`) reads the gradient statistics and the
+update size, and runs the policy, only every k-th step (`signal_every`: the tracker
+computes them only then); the loss and the divergence guard stay per step. Pass `total_steps`
 (the harness and the integrations do): the policy's `progress` feature and the
 per-step size of its changes depend on the run's length. Without it the rule
 assumes `default_total_steps` from the checkpoint and says so in the log.
@@ -68,6 +71,7 @@ class MetaController(Controller):
     ) -> None:
         self.frozen = checkpoint if isinstance(checkpoint, FrozenPolicy) else cached_policy(checkpoint)
         self.rule = self.frozen.rule
+        self.signal_every = self.rule.decide_every  # the tracker computes the gradient statistics only on the policy's steps
         if total_steps is not None and total_steps < 1:
             raise ValueError(f"total_steps must be >= 1, got {total_steps}")
         if int(sync_every) < 1:

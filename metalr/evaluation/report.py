@@ -235,6 +235,11 @@ def markdown(results: dict[str, Any]) -> str:
         "† = mean over the seeds that did not diverge. Target columns count only runs that reached the task's target, with (reached/runs); "
         "a diverged run never reaches it.",
     ]
+    if results["counts"]["reused"]:
+        lines[-1] += (
+            " Time columns (s to target, wall s, ms/step, the wall-time profile) mix runs timed at different times: "
+            "a reused run keeps the time measured when it was trained, under that moment's machine load; compare them loosely."
+        )
     for task, cells in agg.items():
         main = [(label, c) for label, c in cells.items() if c["group"] == "main"]
         if task in tuned:

@@ -39,6 +39,11 @@ weights, whatever the optimizer. The loss and gradient features see an LR 10x to
 high mostly through its consequences, which often look like an LR too low (a loss
 that falls slowly); this one sees the cause.
 
+Under a rule with `decide_every` = k > 1 (`metalr.meta.rule`) the loss is folded in
+every step, the gradient alignment, gradient norm and update size only every k-th
+step: their averages then hold one reading per k steps (the betas above are per
+reading), and the features are read on those steps only.
+
 The policy sees `(feature - SHIFT) / SCALE` (stored in every checkpoint, so a
 checkpoint carries its own normalisation).
 

@@ -27,6 +27,14 @@ Per step:
    changes are deliberately slow; blowing up is not something to learn slowly;
 5. log(LR / base LR) stays in [log min_factor, log max_factor].
 
+Decision interval (`decide_every` = k, a rule setting stored in the checkpoint; 1 when absent). The loss is
+folded in and the guard checked every step; the gradient statistics and the update size
+(steps 1 and 3) and the policy (step 2) only on steps t with t % k == 0, where the change is
+k times the per-step change (the same LR movement per run). On the other steps those signals
+are ignored if given, so a tracker that computes them every step gives the same LRs as one that
+computes them only when they are read (`SignalTracker(every=k)`, which is what makes k > 1
+cheap: the statistics and the policy cost 1/k per step).
+
 Signals that are Python numbers (CPU) run through `FeatureState` and a Python
 guard; signals that are device tensors (GPU, `RuleState.to_device`) through
 `DeviceFeatureState` and a guard made of `torch.where`s, so a step never
@@ -60,8 +68,11 @@ class RuleConfig:
     default_total_steps: int = 1000  # assumed run length when the caller gives none (logged)
     update_ceiling: float = 0.0  # log10 update size above which the policy may not raise the LR (0: the weights' own norm, i.e. off)
     ceiling_pull: float = 0.0  # ... and must lower it by at least this much per decade above the ceiling (per 1/horizon_steps)
+    decide_every: int = 1  # the policy decides on every k-th step only (k x the per-step change); see the module docstring
 
     def __post_init__(self) -> None:
+        if isinstance(self.decide_every, bool) or not isinstance(self.decide_every, int) or self.decide_every < 1:
+            raise ValueError(f"decide_every must be an int >= 1, got {self.decide_every!r}")
         if self.horizon_steps < 1 or self.max_horizon_scale <= 0 or self.default_total_steps < 1 or self.guard_cooldown < 0:
             raise ValueError(f"invalid RuleConfig {self}")
         if not 0 < self.min_factor < 1 < self.max_factor or not math.isfinite(self.max_factor):
@@ -132,14 +143,21 @@ def lr_rule(
     """
     feats = state.features
     progress = min(1.0, max(0.0, step / total_steps))
-    scale = cfg.horizon_scale(total_steps)
+    decide = step % cfg.decide_every == 0
+    scale = cfg.horizon_scale(total_steps) * cfg.decide_every  # the change for k steps, made at once
     lo, hi = cfg.log_bounds
-    feats.update(loss, grad_norm, grad_align, update_size)  # type: ignore[arg-type]
+    if decide:
+        feats.update(loss, grad_norm, grad_align, update_size)  # type: ignore[arg-type]
+    else:
+        feats.update(loss, None, None, None)  # type: ignore[arg-type]
     if isinstance(feats, DeviceFeatureState):
         assert isinstance(policy, MetaPolicy), "device-resident signals need the torch policy"
-        change = scale * policy(feats.features(progress, log_rel).to(policy.feature_shift.dtype))
-        over = feats.update_excess(cfg.update_ceiling)  # NaN while unseen: the comparison below is False
-        change = torch.where(over > 0, torch.minimum(change, (-scale * cfg.ceiling_pull * over).to(change.dtype)), change)
+        if decide:
+            change = scale * policy(feats.features(progress, log_rel).to(policy.feature_shift.dtype))
+            over = feats.update_excess(cfg.update_ceiling)  # NaN while unseen: the comparison below is False
+            change = torch.where(over > 0, torch.minimum(change, (-scale * cfg.ceiling_pull * over).to(change.dtype)), change)
+        else:
+            change = torch.zeros((), dtype=policy.feature_shift.dtype, device=feats.s.device)
         blowing_up = feats.diverging(cfg.guard_ratio)
         if loss is not None:
             blowing_up = blowing_up | ~torch.isfinite(torch.as_tensor(loss, dtype=torch.float64, device=blowing_up.device))
@@ -150,14 +168,16 @@ def lr_rule(
         state.guard_fired = state.guard_fired + fire.to(torch.int64)
         change = change + torch.where(fire, math.log(cfg.guard_factor), 0.0).to(change.dtype)
         return torch.clamp(log_rel + change, lo, hi)
-    if isinstance(policy, HostPolicy):
-        delta: Any = scale * policy(feats.features(progress, float(log_rel)))
-    else:
-        delta = scale * policy(torch.tensor(feats.features(progress, float(log_rel.detach())), dtype=policy.feature_shift.dtype))
-    excess = float(feats.update_excess(cfg.update_ceiling))  # a Python float here (host features)
-    if excess > 0:  # the weights already move fast: no raise (and a pull down, if configured)
-        cap = -scale * cfg.ceiling_pull * excess
-        delta = min(delta, cap) if isinstance(policy, HostPolicy) else torch.clamp(delta, max=cap)
+    delta: Any = 0.0
+    if decide:
+        if isinstance(policy, HostPolicy):
+            delta = scale * policy(feats.features(progress, float(log_rel)))
+        else:
+            delta = scale * policy(torch.tensor(feats.features(progress, float(log_rel.detach())), dtype=policy.feature_shift.dtype))
+        excess = float(feats.update_excess(cfg.update_ceiling))  # a Python float here (host features)
+        if excess > 0:  # the weights already move fast: no raise (and a pull down, if configured)
+            cap = -scale * cfg.ceiling_pull * excess
+            delta = min(delta, cap) if isinstance(policy, HostPolicy) else torch.clamp(delta, max=cap)
     nonfinite_loss = loss is not None and not math.isfinite(loss)  # type: ignore[arg-type]
     if state.cooldown > 0:
         state.cooldown -= 1

@@ -148,17 +148,30 @@ def truncation(
                 traj.diverged = True
                 break
             seen: dict[str, float | None] = {}
+            # The step being taken is traj.step + 1 (1-based, as SignalTracker counts): its gradient statistics are
+            # read only on the policy's steps, and primed on the step before (as SignalTracker(every=k) does).
+            every = cfg.decide_every
+            decide = (traj.step + 1) % every == 0
+            prime = every > 1 and (traj.step + 1) % every == every - 1
 
-            def observe(grads: tuple[torch.Tensor | None, ...], seen: dict[str, float | None] = seen) -> tuple[torch.Tensor | None, ...]:
+            def observe(grads: tuple[torch.Tensor | None, ...], seen: dict[str, float | None] = seen, decide: bool = decide) -> tuple[torch.Tensor | None, ...]:
                 states = [diffopt.state[0].get(i) if isinstance(diffopt.state[0], dict) else diffopt.state[0][i] for i in range(len(grads))]
-                seen["norm"], seen["align"] = traj.align(grads, states)  # Python numbers, as on the deployed CPU path
+                if decide:
+                    seen["norm"], seen["align"] = traj.align(grads, states)  # Python numbers, as on the deployed CPU path
+                else:
+                    traj.align.prime(grads, states)
                 return grads
 
-            size = traj.update(list(fmodel.parameters()))  # the previous update's relative size, as SignalTracker.collect reads it
+            params = list(fmodel.parameters())
+            size = None
+            if decide:
+                size = traj.update(params)  # the previous update's relative size, as SignalTracker.collect reads it
+            elif prime:
+                traj.update.prime(params)
             lr = task.spec.lr * torch.exp(log_rel)  # float64, computed exactly as MetaController does
             traj.lrs.append(float(lr.detach()))
             traj.losses.append(loss_value)
-            diffopt.step(loss, override={"lr": [lr]}, grad_callback=observe)
+            diffopt.step(loss, override={"lr": [lr]}, grad_callback=observe if decide or prime else None)
             traj.step += 1
             log_rel = lr_rule(policy, cfg, traj.rule, log_rel, loss_value, seen.get("norm"), seen.get("align"), traj.step, traj.total, size)
             if band is not None and in_window(traj.step, traj.total, band_window):

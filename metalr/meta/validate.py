@@ -27,7 +27,7 @@ def run_spec(spec: TaskSpec, make_controller: ControllerFactory | None, dtype: t
     model = task.model
     opt = task.make_optimizer()
     ctrl = make_controller(opt, spec.steps) if make_controller is not None else None
-    tracker = SignalTracker(model.parameters(), opt, requires=ctrl.requires if ctrl else (), total_steps=spec.steps)
+    tracker = SignalTracker(model.parameters(), opt, requires=ctrl.requires if ctrl else (), total_steps=spec.steps, every=ctrl.signal_every if ctrl else 1)
     lrs: list[float] = []
     diverged = False
     model.train()
