@@ -116,9 +116,34 @@ def _arrays(tensors: Sequence[torch.Tensor]) -> list[np.ndarray] | None:
     return out
 
 
-def host_dots(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> tuple[float, float, float]:
-    """(<a, a>, <a, b>, <b, b>) over paired tensors as Python floats, in one pass (numpy views on CPU)."""
-    xa, xb = _arrays(a), _arrays(b)
+class ViewCache:
+    """`_arrays` of tensors whose storage persists from step to step (the optimizer's moments), kept while it does.
+
+    Rebuilt when any tensor's data pointer changes (a new or moved buffer); never kept for a
+    non-contiguous tensor, whose flat array is a copy rather than a view. The views hold the tensors
+    they view, which the optimizer holds anyway: no extra memory while the pointers match.
+    """
+
+    def __init__(self) -> None:
+        self.ptrs: list[int] = []
+        self.views: list[np.ndarray] | None = None
+
+    def __call__(self, tensors: Sequence[torch.Tensor]) -> list[np.ndarray] | None:
+        ptrs = [t.data_ptr() for t in tensors]
+        if ptrs != self.ptrs or self.views is None:
+            self.views = _arrays(tensors)
+            self.ptrs = ptrs if self.views is not None and all(t.is_contiguous() for t in tensors) else []
+            if not self.ptrs:
+                views, self.views = self.views, None
+                return views
+        return self.views
+
+
+def host_dots(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor], b_arrays: list[np.ndarray] | None = None) -> tuple[float, float, float]:
+    """(<a, a>, <a, b>, <b, b>) over paired tensors as Python floats, in one pass (numpy views on CPU).
+
+    `b_arrays`: `b`'s numpy views when the caller has them already (`ViewCache`)."""
+    xa, xb = _arrays(a), (b_arrays if b_arrays is not None else _arrays(b))
     if xa is None or xb is None:
         return float(global_dot(a, a)), float(global_dot(a, b)), float(global_dot(b, b))
     aa = ab = bb = 0.0
@@ -149,14 +174,22 @@ def host_dot(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> float:
     return sum(float(np.dot(x, y)) for x, y in zip(xa, xb))
 
 
-def host_grad_stats(grads: Sequence[torch.Tensor | None], refs: Sequence[torch.Tensor | None] | None) -> tuple[float, float | None]:
-    """`grad_stats` as Python numbers: (norm, NaN if non-finite), (cosine, None if absent or undefined)."""
+def host_grad_stats(
+    grads: Sequence[torch.Tensor | None], refs: Sequence[torch.Tensor | None] | None, ref_cache: ViewCache | None = None
+) -> tuple[float, float | None]:
+    """`grad_stats` as Python numbers: (norm, NaN if non-finite), (cosine, None if absent or undefined).
+
+    `ref_cache`: keeps the numpy views of `refs` from call to call (they are the optimizer's moments)."""
     gs = [g for g in grads if g is not None]
     if refs is None:
         return host_norm(gs), None
-    paired = [(g, r) for g, r in zip(grads, refs) if g is not None and r is not None]
-    lone = [g for g, r in zip(grads, refs) if g is not None and r is None]
-    g_sq, gr, rr = host_dots([g for g, _ in paired], [r for _, r in paired])  # one pass over the pairs
+    if ref_cache is not None and len(gs) == len(grads) and all(r is not None for r in refs):  # every tensor paired: the common case
+        g_sq, gr, rr = host_dots(gs, refs, ref_cache(refs))  # type: ignore[arg-type]
+        lone: list[torch.Tensor] = []
+    else:
+        paired = [(g, r) for g, r in zip(grads, refs) if g is not None and r is not None]
+        lone = [g for g, r in zip(grads, refs) if g is not None and r is None]
+        g_sq, gr, rr = host_dots([g for g, _ in paired], [r for _, r in paired])  # one pass over the pairs
     if lone:
         g_sq += host_norm(lone) ** 2
     norm = finite_or_nan(math.sqrt(g_sq)) if gs else math.nan
@@ -178,14 +211,15 @@ class GradAlign:
 
     def __init__(self) -> None:
         self.prev: list[torch.Tensor | None] | None = None
+        self._views = ViewCache()
 
     def __call__(self, grads: Sequence[torch.Tensor | None], states: Sequence[dict[str, object] | None], host: bool = True) -> tuple[Any, Any]:
         """(norm, cosine): Python numbers (`host_grad_stats`) or, with `host=False`, 0-d device tensors (`grad_stats`)."""
-        stats = host_grad_stats if host else grad_stats
         refs = moment_buffers(states)
         if refs is not None:
             self.prev = None
-            return stats(grads, refs)
+            return host_grad_stats(grads, refs, self._views) if host else grad_stats(grads, refs)
+        stats = host_grad_stats if host else grad_stats
         out = stats(grads, self.prev)
         self.prev = copy_into(self.prev, grads)
         return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -568,13 +569,14 @@ def test_device_features_equal_host_features() -> None:
             return rng.choice([10 ** rng.uniform(-10, 2), 0.0])
         return rng.uniform(-1.3, 1.3)
 
-    for _ in range(40):
+    for run in range(40):
         host, dev = FeatureState(), DeviceFeatureState()
+        every = (1, 8, 3)[run % 3]  # a rule's decide_every: gradient-level readings enter with beta**every
         for _ in range(40):
             loss, norm, align, size = draw("loss"), draw("norm"), draw("align"), draw("update")
-            host.update(loss, norm, align, size)
+            host.update(loss, norm, align, size, every)
             as_t = rng.random() < 0.5  # the device state takes tensors or numbers
-            dev.update(*(None if v is None else (torch.tensor(v, dtype=torch.float64) if as_t else v) for v in (loss, norm, align, size)))
+            dev.update(*(None if v is None else (torch.tensor(v, dtype=torch.float64) if as_t else v) for v in (loss, norm, align, size)), every=every)
             progress, lr_rel = rng.random(), rng.uniform(-9.0, 5.0)
             assert dev.features(progress, torch.tensor(lr_rel, dtype=torch.float64)).tolist() == pytest.approx(
                 host.features(progress, lr_rel), rel=1e-12, abs=1e-12
@@ -673,3 +675,28 @@ def test_update_size_sees_non_contiguous_parameters_move() -> None:
         with torch.no_grad():
             w.mul_(1.1)
         assert u([w]) == pytest.approx(0.1 / 1.1, rel=1e-6)
+
+
+def test_grad_align_view_cache_follows_replaced_moment_buffers() -> None:
+    """`GradAlign` keeps numpy views of the optimizer's moments; when the optimizer's state is replaced
+    (a checkpoint load) it reads the new buffers: always the uncached figure."""
+    from metalr.gradstats import GradAlign, host_grad_stats, moment_buffers
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    align = GradAlign()
+    x, y = torch.randn(32, 5), torch.randint(0, 2, (32,))
+    saved = None
+    for t in range(12):
+        if t == 8:  # new moment tensors, with other values (the state of step 4)
+            opt.load_state_dict(saved)
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x + 0.05 * t), y).backward()
+        params = [p for g in opt.param_groups for p in g["params"]]
+        grads, states = [p.grad for p in params], [opt.state.get(p) for p in params]
+        got = align(grads, states)
+        assert got == host_grad_stats(grads, moment_buffers(states)), t
+        opt.step()
+        if t == 4:
+            saved = copy.deepcopy(opt.state_dict())

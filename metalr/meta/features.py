@@ -41,8 +41,10 @@ that falls slowly); this one sees the cause.
 
 Under a rule with `decide_every` = k > 1 (`metalr.meta.rule`) the loss is folded in
 every step, the gradient alignment, gradient norm and update size only every k-th
-step: their averages then hold one reading per k steps (the betas above are per
-reading), and the features are read on those steps only.
+step, and the features are read on those steps only. Those three averages then take
+each reading with beta**k instead of beta, so every average spans the same number of
+steps whatever k (the betas above are per step): a policy sees the same time scales
+at k = 8 as at k = 1, from fewer, equally weighted readings.
 
 The policy sees `(feature - SHIFT) / SCALE` (stored in every checkpoint, so a
 checkpoint carries its own normalisation).
@@ -113,8 +115,11 @@ class FeatureState:
     g_slow: float | None = None
     u_mid: float | None = None  # EMA 0.9 of log10(update size)
 
-    def update(self, loss: float | None, grad_norm: float | None, grad_align: float | None, update_size: float | None = None) -> None:
-        """Fold one step's signals in; missing or non-finite ones (and an update size <= 0) are skipped."""
+    def update(self, loss: float | None, grad_norm: float | None, grad_align: float | None, update_size: float | None = None, every: int = 1) -> None:
+        """Fold one step's signals in; missing or non-finite ones (and an update size <= 0) are skipped.
+
+        `every` = k: the gradient-level readings come once per k steps, so their averages take them with
+        beta**k (each average spans the same number of steps whatever k); the loss comes every step."""
         if _finite(loss):
             v = max(float(loss), _EPS)  # type: ignore[arg-type]
             if self.loss0 is None:
@@ -126,15 +131,15 @@ class FeatureState:
             self.l_max = self.l_mid if self.l_max is None else max(self.l_max, self.l_mid)
         if _finite(grad_norm) and grad_norm > 0:  # type: ignore[operator]
             g = float(grad_norm)  # type: ignore[arg-type]
-            self.g_fast = _ema(self.g_fast, g, 0.5)
-            self.g_slow = _ema(self.g_slow, g, 0.95)
+            self.g_fast = _ema(self.g_fast, g, 0.5**every)
+            self.g_slow = _ema(self.g_slow, g, 0.95**every)
         if _finite(grad_align):
             a = min(1.0, max(-1.0, float(grad_align)))  # type: ignore[arg-type]
-            self.a_fast = _ema(self.a_fast, a, 0.5)
-            self.a_slow = _ema(self.a_slow, a, 0.95)
+            self.a_fast = _ema(self.a_fast, a, 0.5**every)
+            self.a_slow = _ema(self.a_slow, a, 0.95**every)
         if _finite(update_size) and update_size > 0:  # type: ignore[operator]
             u = min(UPDATE_LOG_RANGE[1], max(UPDATE_LOG_RANGE[0], math.log10(update_size)))  # type: ignore[arg-type]
-            self.u_mid = _ema(self.u_mid, u, 0.9)
+            self.u_mid = _ema(self.u_mid, u, 0.9**every)
 
     def features(self, progress: float, lr_rel: float) -> list[float]:
         """The raw (clipped, always finite) feature vector, in `FEATURE_NAMES` order."""
@@ -202,16 +207,16 @@ _ORDER = (0, 1, 2, 3, 4, 5, 7, 8, 9, 6, 10)
 
 
 class _Consts:
-    """Index and bound tensors of the update, made once per device."""
+    """Index and bound tensors of the update, made once per (device, every)."""
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, every: int = 1) -> None:
         def f64(values: Any) -> torch.Tensor:
             return torch.tensor(values, dtype=torch.float64, device=device)
 
         def idx(values: Any) -> torch.Tensor:
             return torch.tensor(values, dtype=torch.long, device=device)
 
-        self.beta = f64(_BETA)
+        self.beta = f64([b if obs == 0 else b**every for b, obs in zip(_BETA, _OBS)])  # gradient-level readings: beta**every
         self.one_minus_beta = 1.0 - self.beta
         self.obs = idx(_OBS)
         self.lo, self.hi, self.floor = f64(_OBS_LO), f64(_OBS_HI), f64(_OBS_FLOOR)
@@ -225,13 +230,13 @@ class _Consts:
         self.u_unseen = f64(SHIFT[10])
 
 
-_CONSTS: dict[torch.device, _Consts] = {}
+_CONSTS: dict[tuple[torch.device, int], _Consts] = {}
 
 
-def _consts(device: torch.device) -> _Consts:
-    c = _CONSTS.get(device)
+def _consts(device: torch.device, every: int = 1) -> _Consts:
+    c = _CONSTS.get((device, every))
     if c is None:
-        c = _CONSTS[device] = _Consts(device)
+        c = _CONSTS[(device, every)] = _Consts(device, every)
     return c
 
 
@@ -248,12 +253,13 @@ class DeviceFeatureState:
             return x.detach().reshape(()).to(dtype=torch.float64, device=self.s.device)
         return torch.tensor(float(x), dtype=torch.float64, device=self.s.device)
 
-    def update(self, loss: Any, grad_norm: Any, grad_align: Any, update_size: Any = None) -> None:
-        """Fold one step's signals in; missing (None) or non-finite ones (and a gradient norm or update size <= 0) are skipped."""
+    def update(self, loss: Any, grad_norm: Any, grad_align: Any, update_size: Any = None, every: int = 1) -> None:
+        """Fold one step's signals in; missing (None) or non-finite ones (and a gradient norm or update size <= 0) are skipped.
+        `every`: as in `FeatureState.update`."""
         device = next((x.device for x in (loss, grad_norm, grad_align, update_size) if isinstance(x, torch.Tensor)), self.s.device)
         if self.s.device != device:
             self.s = self.s.to(device)
-        c = _consts(self.s.device)
+        c = _consts(self.s.device, every)
         o3 = torch.stack(
             [self._as_tensor(loss, c), self._as_tensor(grad_align, c), self._as_tensor(grad_norm, c), torch.log10(self._as_tensor(update_size, c))]
         )

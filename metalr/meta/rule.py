@@ -30,7 +30,9 @@ Per step:
 Decision interval (`decide_every` = k, a rule setting stored in the checkpoint; 1 when absent). The loss is
 folded in and the guard checked every step; the gradient statistics and the update size
 (steps 1 and 3) and the policy (step 2) only on steps t with t % k == 0, where the change is
-k times the per-step change (the same LR movement per run). On the other steps those signals
+k times the per-step change (the same LR movement per run), and the feature averages of those
+signals take each reading with beta**k (`FeatureState.update`: the same time scales in steps as at
+k = 1, so a policy trained at k = 1 reads the same features, from fewer readings). On the other steps those signals
 are ignored if given, so a tracker that computes them every step gives the same LRs as one that
 computes them only when they are read (`SignalTracker(every=k)`, which is what makes k > 1
 cheap: the statistics and the policy cost 1/k per step).
@@ -44,6 +46,7 @@ The two give the same LRs (`tests/test_meta.py`).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -82,7 +85,7 @@ class RuleConfig:
         if not (self.guard_ratio > 1 and 0 < self.guard_factor < 1):
             raise ValueError(f"need guard_ratio > 1 and 0 < guard_factor < 1, got {self.guard_ratio}, {self.guard_factor}")
 
-    @property
+    @functools.cached_property
     def log_bounds(self) -> tuple[float, float]:
         return math.log(self.min_factor), math.log(self.max_factor)
 
@@ -142,12 +145,13 @@ def lr_rule(
     device one (`RuleState.to_device`). `state` is updated in place.
     """
     feats = state.features
-    progress = min(1.0, max(0.0, step / total_steps))
     decide = step % cfg.decide_every == 0
-    scale = cfg.horizon_scale(total_steps) * cfg.decide_every  # the change for k steps, made at once
+    if decide:
+        progress = min(1.0, max(0.0, step / total_steps))
+        scale = cfg.horizon_scale(total_steps) * cfg.decide_every  # the change for k steps, made at once
     lo, hi = cfg.log_bounds
     if decide:
-        feats.update(loss, grad_norm, grad_align, update_size)  # type: ignore[arg-type]
+        feats.update(loss, grad_norm, grad_align, update_size, cfg.decide_every)  # type: ignore[arg-type]
     else:
         feats.update(loss, None, None, None)  # type: ignore[arg-type]
     if isinstance(feats, DeviceFeatureState):
