@@ -102,7 +102,8 @@ def test_meta_sync_every_holds_the_lr_between_read_backs() -> None:
     torch.manual_seed(0)
     model = torch.nn.Linear(5, 2)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    s = setup("meta", model=model, optimizer=opt, total_steps=40, controller_kwargs={"sync_every": 4})
+    # a rule that decides every step (the shipped one decides every 8th), so the device LR moves every step
+    s = setup("meta", model=model, optimizer=opt, total_steps=40, controller_kwargs={"sync_every": 4, "checkpoint": _shipped_every(1)})
     s.tracker = build_tracker(s.controller, model.parameters(), total_steps=40, as_tensors=True)
     x, y = torch.randn(32, 5), torch.randn(32, 2)
     lrs, device_lrs = [], []
@@ -124,7 +125,7 @@ def test_meta_sync_every_holds_the_lr_between_read_backs() -> None:
     [("meta", "adam", 0), ("meta", "sgdm", 0), ("meta", "sgd", 1), ("hypergradient", "adam", 1), ("grad_variability", "adam", 0), ("cosine", "adam", 0)],
 )
 def test_trackers_keep_at_most_one_model_sized_buffer(name: str, optimizer: str, buffers: int) -> None:
-    _, _, tracker = _loop(name, optimizer, 6)
+    _, _, tracker = _loop(name, optimizer, 9)  # past the first 8-step block of the shipped meta rule
     n = sum(p.numel() for p in tracker.params)
     state = tracker.state_dict()
     kept = [state["prev_grad"], state["prev_params"], state["align"]["prev"]]
