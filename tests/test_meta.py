@@ -700,3 +700,16 @@ def test_grad_align_view_cache_follows_replaced_moment_buffers() -> None:
         opt.step()
         if t == 4:
             saved = copy.deepcopy(opt.state_dict())
+
+
+def test_meta_warns_once_when_tracker_and_controller_count_steps_differently(caplog: pytest.LogCaptureFixture) -> None:
+    """With decide_every > 1 the statistics must arrive on the policy's steps: a tracker out of phase is logged."""
+    frozen = FrozenPolicy(lively_policy(), {}, "", RuleConfig(decide_every=4))
+    ctrl = MetaController(torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1), checkpoint=frozen, total_steps=20)
+    with caplog.at_level(logging.WARNING, logger="metalr.controllers.meta"):
+        for t in range(1, 9):
+            ctrl.step(Signals(step=t, loss=1.0))  # in phase
+        assert not caplog.records
+        for t in range(9, 13):
+            ctrl.step(Signals(step=t + 2, loss=1.0))  # two steps ahead
+    assert len(caplog.records) == 1 and "decide_every=4" in caplog.records[0].getMessage()

@@ -80,6 +80,7 @@ class MetaController(Controller):
             log.warning("meta controller: total_steps not given; assuming a %d-step run (pass total_steps=...)", self.rule.default_total_steps)
         self.total_steps = int(total_steps or self.rule.default_total_steps)
         self.sync_every = int(sync_every)
+        self._phase_warned = False
         self._host_policy = HostPolicy(self.frozen.policy)  # the CPU path: Python and numpy numbers
         self._policy: MetaPolicy = self.frozen.policy  # the device path: a copy on the signals' device on first use there
         self._log_rel: float | torch.Tensor = 0.0  # log(LR / base LR): a float, or a 0-d float64 tensor on the signals' device
@@ -118,6 +119,13 @@ class MetaController(Controller):
         self._rule_state = RuleState.from_state(self._rule_state.state_dict())
 
     def _compute_lrs(self, signals: Signals) -> list[float]:
+        if self.signal_every > 1 and signals.step and signals.step % self.signal_every != self.last_step % self.signal_every and not self._phase_warned:
+            self._phase_warned = True  # the statistics arrive on other steps than the policy's: it would decide on stale features
+            log.warning(
+                "meta controller: the tracker is at step %d but the controller at step %d; with decide_every=%d the gradient "
+                "statistics then miss the policy's steps. Build the tracker with metalr.train.build_tracker and restore both together.",
+                signals.step, self.last_step, self.signal_every,
+            )  # fmt: skip
         device = _device_of(signals.loss, signals.grad_align, signals.grad_norm, signals.update_size)
         if device is None:  # Python numbers (a CPU tracker): the host path, every step
             if self._rule_state.on_device:
