@@ -211,26 +211,37 @@ class GradAlign:
 
     def __init__(self) -> None:
         self.prev: list[torch.Tensor | None] | None = None
+        self._spare: list[torch.Tensor | None] | None = None  # the buffer of `prev` while it holds nothing (keep=False)
         self._views = ViewCache()
 
-    def __call__(self, grads: Sequence[torch.Tensor | None], states: Sequence[dict[str, object] | None], host: bool = True) -> tuple[Any, Any]:
-        """(norm, cosine): Python numbers (`host_grad_stats`) or, with `host=False`, 0-d device tensors (`grad_stats`)."""
+    def __call__(
+        self, grads: Sequence[torch.Tensor | None], states: Sequence[dict[str, object] | None], host: bool = True, keep: bool = True
+    ) -> tuple[Any, Any]:
+        """(norm, cosine): Python numbers (`host_grad_stats`) or, with `host=False`, 0-d device tensors (`grad_stats`).
+
+        `keep=False` (a caller that calls `prime` before its next call) skips keeping this step's
+        gradient: `prev` becomes None, its buffer is kept aside for `prime` to fill.
+        """
         refs = moment_buffers(states)
         if refs is not None:
-            self.prev = None
+            self.prev = self._spare = None
             return host_grad_stats(grads, refs, self._views) if host else grad_stats(grads, refs)
         stats = host_grad_stats if host else grad_stats
         out = stats(grads, self.prev)
-        self.prev = copy_into(self.prev, grads)
+        if keep:
+            self.prev = copy_into(self.prev, grads)
+        elif self.prev is not None:
+            self._spare, self.prev = self.prev, None
         return out
 
     def prime(self, grads: Sequence[torch.Tensor | None], states: Sequence[dict[str, object] | None]) -> None:
         """Keep what the next call needs without computing anything: for a caller that reads the
         statistic only every k steps (`SignalTracker(every=k)`), on the step before it does."""
         if moment_buffers(states) is not None:
-            self.prev = None
+            self.prev = self._spare = None
         else:
-            self.prev = copy_into(self.prev, grads)
+            self.prev = copy_into(self.prev if self.prev is not None else self._spare, grads)
+            self._spare = None
 
     def state_dict(self) -> dict[str, object]:
         return {"prev": None if self.prev is None else [None if t is None else t.clone() for t in self.prev]}
@@ -238,6 +249,7 @@ class GradAlign:
     def load_state_dict(self, state: dict[str, object]) -> None:
         prev = state.get("prev")
         self.prev = None if prev is None else [None if t is None else t.clone() for t in prev]  # type: ignore[attr-defined]
+        self._spare = None
 
 
 def copy_into(buffers: list[torch.Tensor | None] | None, tensors: Sequence[torch.Tensor | None]) -> list[torch.Tensor | None]:

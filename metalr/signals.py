@@ -161,6 +161,7 @@ class SignalTracker:
         self._prev_grad: list[torch.Tensor | None] | None = None
         self._prev_params: list[torch.Tensor] | None = None
         self._prev_lr: float | None = None
+        self._spares: dict[str, Any] = {}  # buffers of _prev_grad/_prev_params set aside between a gradient-signal step and the next prime
         self._pending_eval: tuple[float, float | None] | None = None
         self._align = GradAlign()
         self._update_size = UpdateSize()
@@ -212,7 +213,8 @@ class SignalTracker:
             self._gradient_signals(s, lr)
         if "grad_align" in self.requires:
             params = [p for g in self.optimizer.param_groups for p in g["params"]]
-            norm, s.grad_align = self._align([p.grad for p in params], [self.optimizer.state.get(p) for p in params], host=not self.as_tensors)
+            grads, states = [p.grad for p in params], [self.optimizer.state.get(p) for p in params]
+            norm, s.grad_align = self._align(grads, states, host=not self.as_tensors, keep=self.every == 1)
             if s.grad_norm is None:
                 s.grad_norm = norm
         if "update_size" in self.requires:
@@ -221,9 +223,9 @@ class SignalTracker:
     def _prime(self, lr: float) -> None:
         """On the step before a gradient-signal step (`every` > 1): keep only what that step's statistics compare with."""
         if "grad_cos" in self.requires:
-            self._prev_grad = copy_into(self._prev_grad, [p.grad for p in self.params])
+            self._prev_grad = self._refill("grad", self._prev_grad, [p.grad for p in self.params])
         if "hypergrad" in self.requires:
-            self._prev_params = copy_into(self._prev_params, [p.detach() for p in self.params])  # type: ignore[arg-type,assignment]
+            self._prev_params = self._refill("params", self._prev_params, [p.detach() for p in self.params])  # type: ignore[arg-type,assignment]
             self._prev_lr = lr
         if "grad_align" in self.requires:
             params = [p for g in self.optimizer.param_groups for p in g["params"]]
@@ -259,10 +261,25 @@ class SignalTracker:
                 pairs = [(g, q) for g, q in zip(grads, self._prev_grad) if g is not None and q is not None]
                 denom = s.grad_norm * host_norm([q for q in self._prev_grad if q is not None])
                 s.grad_cos = finite_or_nan(host_dot([g for g, _ in pairs], [q for _, q in pairs]) / denom) if denom > 0 else 0.0
-            self._prev_grad = copy_into(self._prev_grad, grads)
+            self._prev_grad = self._keep("grad", self._prev_grad, grads)
         if "hypergrad" in self.requires:
-            self._prev_params = copy_into(self._prev_params, theta)  # type: ignore[arg-type,assignment]
+            self._prev_params = self._keep("params", self._prev_params, theta)  # type: ignore[arg-type,assignment]
             self._prev_lr = lr
+
+    def _keep(self, name: str, buffers: list[Any] | None, tensors: Sequence[torch.Tensor | None]) -> list[Any] | None:
+        """`tensors`, kept in `buffers` for the next step to compare with. With `every` > 1 the next
+        step to compare is after a `_prime`, which fills the buffer itself: nothing is copied, the
+        buffer is set aside for it, and None stands in the state meanwhile (no previous reading)."""
+        if self.every == 1:
+            return copy_into(buffers, tensors)
+        if buffers is not None:
+            self._spares[name] = buffers
+        return None
+
+    def _refill(self, name: str, buffers: list[Any] | None, tensors: Sequence[torch.Tensor | None]) -> list[Any]:
+        """`tensors` copied into `buffers`, or into the buffer `_keep` set aside."""
+        spare = self._spares.pop(name, None)
+        return copy_into(buffers if buffers is not None else spare, tensors)
 
     def state_dict(self) -> dict[str, Any]:
         """Everything the next `collect` depends on (a copy; tensors, numbers, lists, dicts, None): recovery and checkpoints restore it."""
@@ -288,6 +305,7 @@ class SignalTracker:
         prev_params = self._per_tensor("prev_params", state["prev_params"])
         self.step, self.epoch = int(state["step"]), int(state["epoch"])
         self._prev_grad, self._prev_params, self._prev_lr = prev_grad, prev_params, state["prev_lr"]  # type: ignore[assignment]
+        self._spares = {}
         pending = state.get("pending_eval")
         self._pending_eval = None if pending is None else (float(pending[0]), None if pending[1] is None else float(pending[1]))
         self._align.load_state_dict(state.get("align", {"prev": None}))

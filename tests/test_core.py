@@ -117,6 +117,45 @@ def test_tracker_every_k_reports_the_every_step_values_on_its_steps(momentum: fl
         SignalTracker(model.parameters(), opt, requires=(), every=0)
 
 
+def test_tracker_every_k_copies_the_previous_gradient_and_weights_only_on_prime_steps(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`every=3`, plain SGD (no moment to compare with): the model-sized copies (previous gradient for
+    grad_cos and grad_align, previous weights for hypergrad) happen on the step before each reading,
+    into buffers allocated once, not also after the reading; between them the state holds no previous reading."""
+    import metalr.gradstats as gradstats
+    import metalr.signals as signals
+    from metalr.signals import GRADIENT_SIGNALS
+
+    copies: list[int] = []
+    real = gradstats.copy_into
+
+    def counting(buffers, tensors):  # type: ignore[no-untyped-def]
+        copies.append(step)
+        return real(buffers, tensors)
+
+    monkeypatch.setattr(signals, "copy_into", counting)
+    monkeypatch.setattr(gradstats, "copy_into", counting)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    tracker = SignalTracker(model.parameters(), opt, requires=GRADIENT_SIGNALS | {"loss"}, every=3)
+    x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
+    buffers = set()
+    for step in range(1, 13):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x + 0.1 * step), y).backward()
+        s = tracker.collect()
+        if step % 3 == 0:
+            assert s.grad_cos is not None and s.hypergrad is not None and s.grad_align is not None
+            state = tracker.state_dict()
+            assert state["prev_grad"] is None and state["prev_params"] is None and state["align"]["prev"] is None
+        else:
+            held = [tracker._prev_grad, tracker._prev_params, tracker._align.prev]
+            buffers |= {id(t) for b in held if b is not None for t in b}
+        opt.step()
+    assert copies == [t for t in (2, 5, 8, 11) for _ in range(3)]  # 3 buffers, each copied once per 3 steps
+    assert len(buffers) == 3 * len(list(model.parameters()))  # the same buffers each time: allocated once
+
+
 def test_eval_signals_arrive_once() -> None:
     model = torch.nn.Linear(2, 1)
     t = SignalTracker(model.parameters(), _opt())

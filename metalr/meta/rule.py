@@ -146,11 +146,10 @@ def lr_rule(
     """
     feats = state.features
     decide = step % cfg.decide_every == 0
+    lo, hi = cfg.log_bounds
     if decide:
         progress = min(1.0, max(0.0, step / total_steps))
         scale = cfg.horizon_scale(total_steps) * cfg.decide_every  # the change for k steps, made at once
-    lo, hi = cfg.log_bounds
-    if decide:
         feats.update(loss, grad_norm, grad_align, update_size, cfg.decide_every)  # type: ignore[arg-type]
     else:
         feats.update(loss, None, None, None)  # type: ignore[arg-type]
