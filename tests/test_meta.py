@@ -713,3 +713,30 @@ def test_meta_warns_once_when_tracker_and_controller_count_steps_differently(cap
         for t in range(9, 13):
             ctrl.step(Signals(step=t + 2, loss=1.0))  # two steps ahead
     assert len(caplog.records) == 1 and "decide_every=4" in caplog.records[0].getMessage()
+
+
+def test_min_and_max_factor_narrow_the_lr_range_and_refuse_to_widen_it() -> None:
+    """A policy that always raises (or always lowers) the LR ends at the checkpoint's bound, or at the narrower one given."""
+
+    def pushing(bias: float) -> FrozenPolicy:
+        policy = MetaPolicy()
+        last = [m for m in policy.net if isinstance(m, torch.nn.Linear)][-1]
+        with torch.no_grad():
+            last.weight.zero_()
+            last.bias.fill_(bias)
+        return FrozenPolicy(policy, {}, "", RuleConfig())
+
+    for bias, kwargs, bound in [(5.0, {}, 30.0), (5.0, {"max_factor": 3.0}, 3.0), (-5.0, {}, 1e-3), (-5.0, {"min_factor": 0.1}, 0.1)]:
+        opt = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)
+        ctrl = MetaController(opt, checkpoint=pushing(bias), total_steps=100, **kwargs)
+        lrs = []
+        for t in range(1, 101):
+            ctrl.step(Signals(step=t, loss=1.0))
+            lrs.append(opt.param_groups[0]["lr"])
+        assert lrs[-1] == pytest.approx(0.1 * bound), kwargs
+        assert all(0.1 * min(1.0, bound) * (1 - 1e-9) <= lr <= 0.1 * max(1.0, bound) * (1 + 1e-9) for lr in lrs), kwargs
+    opt = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)
+    for bad in ({"max_factor": 100.0}, {"max_factor": 1.0}, {"min_factor": 1e-4}, {"min_factor": 1.0}, {"max_factor": math.nan}):
+        with pytest.raises(ValueError, match="factor must be in"):
+            MetaController(opt, checkpoint=pushing(0.0), total_steps=10, **bad)
+    assert load_pretrained(optimizer=opt, total_steps=10, max_factor=2.0).rule.max_factor == 2.0

@@ -8,8 +8,10 @@ Each step it calls `metalr.meta.rule.lr_rule`, the very function meta-training
 unrolled: the step's loss, gradient norm and gradient alignment
 (`metalr.gradstats`) are folded into the features, the policy proposes a bounded
 log-LR change, a fixed guard cuts the LR at once when the loss blows up, and the
-LR stays within [min_factor, max_factor] x base LR. Every param group keeps its
-own base LR; one multiplier scales them all.
+LR stays within [min_factor, max_factor] x base LR (the checkpoint's range, x0.001 to x30
+for the shipped one; `min_factor=`/`max_factor=` narrow it, e.g. `max_factor=3` when
+fine-tuning a pretrained model, whose LR should stay near the usual one). Every param group
+keeps its own base LR; one multiplier scales them all.
 
 It reads only the loss, the gradients and the relative size of the last update
 (a sample of at most 4096 weights): no logits, no accuracy. A checkpoint whose rule
@@ -39,6 +41,7 @@ import copy
 import logging
 import math
 import os
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -47,7 +50,7 @@ from metalr.controllers import register
 from metalr.controllers.base import Controller
 from metalr.meta.checkpoint import FrozenPolicy, cached_policy
 from metalr.meta.policy import HostPolicy, MetaPolicy
-from metalr.meta.rule import RuleState, lr_rule
+from metalr.meta.rule import RuleConfig, RuleState, lr_rule
 from metalr.signals import Signals
 
 log = logging.getLogger(__name__)
@@ -68,9 +71,11 @@ class MetaController(Controller):
         checkpoint: str | os.PathLike[str] | FrozenPolicy | None = None,
         total_steps: int | None = None,
         sync_every: int = 1,
+        min_factor: float | None = None,
+        max_factor: float | None = None,
     ) -> None:
         self.frozen = checkpoint if isinstance(checkpoint, FrozenPolicy) else cached_policy(checkpoint)
-        self.rule = self.frozen.rule
+        self.rule = _narrowed(self.frozen.rule, min_factor, max_factor)
         self.signal_every = self.rule.decide_every  # the tracker computes the gradient statistics only on the policy's steps
         if total_steps is not None and total_steps < 1:
             raise ValueError(f"total_steps must be >= 1, got {total_steps}")
@@ -156,6 +161,21 @@ class MetaController(Controller):
     def extra_logs(self) -> dict[str, float]:
         """As of the last read-back (no extra host read)."""
         return {"meta_lr_factor": math.exp(self._read[0]), "meta_guard_fired": self._read[1]}
+
+
+def _narrowed(rule: RuleConfig, min_factor: float | None, max_factor: float | None) -> RuleConfig:
+    """`rule` with a narrower LR range [min_factor, max_factor] x base LR, for a user who knows the LR must stay
+    near the base LR (a pretrained model's fine-tune). Only narrower: the policy never saw an LR outside its own range."""
+    if min_factor is None and max_factor is None:
+        return rule
+    lo = rule.min_factor if min_factor is None else float(min_factor)
+    hi = rule.max_factor if max_factor is None else float(max_factor)
+    own = f"the checkpoint's range is [{rule.min_factor:g}, {rule.max_factor:g}]"
+    if not rule.min_factor <= lo < 1:
+        raise ValueError(f"min_factor must be in [{rule.min_factor:g}, 1) ({own}), got {min_factor!r}")
+    if not 1 < hi <= rule.max_factor:
+        raise ValueError(f"max_factor must be in (1, {rule.max_factor:g}] ({own}), got {max_factor!r}")
+    return replace(rule, min_factor=lo, max_factor=hi)
 
 
 def _device_of(*values: object) -> torch.device | None:
