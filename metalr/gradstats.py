@@ -200,18 +200,50 @@ def host_grad_stats(
     return norm, (max(-1.0, min(1.0, cos)) if math.isfinite(cos) else None)
 
 
+class KeptCopy:
+    """The previous step's tensors, for a statistic that compares with them (the previous gradient or weights).
+
+    One model-sized buffer, per tensor, allocated by the first `keep` and overwritten in place after it.
+    A reader every k steps (`SignalTracker(every=k)`) calls `set_aside` once it has read: `tensors` is then
+    None (no previous reading in the state) and the buffer waits for the `keep` on the step before the next reading.
+    """
+
+    def __init__(self) -> None:
+        self.tensors: list[torch.Tensor | None] | None = None
+        self._spare: list[torch.Tensor | None] | None = None
+
+    def keep(self, tensors: Sequence[torch.Tensor | None]) -> list[torch.Tensor | None]:
+        """`tensors` copied into the buffer (the one in use or the one set aside)."""
+        self.tensors = copy_into(self.tensors if self.tensors is not None else self._spare, tensors)
+        self._spare = None
+        return self.tensors
+
+    def set_aside(self) -> None:
+        if self.tensors is not None:
+            self._spare, self.tensors = self.tensors, None
+
+    def clear(self) -> None:
+        self.tensors = self._spare = None
+
+    def load(self, tensors: list[torch.Tensor | None] | None) -> None:
+        self.tensors, self._spare = tensors, None
+
+    def buffers(self) -> list[list[torch.Tensor | None]]:
+        """Every buffer held, in use or set aside (for memory accounting)."""
+        return [b for b in (self.tensors, self._spare) if b is not None]
+
+
 class GradAlign:
     """Per-run state of the `grad_align` statistic: the optimizer's moment, or else the previous gradient.
 
     Called once per step with the gradients and the optimizer's per-parameter state *before* the
     update. While the optimizer keeps a gradient average (from its first step on, for SGD with
     momentum and Adam) that is the reference and nothing is copied; otherwise the previous
-    gradient is kept (one model-sized buffer, allocated once and overwritten in place) and used instead.
+    gradient is kept (`KeptCopy`: one model-sized buffer) and used instead.
     """
 
     def __init__(self) -> None:
-        self.prev: list[torch.Tensor | None] | None = None
-        self._spare: list[torch.Tensor | None] | None = None  # the buffer of `prev` while it holds nothing (keep=False)
+        self.prev = KeptCopy()
         self._views = ViewCache()
 
     def __call__(
@@ -220,36 +252,35 @@ class GradAlign:
         """(norm, cosine): Python numbers (`host_grad_stats`) or, with `host=False`, 0-d device tensors (`grad_stats`).
 
         `keep=False` (a caller that calls `prime` before its next call) skips keeping this step's
-        gradient: `prev` becomes None, its buffer is kept aside for `prime` to fill.
+        gradient: the previous gradient is set aside for `prime` to fill.
         """
         refs = moment_buffers(states)
         if refs is not None:
-            self.prev = self._spare = None
+            self.prev.clear()
             return host_grad_stats(grads, refs, self._views) if host else grad_stats(grads, refs)
         stats = host_grad_stats if host else grad_stats
-        out = stats(grads, self.prev)
+        out = stats(grads, self.prev.tensors)
         if keep:
-            self.prev = copy_into(self.prev, grads)
-        elif self.prev is not None:
-            self._spare, self.prev = self.prev, None
+            self.prev.keep(grads)
+        else:
+            self.prev.set_aside()
         return out
 
     def prime(self, grads: Sequence[torch.Tensor | None], states: Sequence[dict[str, object] | None]) -> None:
         """Keep what the next call needs without computing anything: for a caller that reads the
         statistic only every k steps (`SignalTracker(every=k)`), on the step before it does."""
         if moment_buffers(states) is not None:
-            self.prev = self._spare = None
+            self.prev.clear()
         else:
-            self.prev = copy_into(self.prev if self.prev is not None else self._spare, grads)
-            self._spare = None
+            self.prev.keep(grads)
 
     def state_dict(self) -> dict[str, object]:
-        return {"prev": None if self.prev is None else [None if t is None else t.clone() for t in self.prev]}
+        prev = self.prev.tensors
+        return {"prev": None if prev is None else [None if t is None else t.clone() for t in prev]}
 
     def load_state_dict(self, state: dict[str, object]) -> None:
         prev = state.get("prev")
-        self.prev = None if prev is None else [None if t is None else t.clone() for t in prev]  # type: ignore[attr-defined]
-        self._spare = None
+        self.prev.load(None if prev is None else [None if t is None else t.clone() for t in prev])  # type: ignore[attr-defined]
 
 
 def copy_into(buffers: list[torch.Tensor | None] | None, tensors: Sequence[torch.Tensor | None]) -> list[torch.Tensor | None]:

@@ -44,7 +44,7 @@ from typing import Any, Protocol
 
 import torch
 
-from metalr.gradstats import GradAlign, UpdateSize, copy_into, finite_or_nan, host_dot, host_dots, host_norm
+from metalr.gradstats import GradAlign, KeptCopy, UpdateSize, finite_or_nan, host_dot, host_dots, host_norm
 
 #: Every signal a controller may list in `requires`.
 SIGNAL_NAMES = frozenset(
@@ -158,10 +158,9 @@ class SignalTracker:
         self.task_info = dict(task_info or {})
         self.step = 0
         self.epoch = 0
-        self._prev_grad: list[torch.Tensor | None] | None = None
-        self._prev_params: list[torch.Tensor] | None = None
+        self._prev_grad = KeptCopy()
+        self._prev_params = KeptCopy()
         self._prev_lr: float | None = None
-        self._spares: dict[str, Any] = {}  # buffers of _prev_grad/_prev_params set aside between a gradient-signal step and the next prime
         self._pending_eval: tuple[float, float | None] | None = None
         self._align = GradAlign()
         self._update_size = UpdateSize()
@@ -223,9 +222,9 @@ class SignalTracker:
     def _prime(self, lr: float) -> None:
         """On the step before a gradient-signal step (`every` > 1): keep only what that step's statistics compare with."""
         if "grad_cos" in self.requires:
-            self._prev_grad = self._refill("grad", self._prev_grad, [p.grad for p in self.params])
+            self._prev_grad.keep([p.grad for p in self.params])
         if "hypergrad" in self.requires:
-            self._prev_params = self._refill("params", self._prev_params, [p.detach() for p in self.params])  # type: ignore[arg-type,assignment]
+            self._prev_params.keep([p.detach() for p in self.params])
             self._prev_lr = lr
         if "grad_align" in self.requires:
             params = [p for g in self.optimizer.param_groups for p in g["params"]]
@@ -243,11 +242,12 @@ class SignalTracker:
         grads = [p.grad for p in self.params]
         present = [g for g in grads if g is not None]
         theta = [p.detach() for p in self.params] if "hypergrad" in self.requires else []
-        if theta and self._prev_params is not None and self._prev_lr:
+        prev_params = self._prev_params.tensors
+        if theta and prev_params is not None and self._prev_lr:
             # The buffer becomes theta_{t-1} - theta_t = lr_{t-1} u_{t-1} in place (it holds theta_t again below).
-            torch._foreach_sub_(self._prev_params, theta)
-            steps = [q for g, q in zip(grads, self._prev_params) if g is not None]
-            absent = [q for g, q in zip(grads, self._prev_params) if g is None]
+            torch._foreach_sub_(prev_params, theta)  # type: ignore[arg-type]
+            steps = [q for g, q in zip(grads, prev_params) if g is not None and q is not None]
+            absent = [q for g, q in zip(grads, prev_params) if g is None and q is not None]
             g_sq, dot, step_sq = host_dots(present, steps)  # one pass: |g|^2, g . (lr u), |lr u|^2
             step_sq += host_norm(absent) ** 2 if absent else 0.0
             s.grad_norm = finite_or_nan(math.sqrt(g_sq)) if present else math.nan
@@ -257,29 +257,24 @@ class SignalTracker:
         else:
             s.grad_norm = host_norm(present)
         if "grad_cos" in self.requires:
-            if self._prev_grad is not None:
-                pairs = [(g, q) for g, q in zip(grads, self._prev_grad) if g is not None and q is not None]
-                denom = s.grad_norm * host_norm([q for q in self._prev_grad if q is not None])
+            prev_grad = self._prev_grad.tensors
+            if prev_grad is not None:
+                pairs = [(g, q) for g, q in zip(grads, prev_grad) if g is not None and q is not None]
+                denom = s.grad_norm * host_norm([q for q in prev_grad if q is not None])
                 s.grad_cos = finite_or_nan(host_dot([g for g, _ in pairs], [q for _, q in pairs]) / denom) if denom > 0 else 0.0
-            self._prev_grad = self._keep("grad", self._prev_grad, grads)
+            self._keep(self._prev_grad, grads)
         if "hypergrad" in self.requires:
-            self._prev_params = self._keep("params", self._prev_params, theta)  # type: ignore[arg-type,assignment]
+            self._keep(self._prev_params, theta)
             self._prev_lr = lr
 
-    def _keep(self, name: str, buffers: list[Any] | None, tensors: Sequence[torch.Tensor | None]) -> list[Any] | None:
-        """`tensors`, kept in `buffers` for the next step to compare with. With `every` > 1 the next
-        step to compare is after a `_prime`, which fills the buffer itself: nothing is copied, the
-        buffer is set aside for it, and None stands in the state meanwhile (no previous reading)."""
+    def _keep(self, kept: KeptCopy, tensors: Sequence[torch.Tensor | None]) -> None:
+        """`tensors`, kept for the next step to compare with. With `every` > 1 the next step to
+        compare is after a `_prime`, which fills the buffer itself: nothing is copied, the buffer is
+        set aside for it, and None stands in the state meanwhile (no previous reading)."""
         if self.every == 1:
-            return copy_into(buffers, tensors)
-        if buffers is not None:
-            self._spares[name] = buffers
-        return None
-
-    def _refill(self, name: str, buffers: list[Any] | None, tensors: Sequence[torch.Tensor | None]) -> list[Any]:
-        """`tensors` copied into `buffers`, or into the buffer `_keep` set aside."""
-        spare = self._spares.pop(name, None)
-        return copy_into(buffers if buffers is not None else spare, tensors)
+            kept.keep(tensors)
+        else:
+            kept.set_aside()
 
     def state_dict(self) -> dict[str, Any]:
         """Everything the next `collect` depends on (a copy; tensors, numbers, lists, dicts, None): recovery and checkpoints restore it."""
@@ -287,8 +282,8 @@ class SignalTracker:
         state = {
             "step": self.step,
             "epoch": self.epoch,
-            "prev_grad": self._prev_grad,
-            "prev_params": self._prev_params,
+            "prev_grad": self._prev_grad.tensors,
+            "prev_params": self._prev_params.tensors,
             "prev_lr": self._prev_lr,
             "pending_eval": pending,
             "align": self._align.state_dict(),
@@ -304,8 +299,9 @@ class SignalTracker:
         prev_grad = self._per_tensor("prev_grad", state["prev_grad"])
         prev_params = self._per_tensor("prev_params", state["prev_params"])
         self.step, self.epoch = int(state["step"]), int(state["epoch"])
-        self._prev_grad, self._prev_params, self._prev_lr = prev_grad, prev_params, state["prev_lr"]  # type: ignore[assignment]
-        self._spares = {}
+        self._prev_grad.load(prev_grad)
+        self._prev_params.load(prev_params)
+        self._prev_lr = state["prev_lr"]
         pending = state.get("pending_eval")
         self._pending_eval = None if pending is None else (float(pending[0]), None if pending[1] is None else float(pending[1]))
         self._align.load_state_dict(state.get("align", {"prev": None}))

@@ -128,7 +128,7 @@ def test_trackers_keep_at_most_one_model_sized_buffer(name: str, optimizer: str,
     _, _, tracker = _loop(name, optimizer, 9)  # past the first 8-step block of the shipped meta rule
     n = sum(p.numel() for p in tracker.params)
     # what the tracker holds, whether in its state or set aside between a reading and the next prime (every > 1)
-    kept = [tracker._prev_grad, tracker._prev_params, tracker._align.prev, tracker._align._spare, *tracker._spares.values()]
+    kept = [b for k in (tracker._prev_grad, tracker._prev_params, tracker._align.prev) for b in k.buffers()]
     sizes = [sum(t.numel() for t in b if t is not None) for b in kept if b is not None]
     assert sizes == [n] * buffers
 
