@@ -2,10 +2,14 @@
 
     python scripts/publish_results.py --run             # make results: evaluate every published config, publish, rewrite READMEs
     python scripts/publish_results.py --run heuristics  # just one (its evaluation resumes from results/heuristics)
+    python scripts/publish_results.py --run eval_full   # after a new meta checkpoint: only the meta runs are trained
     python scripts/publish_results.py                   # only rewrite the README tables from docs/results/
     python scripts/publish_results.py --check           # exit 1 if a README table differs from docs/results/
 
 Published configs: metalr.evaluation.publish.PUBLISHED (configs/<name>.yaml -> docs/results/<name>/).
+`--run` first copies the published run records (docs/results/<name>/runs.jsonl.gz) into the config's
+out_dir where it has none, so the evaluation trains only runs whose spec changed since they were
+published (a new meta checkpoint: the meta runs); `--no-seed` trains everything the out_dir lacks.
 `--eval-arg KEY=VALUE` goes to every evaluate.py call (how it runs only: --eval-arg workers=8 --eval-arg backend=ray).
 """
 
@@ -28,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run", action="store_true", help="run evaluate.py on each config first (resuming), then publish it")
     p.add_argument("--publish", action="store_true", help="publish each config's existing out_dir (no training), then rewrite the READMEs")
     p.add_argument("--check", action="store_true", help="only check that the README tables match docs/results/")
+    p.add_argument("--no-seed", action="store_true", help="with --run: do not reuse the published run records")
     p.add_argument("--eval-arg", action="append", default=[], metavar="KEY=VALUE", help="passed to evaluate.py (how it runs: workers=8, backend=ray ...)")
     args = p.parse_args(argv)
     names = args.names or list(publish.PUBLISHED)
@@ -44,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1 if stale else 0
     for name in names if (args.run or args.publish) else []:
         if args.run:
+            seeded = 0 if args.no_seed else publish.seed_out_dir(name)
+            if seeded:
+                print(f"{name}: {seeded} published run record(s) copied into its out_dir; runs whose spec changed are trained again", flush=True)
             cmd = [sys.executable, str(ROOT / "evaluate.py"), "--config", f"configs/{name}.yaml", *args.eval_arg]
             print("$", " ".join(cmd[1:]), flush=True)
             rc = subprocess.call(cmd, cwd=ROOT)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -95,12 +96,36 @@ def test_publish_end_to_end(tmp_path: Path) -> None:
     assert {"torch", "metalr"} <= set(published["versions"]) and (dest / "sensitivity_digits_mlp.png").exists()
     assert not publish.checkpoint_mismatches(published, sha256_file(DEFAULT_PATH))
     assert publish.checkpoint_mismatches(published, "0" * 64) == ["meta"]
+    _assert_published_runs_resume(tmp_path, config, published)
     readme = "# x\n<!-- results:tiny rows strategies=constant,meta,tuned cols=final_val_accuracy,steps_to_target -->\n<!-- /results -->\n"
     readme += "<!-- results:tiny sensitivity -->\n<!-- /results -->\n"
     readme = publish.update_text(readme, tmp_path / "docs" / "results")
     assert "| digits_mlp | meta |" in readme and "| digits_mlp | cosine (tuned) |" in readme and "| constant | task LR |" in readme
     assert not publish.stale_blocks(readme, tmp_path / "docs" / "results")
     _assert_edit_caught(readme, next(publish.BLOCK.finditer(readme)), tmp_path / "docs" / "results")
+
+
+def _assert_published_runs_resume(root: Path, config: EvalConfig, published: dict[str, Any]) -> None:
+    """The published run records, copied into a fresh out_dir, are reused as they are; a record whose spec
+    no longer matches (as a new meta checkpoint makes the meta runs' specs) is trained again, alone."""
+    runs = publish.read_runs(root / "docs" / "results" / "tiny" / publish.RUNS_FILE)
+    assert runs and all("history" not in r and r["status"] == "ok" for r in runs)
+    fresh = root / "out" / "fresh"
+    assert publish.seed_out_dir("tiny", fresh, root=root) == len({r["id"] for r in runs})
+    assert publish.seed_out_dir("tiny", fresh, root=root) == 0  # never overwrites a saved run
+    stale = fresh / "runs" / "digits_mlp__meta__0.json"
+    record = json.loads(stale.read_text())
+    record["spec"]["weights_sha256"] = "0" * 64  # as if made with other weights
+    stale.write_text(json.dumps(record))
+    again = evaluate(replace(config, out_dir=str(fresh)), progress=False)
+    assert again["counts"]["executed"] == 1 and again["counts"]["reused"] == len(again["runs"]) - 1
+    before = json.loads((root / "out" / "tiny" / "results.json").read_text())["aggregate"]
+    assert _untimed(again["aggregate"]) == _untimed(before)  # the retrained run trains as before; only its clock differs
+
+
+def _untimed(agg: dict[str, Any]) -> dict[str, Any]:
+    timed = {"wall_time", "ms_per_step", "peak_memory_mb", "time_to_target"}
+    return {(t, label): {k: v for k, v in cell["metrics"].items() if k not in timed} for t, cells in agg.items() for label, cell in cells.items()}
 
 
 def _results(**kw: Any) -> dict[str, Any]:

@@ -12,6 +12,14 @@ other than how it runs: workers, backend ...), copied from its `out_dir` as
                                         stamped with the meta checkpoint's sha256 and library versions
     docs/results/<name>/results.md      the full report, as evaluate.py wrote it
     docs/results/<name>/sensitivity_<task>.png   the LR-sensitivity plots, when the config sweeps
+    docs/results/<name>/runs.jsonl.gz   every run's record (spec, status, metrics; no curves), one per line
+
+The run records make a published grid cheap to bring up to date: `make results` first copies them
+into the config's out_dir (`seed_out_dir`), and the evaluation's resume then trains only the runs
+whose spec changed. A new meta checkpoint changes only the `meta` runs' spec (the weights' sha256),
+so only they are trained again, instead of the whole grid. Seeded records carry no history, so the
+per-task curve plots of an out_dir leave their runs out; everything published is computed from
+the records alone.
 
 A README table lives between `<!-- results:NAME VIEW [key=value ...] -->` and `<!-- /results -->`;
 everything between the markers is generated, so a hand edit is caught by the tests
@@ -25,6 +33,7 @@ everything between the markers is generated, so a hand edit is caught by the tes
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 import re
@@ -36,7 +45,7 @@ from metalr.config import load_config, to_dict
 from metalr.evaluation.config import EvalConfig
 from metalr.evaluation.grid import format_duration
 from metalr.evaluation.report import EFFICIENCY, QUALITY, TARGET_KEYS, TUNED_SUFFIX, _best_rows, _fmt, mean_of
-from metalr.io import atomic_write_json, atomic_write_text
+from metalr.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS_DIR = ROOT / "docs" / "results"
@@ -48,6 +57,8 @@ READMES = ("README.md", "benchmarks/README.md")
 EXECUTION_KEYS = frozenset({"workers", "out_dir", "resume", "tensorboard", "plots", "backend", "ray_address", "validate_build"})
 BLOCK = re.compile(r"^(<!-- results:(?P<name>[A-Za-z0-9_.-]+) (?P<view>[a-z_]+)(?P<args>[^>]*?) -->\n)(?P<body>.*?)(?P<close><!-- /results -->)", re.S | re.M)
 OPEN = re.compile(r"^<!-- results:", re.M)  # a marker starts a line; prose may quote one
+#: The published run records of a config, beside its results.json.
+RUNS_FILE = "runs.jsonl.gz"
 HEADERS = {**dict(QUALITY), **dict(EFFICIENCY), "steps_run": "steps", "last_lr": "last LR", "best_val_accuracy": "acc (best)"}
 
 
@@ -119,10 +130,43 @@ def publish(name: str, out_dir: str | Path | None = None, root: Path = ROOT) -> 
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
     atomic_write_json(dest / "results.json", strip(results))
+    write_runs(dest / RUNS_FILE, results["runs"])
     atomic_write_text(dest / "results.md", (src / "results.md").read_text())
     for png in sorted((src / "plots").glob("sensitivity_*.png")):
         _small_png(png, dest / png.name)
     return dest
+
+
+def write_runs(path: Path, runs: list[dict[str, Any]]) -> None:
+    """The run records as gzipped JSON lines (no timestamp in the gzip header: the same records give the same bytes)."""
+    lines = "".join(json.dumps(r, sort_keys=True, allow_nan=False) + "\n" for r in runs)
+    atomic_write_bytes(path, gzip.compress(lines.encode("utf-8"), compresslevel=9, mtime=0))
+
+
+def read_runs(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in gzip.decompress(path.read_bytes()).decode("utf-8").splitlines() if line]
+
+
+def seed_out_dir(name: str, out_dir: str | Path | None = None, root: Path = ROOT) -> int:
+    """Copy the published run records of `name` into its evaluation's `out_dir/runs/`, where none is saved yet.
+
+    The evaluation then resumes from them: a record whose spec still matches is reused, any other
+    run (a changed spec, e.g. `meta` with new weights) is trained. Returns how many records were written.
+    """
+    src = root / "docs" / "results" / name / RUNS_FILE
+    if not src.exists():
+        return 0
+    if out_dir is None:
+        out_dir = load_config(EvalConfig, root / "configs" / f"{name}.yaml", ["validate_build=false"]).out_dir
+    runs_dir = (root / out_dir if not Path(out_dir).is_absolute() else Path(out_dir)) / "runs"
+    written = 0
+    for rec in read_runs(src):
+        path = runs_dir / f"{rec['id']}.json"
+        if rec.get("status") == "error" or path.exists():
+            continue
+        atomic_write_json(path, {**rec, "history": None, "seeded_from": f"docs/results/{name}/{RUNS_FILE}"})
+        written += 1
+    return written
 
 
 def _small_png(src: Path, dest: Path) -> None:

@@ -319,8 +319,8 @@ def plot_task(task: str, records: list[dict[str, Any]], tuned: dict[str, Any] | 
     series: dict[str, list[dict[str, Any]]] = {}
     for rec in records:
         spec = rec["spec"]
-        if spec["task"] != task or rec["status"] == "error" or spec["group"] == "sensitivity":
-            continue
+        if spec["task"] != task or rec["status"] == "error" or spec["group"] == "sensitivity" or not rec.get("history"):
+            continue  # (a record seeded from published results has no curves: `publish.seed_out_dir`)
         if spec["group"] == "tuned":
             if not tuned or tuned.get("best_label") != spec["label"]:
                 continue
