@@ -22,7 +22,7 @@ loss is stuck" read the same on any task.
 | #  | name         | definition                                                     | clip        |
 |----|--------------|----------------------------------------------------------------|-------------|
 | 0  | progress     | fraction of the planned run done                               | [0, 1]      |
-| 1  | lr_rel       | log(current LR / base LR)                                      | [-8, 4]     |
+| 1  | lr_rel       | log(current LR / base LR)                                      | [-8, 8]     |
 | 2  | trend_fast   | log(EMA_0.5(loss) / EMA_0.9(loss))                             | [-1, 1]     |
 | 3  | trend_slow   | log(EMA_0.9(loss) / EMA_0.99(loss))                            | [-1, 1]     |
 | 4  | above_min    | log(EMA_0.9(loss) / running min of EMA_0.9(loss))              | [0, 3]      |
@@ -82,7 +82,7 @@ FEATURE_NAMES: tuple[str, ...] = (
     "gnorm_trend",
     "update_size",
 )
-CLIP: tuple[tuple[float, float], ...] = ((0, 1), (-8, 4), (-1, 1), (-1, 1), (0, 3), (-8, 3), (0, 1), (-1, 1), (-1, 1), (-3, 3), (-6, 0))
+CLIP: tuple[tuple[float, float], ...] = ((0, 1), (-8, 8), (-1, 1), (-1, 1), (0, 3), (-8, 3), (0, 1), (-1, 1), (-1, 1), (-3, 3), (-6, 0))
 SHIFT: tuple[float, ...] = (0.5, 0.0, 0.0, 0.0, 0.2, -1.0, 0.3, 0.0, 0.0, 0.0, -2.5)
 SCALE: tuple[float, ...] = (0.3, 2.0, 0.05, 0.05, 0.3, 1.0, 0.3, 0.4, 0.3, 0.3, 1.0)
 #: log10 of an update size is clipped to this before it is averaged (an update of exactly 0 is skipped).
