@@ -64,3 +64,10 @@ def test_failed_write_keeps_previous_version(tmp_path: Path, monkeypatch: pytest
         atomic_write_json(target, {"v": 2})
     assert json.loads(target.read_text()) == {"v": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["results.json"]  # the temp file was cleaned up
+
+
+def test_an_atomic_write_gets_the_mode_a_plain_write_would(tmp_path: Path) -> None:
+    """mkstemp's temporary file is private (0600); the written file must not stay so."""
+    atomic_write_json(tmp_path / "a.json", {"v": 1})
+    (tmp_path / "b.json").write_text("{}")
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == (tmp_path / "b.json").stat().st_mode & 0o777
