@@ -319,6 +319,25 @@ def test_warm_start_is_validated_first_and_kept_unless_beaten(tmp_path: Path) ->
         train(replace(cfg, init_from=str(tmp_path / "other.safetensors"), out_dir=str(tmp_path / "run2")))
 
 
+def test_zero_meta_steps_exports_the_warm_start_under_the_configs_rule(tmp_path: Path) -> None:
+    """meta_steps=0 with init_from: a rule change alone (e.g. a wider LR ceiling) made into a checkpoint by the one command."""
+    from metalr.meta.trainer import train
+
+    src = lively_policy(seed=6)
+    save_policy(tmp_path / "init.safetensors", src, rule=RuleConfig(), config={})
+    cfg = tiny_cfg(init_from=str(tmp_path / "init.safetensors"), meta_steps=0, validate_every=1, validation_tasks=1, validation_max_steps=30,
+                   out_dir=str(tmp_path / "run"), export_path=str(tmp_path / "out.safetensors"), rule={"max_factor": 100.0})  # fmt: skip
+    train(cfg)
+    out = read_policy(tmp_path / "out.safetensors")
+    assert out.rule.max_factor == 100.0 and out.metadata["selected_by"]["step"] == 0
+    for a, b in zip(out.policy.parameters(), src.parameters()):
+        assert torch.equal(a, b)
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert [h["step"] for h in history] == [0] and "val_score" in history[0]
+    with pytest.raises(ValueError, match="meta_steps"):
+        tiny_cfg(meta_steps=0)  # without a policy to start from there is nothing to export
+
+
 # ----------------------------------------------------------------- task distribution
 def test_teacher_large_is_opt_in_and_trains() -> None:
     """The opt-in family changes no default draw (stage configs and validation stay reproducible) and makes harder tasks."""

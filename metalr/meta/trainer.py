@@ -75,7 +75,7 @@ class MetaTrainConfig:
     """Everything train_meta.py reads (configs/meta_train.yaml; `key=value` overrides)."""
 
     seed: int = 0
-    meta_steps: int = 300  # meta-updates
+    meta_steps: int = 300  # meta-updates (0 with init_from: validate that policy and export it under this config's rule)
     meta_batch: int = 8  # tasks per meta-update (split across processes)
     meta_lr: float = 1e-3  # Adam on the policy
     grad_clip: float = 1.0  # meta-gradient norm clip
@@ -112,7 +112,9 @@ class MetaTrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        for key in ("meta_steps", "meta_batch", "truncation", "val_every", "val_batch", "checkpoint_every", "log_every", "trajectory_every", "num_threads"):
+        if self.meta_steps < (0 if self.init_from else 1):
+            raise ValueError(f"meta_steps must be >= 1 (or 0 with init_from: export that policy under this rule), got {self.meta_steps}")
+        for key in ("meta_batch", "truncation", "val_every", "val_batch", "checkpoint_every", "log_every", "trajectory_every", "num_threads"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
         if self.validate_every < 0 or self.validation_tasks < 0 or self.validation_large < 0 or self.curriculum_meta_steps < 0 or self.validation_max_steps < 1:
