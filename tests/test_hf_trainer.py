@@ -264,10 +264,15 @@ def test_minilm_example_script_saves_and_resumes(tmp_path, monkeypatch) -> None:
 
     script = runpy.run_path(str(Path(__file__).resolve().parents[1] / "examples" / "hf_minilm_rotten_tomatoes.py"))
     cfg = script["parse"](
-        ["--out_dir", str(tmp_path), "--n_train", "64", "--n_val", "16", "--batch_size", "16", "--eval_every", "2", "--seeds", "0", "--schedules", "pretrained"]
-    )
+        ["--out_dir", str(tmp_path), "--n_train", "64", "--n_val", "16", "--batch_size", "16", "--eval_every", "2", "--seeds", "0", "--schedules", "pretrained",
+         "--max_factor", "2"]
+    )  # fmt: skip
     (run,) = script["main"](cfg)
     assert run["steps"] == 4 and run["resumed_from_step"] == 2
     assert run["logged_lrs"] == pytest.approx(run["applied_lrs"]) and len(run["applied_lrs"]) == 4  # the whole run's, across the resume
-    assert (tmp_path / "minilm_rt__pretrained__0" / "checkpoint-4" / "metalr_state.pt").is_file()
+    saved = tmp_path / "minilm_rt__pretrained__0" / "checkpoint-4" / "metalr_state.pt"
+    assert saved.is_file()
+    import torch
+
+    assert torch.load(saved, weights_only=False)["binding"]["controller"]["max_lr"] == pytest.approx(2 * cfg.lr)  # --max_factor reached the controller
     assert any((tmp_path / "tb" / "minilm_rt__pretrained__0").iterdir())
