@@ -118,11 +118,16 @@ def _round(obj: Any) -> Any:
     return obj
 
 
-def publish(name: str, out_dir: str | Path | None = None, root: Path = ROOT) -> Path:
-    """Copy the evaluation of `configs/<name>.yaml` (from its out_dir) into docs/results/<name>/."""
+def eval_out_dir(name: str, out_dir: str | Path | None = None, root: Path = ROOT) -> Path:
+    """`out_dir`, or else the out_dir of `configs/<name>.yaml`, as a path (a relative one is relative to `root`)."""
     if out_dir is None:
         out_dir = load_config(EvalConfig, root / "configs" / f"{name}.yaml", ["validate_build=false"]).out_dir
-    src = root / out_dir if not Path(out_dir).is_absolute() else Path(out_dir)
+    return Path(out_dir) if Path(out_dir).is_absolute() else root / out_dir
+
+
+def publish(name: str, out_dir: str | Path | None = None, root: Path = ROOT) -> Path:
+    """Copy the evaluation of `configs/<name>.yaml` (from its out_dir) into docs/results/<name>/."""
+    src = eval_out_dir(name, out_dir, root)
     results = json.loads((src / "results.json").read_text())
     check_publishable(name, results, root)
     dest = root / "docs" / "results" / name
@@ -156,9 +161,7 @@ def seed_out_dir(name: str, out_dir: str | Path | None = None, root: Path = ROOT
     src = root / "docs" / "results" / name / RUNS_FILE
     if not src.exists():
         return 0
-    if out_dir is None:
-        out_dir = load_config(EvalConfig, root / "configs" / f"{name}.yaml", ["validate_build=false"]).out_dir
-    runs_dir = (root / out_dir if not Path(out_dir).is_absolute() else Path(out_dir)) / "runs"
+    runs_dir = eval_out_dir(name, out_dir, root) / "runs"
     written = 0
     for rec in read_runs(src):
         path = runs_dir / f"{rec['id']}.json"
