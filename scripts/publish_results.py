@@ -5,10 +5,12 @@
     python scripts/publish_results.py --run eval_full   # after a new meta checkpoint: only the meta runs are trained
     python scripts/publish_results.py                   # only rewrite the README tables from docs/results/
     python scripts/publish_results.py --check           # exit 1 if a README table differs from docs/results/
+    python scripts/publish_results.py --stash eval_full # an unfinished --run: save its finished runs to commit
 
 Published configs: metalr.evaluation.publish.PUBLISHED (configs/<name>.yaml -> docs/results/<name>/).
 `--run` first copies the published run records (docs/results/<name>/runs.jsonl.gz) into the config's
-out_dir where it has none, so the evaluation trains only runs whose spec changed since they were
+out_dir where it has none (and, first, those of an unfinished regeneration that `--stash` saved as
+docs/results/<name>/pending.jsonl.gz), so the evaluation trains only runs whose spec changed since they were
 published (a new meta checkpoint: the meta runs); `--no-seed` trains everything the out_dir lacks.
 `--eval-arg KEY=VALUE` goes to every evaluate.py call (how it runs only: --eval-arg workers=8 --eval-arg backend=ray).
 """
@@ -32,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run", action="store_true", help="run evaluate.py on each config first (resuming), then publish it")
     p.add_argument("--publish", action="store_true", help="publish each config's existing out_dir (no training), then rewrite the READMEs")
     p.add_argument("--check", action="store_true", help="only check that the README tables match docs/results/")
+    p.add_argument("--stash", action="store_true", help="save the finished runs of each config's out_dir as docs/results/<name>/pending.jsonl.gz (commit it: the next --run resumes from it on any checkout)")
     p.add_argument("--no-seed", action="store_true", help="with --run: do not reuse the published run records")
     p.add_argument("--eval-arg", action="append", default=[], metavar="KEY=VALUE", help="passed to evaluate.py (how it runs: workers=8, backend=ray ...)")
     args = p.parse_args(argv)
@@ -47,6 +50,10 @@ def main(argv: list[str] | None = None) -> int:
             for b in blocks:
                 print(f"{f}: {b} differs from docs/results; run `python scripts/publish_results.py`", file=sys.stderr)
         return 1 if stale else 0
+    if args.stash:
+        for name in names:
+            print(f"{name}: {publish.stash_runs(name)} finished run record(s) in docs/results/{name}/{publish.PENDING_FILE}")
+        return 0
     for name in names if (args.run or args.publish) else []:
         if args.run:
             seeded = 0 if args.no_seed else publish.seed_out_dir(name)

@@ -13,11 +13,16 @@ other than how it runs: workers, backend ...), copied from its `out_dir` as
     docs/results/<name>/results.md      the full report, as evaluate.py wrote it
     docs/results/<name>/sensitivity_<task>.png   the LR-sensitivity plots, when the config sweeps
     docs/results/<name>/runs.jsonl.gz   every run's record (spec, status, metrics; no curves), one per line
+    docs/results/<name>/pending.jsonl.gz  only while a regeneration is under way (`--stash`): the records
+                                        it has finished so far; not published, removed by the next publish
 
 The run records make a published grid cheap to bring up to date: `make results` first copies them
 into the config's out_dir (`seed_out_dir`), and the evaluation's resume then trains only the runs
 whose spec changed. A new meta checkpoint changes only the `meta` runs' spec (the weights' sha256),
-so only they are trained again, instead of the whole grid. Seeded records carry no history, so the
+so only they are trained again, instead of the whole grid. A regeneration longer than a session
+(eval_full: ~7 h on 2 CPU cores) is carried across checkouts the same way: `publish_results.py
+--stash NAME` commits the records finished so far as pending.jsonl.gz, and the next `--run` seeds
+them first. Seeded records carry no history, so the
 per-task curve plots of an out_dir leave their runs out; everything published is computed from
 the records alone.
 
@@ -59,6 +64,8 @@ BLOCK = re.compile(r"^(<!-- results:(?P<name>[A-Za-z0-9_.-]+) (?P<view>[a-z_]+)(
 OPEN = re.compile(r"^<!-- results:", re.M)  # a marker starts a line; prose may quote one
 #: The published run records of a config, beside its results.json.
 RUNS_FILE = "runs.jsonl.gz"
+#: The records of an unfinished regeneration (`stash_runs`), seeded before the published ones.
+PENDING_FILE = "pending.jsonl.gz"
 HEADERS = {**dict(QUALITY), **dict(EFFICIENCY), "steps_run": "steps", "last_lr": "last LR", "best_val_accuracy": "acc (best)"}
 
 
@@ -153,23 +160,52 @@ def read_runs(path: Path) -> list[dict[str, Any]]:
 
 
 def seed_out_dir(name: str, out_dir: str | Path | None = None, root: Path = ROOT) -> int:
-    """Copy the published run records of `name` into its evaluation's `out_dir/runs/`, where none is saved yet.
+    """Copy the run records of `name` into its evaluation's `out_dir/runs/`, where none is saved yet:
+    first the pending ones of an unfinished regeneration (`stash_runs`), then the published ones.
 
     The evaluation then resumes from them: a record whose spec still matches is reused, any other
     run (a changed spec, e.g. `meta` with new weights) is trained. Returns how many records were written.
     """
-    src = root / "docs" / "results" / name / RUNS_FILE
-    if not src.exists():
-        return 0
     runs_dir = eval_out_dir(name, out_dir, root) / "runs"
     written = 0
-    for rec in read_runs(src):
-        path = runs_dir / f"{rec['id']}.json"
-        if rec.get("status") == "error" or path.exists():
+    for file in (PENDING_FILE, RUNS_FILE):
+        src = root / "docs" / "results" / name / file
+        if not src.exists():
             continue
-        atomic_write_json(path, {**rec, "history": None, "seeded_from": f"docs/results/{name}/{RUNS_FILE}"})
-        written += 1
+        for rec in read_runs(src):
+            path = runs_dir / f"{rec['id']}.json"
+            if rec.get("status") == "error" or path.exists():
+                continue
+            atomic_write_json(path, {**rec, "history": None, "seeded_from": f"docs/results/{name}/{file}"})
+            written += 1
     return written
+
+
+def stash_runs(name: str, out_dir: str | Path | None = None, root: Path = ROOT) -> int:
+    """Save the finished runs of an unfinished evaluation of `name` as docs/results/<name>/pending.jsonl.gz.
+
+    For a regeneration that outlives a session: commit the file, and a later `publish_results.py --run`
+    (on any checkout) seeds these records and trains only the rest. Records are kept without their
+    curves; one whose spec the config no longer makes is simply trained again. The next `publish`
+    removes the file (its records are then in runs.jsonl.gz). Returns how many records were saved.
+    """
+    runs_dir = eval_out_dir(name, out_dir, root) / "runs"
+    dest = root / "docs" / "results" / name / PENDING_FILE
+    records = {}
+    if dest.exists():  # earlier stashes: keep what this out_dir does not hold
+        records = {r["id"]: r for r in read_runs(dest)}
+    for path in sorted(runs_dir.glob("*.json")):
+        try:
+            rec = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue  # a run being written; it is trained again
+        if rec.get("status") not in (None, "error"):
+            records[rec["id"]] = {k: v for k, v in rec.items() if k not in ("history", "seeded_from")}
+    if not records:
+        return 0
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    write_runs(dest, [records[k] for k in sorted(records)])
+    return len(records)
 
 
 def _small_png(src: Path, dest: Path) -> None:
