@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run", action="store_true", help="run evaluate.py on each config first (resuming), then publish it")
     p.add_argument("--publish", action="store_true", help="publish each config's existing out_dir (no training), then rewrite the READMEs")
     p.add_argument("--check", action="store_true", help="only check that the README tables match docs/results/")
-    p.add_argument("--stash", action="store_true", help="save the finished runs of each config's out_dir as docs/results/<name>/pending.jsonl.gz (commit it: the next --run resumes from it on any checkout)")
+    p.add_argument("--stash", action="store_true", help="save each config's finished runs in docs/results/<name>/pending.jsonl.gz (to commit)")
     p.add_argument("--no-seed", action="store_true", help="with --run: do not reuse the published run records")
     p.add_argument("--eval-arg", action="append", default=[], metavar="KEY=VALUE", help="passed to evaluate.py (how it runs: workers=8, backend=ray ...)")
     args = p.parse_args(argv)
