@@ -1,0 +1,178 @@
+"""Choose between meta-controller checkpoints by one rule fixed in advance (research; issue 13).
+
+    python scripts/meta_select.py CANDIDATE [CANDIDATE ...] [--reference checkpoints/metalr_default.safetensors] [--workers 2]
+
+Every checkpoint (the reference first) is measured on four selection sets, none of which holds a
+meta-training task or a held-out evaluation task:
+
+| cell | set | what (higher is better) |
+|---|---|---|
+| val | the meta-training validation set (8 generated + 4 `teacher_large` + wine + breast cancer, x0.1/x1/x10, <= 1000 steps) | mean final val accuracy |
+| lab-1.5, lab0, lab+1.5 | 80 labelled tasks (`configs/meta_labels_check.json`) at usual LR x10^-1.5, x1, x10^1.5 | mean regret against the task's own cosine sweep |
+| dev0.1, dev1, dev10 | 22 development tasks (`scripts/meta_dev_tasks.py`) at x0.1, x1, x10 | mean regret against the cosine tuned over x0.1 .. x10 |
+| rnn10, rnn31.6 | 8 generated GRU/LSTM tasks (`scripts/meta_rnn_probe.py`) at x10, x31.6 of the usual LR | mean final val accuracy |
+
+The rule (fixed on 2026-11-24, before any candidate after `meta_stage6_x1000` was measured). A candidate
+**beats** the reference when both hold:
+1. the mean of its 9 differences to the reference (candidate - reference, one per cell) is at least MIN_GAIN;
+2. no cell is lower than the reference's by more than MAX_LOSS (the cells' noise: single-seed runs).
+Among candidates that beat the reference, the one with the largest mean difference is chosen. The
+held-out evaluation (`configs/eval_full.yaml`, `configs/meta_heldout.yaml`) plays no part.
+
+Results are cached per checkpoint sha256 and rule in runs/meta_select/ (delete to re-measure).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import replace
+from multiprocessing import Pool
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import meta_dev_tasks as dev  # noqa: E402
+import meta_level_probe as lab  # noqa: E402
+import meta_rnn_probe as rnn  # noqa: E402
+
+from metalr.io import atomic_write_json  # noqa: E402
+from metalr.meta.labels import read_labels  # noqa: E402
+from metalr.meta.tasks import validation_specs  # noqa: E402
+from metalr.meta.validate import run_spec  # noqa: E402
+
+MIN_GAIN = 0.002
+MAX_LOSS = 0.005
+CELLS = ("val", "lab-1.5", "lab0", "lab+1.5", "dev0.1", "dev1", "dev10", "rnn10", "rnn31.6")
+LABELS = ROOT / "configs" / "meta_labels_check.json"
+VAL_TASKS, VAL_LARGE, VAL_MAX_STEPS = 8, 4, 1000  # configs/meta_train_stage6.yaml's validation set
+RNN_MULTS = (10.0, 31.6)
+
+
+def _job(job: tuple[str, str, Any, str]) -> tuple[str, str, float]:
+    """One run, (cell, key, spec, controller) -> (cell, key, final val accuracy; 0 if it diverged).
+    The controller is "cosine" (the development tasks' tuned reference) or a checkpoint's path."""
+    from metalr import controllers
+
+    torch.set_num_threads(1)
+    kind, key, spec, ctrl = job
+    if ctrl == "cosine":
+        make = lambda o, t: controllers.build("cosine", o, total_steps=t)  # noqa: E731
+    else:
+        make = lambda o, t: controllers.build("meta", o, checkpoint=ctrl, total_steps=t)  # noqa: E731
+    return kind, key, run_spec(spec, make)["val_accuracy"]  # run_spec gives 0 for a diverged run
+
+
+def measure(ckpt: str, workers: int, dev_cache: dict[str, float]) -> dict[str, float]:
+    """The 9 cells of one checkpoint."""
+    labels = read_labels(str(LABELS))[:80]
+    jobs: list[tuple[str, str, Any, str]] = []
+    for i, spec in enumerate(validation_specs(VAL_TASKS, n_large=VAL_LARGE)):
+        jobs.append(("val", str(i), replace(spec, steps=min(spec.steps, VAL_MAX_STEPS)), ckpt))
+    for e in labels:
+        spec = lab.TaskSpec(**e["spec"])
+        for d in lab.REGRET_DECADES:
+            jobs.append((f"lab{d:+.1f}".replace("+0.0", "0"), str(e["index"]), replace(spec, lr=spec.lr * 10**d), ckpt))
+    bases = dev.dev_bases()
+    for i, b in enumerate(bases):
+        for m in (0.1, 1.0, 10.0):
+            jobs.append((f"dev{m:g}", str(i), dev._at(b, m), ckpt))
+        for f in dev.GRID:  # the tuned cosine (cached across checkpoints)
+            k = "cosine|" + json.dumps(dev._at(b, f).to_dict(), sort_keys=True)
+            if k not in dev_cache:
+                jobs.append(("cosine", k, dev._at(b, f), "cosine"))
+    for i, s in enumerate(rnn.specs(8)):
+        for m in RNN_MULTS:
+            jobs.append((f"rnn{m:g}", str(i), replace(s, lr=s.lr * m), ckpt))
+    out: dict[str, list[float]] = {c: [] for c in CELLS}
+    with Pool(workers) as pool:
+        for kind, key, acc in pool.imap_unordered(_job, jobs, chunksize=1):
+            if kind == "cosine":
+                dev_cache[key] = acc
+            elif kind.startswith("lab"):
+                out[kind].append(acc - max(next(e for e in labels if str(e["index"]) == key)["acc"]))
+            elif kind.startswith("dev"):
+                b = bases[int(key)]
+                out[kind].append((acc, b))  # type: ignore[arg-type]
+            else:
+                out[kind].append(acc)
+    for c in ("dev0.1", "dev1", "dev10"):
+        regrets = []
+        for acc, b in out[c]:  # type: ignore[misc]
+            tuned = max(dev_cache["cosine|" + json.dumps(dev._at(b, f).to_dict(), sort_keys=True)] for f in dev.GRID)
+            regrets.append(acc - tuned)
+        out[c] = regrets
+    return {c: sum(v) / len(v) for c, v in out.items()}
+
+
+def beats(cand: dict[str, float], ref: dict[str, float]) -> tuple[bool, float, str]:
+    """The rule: (beats the reference?, mean difference, the reason)."""
+    diffs = {c: cand[c] - ref[c] for c in CELLS}
+    mean = sum(diffs.values()) / len(diffs)
+    worst = min(diffs, key=diffs.__getitem__)
+    if diffs[worst] < -MAX_LOSS:
+        return False, mean, f"{worst} lower by {-diffs[worst]:.4f} > {MAX_LOSS}"
+    if mean < MIN_GAIN:
+        return False, mean, f"mean gain {mean:+.4f} < {MIN_GAIN}"
+    return True, mean, f"mean gain {mean:+.4f}, worst cell {worst} {diffs[worst]:+.4f}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("candidates", nargs="+")
+    ap.add_argument("--reference", default="checkpoints/metalr_default.safetensors")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--cache", default=str(ROOT / "runs" / "meta_select"))
+    args = ap.parse_args()
+    cache_dir = Path(args.cache)
+    dev_cache_path = cache_dir / "dev_cosine.json"
+    dev_cache = json.loads(dev_cache_path.read_text()) if dev_cache_path.exists() else {}
+    dev_runs = ROOT / "runs" / "meta_dev" / "cache.json"  # scripts/meta_dev_tasks.py's runs: the same cosine runs, same keys
+    if dev_runs.exists():
+        dev_cache = {**{k: v for k, v in json.loads(dev_runs.read_text()).items() if k.startswith("cosine|")}, **dev_cache}
+    rule_key = hashlib.sha256(json.dumps([CELLS, VAL_TASKS, VAL_LARGE, VAL_MAX_STEPS, RNN_MULTS, str(LABELS.name)]).encode()).hexdigest()[:8]
+    table: dict[str, dict[str, float]] = {}
+    for path in [args.reference, *args.candidates]:
+        sha = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        cached = cache_dir / f"{sha[:16]}_{rule_key}.json"
+        if cached.exists():
+            table[path] = json.loads(cached.read_text())["cells"]
+            continue
+        t0 = time.perf_counter()
+        table[path] = measure(path, args.workers, dev_cache)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(dev_cache_path, dev_cache)
+        atomic_write_json(cached, {"checkpoint": path, "sha256": sha, "cells": table[path], "seconds": time.perf_counter() - t0})
+        print(f"{path}: measured in {time.perf_counter() - t0:.0f} s", flush=True)
+    print("| checkpoint | " + " | ".join(CELLS) + " | mean diff | beats the reference? |")
+    print("|---" * (len(CELLS) + 3) + "|")
+    ref = table[args.reference]
+    best: tuple[float, str] | None = None
+    for path, cells in table.items():
+        if path == args.reference:
+            verdict, mean = "(reference)", 0.0
+        else:
+            ok, mean, why = beats(cells, ref)
+            verdict = ("yes: " if ok else "no: ") + why
+            if ok and (best is None or mean > best[0]):
+                best = (mean, path)
+        shown = [f"{cells[c]:.4f}" if c.startswith(("val", "rnn")) else f"{cells[c]:+.4f}" for c in CELLS]
+        print(f"| {path} | " + " | ".join(shown) + f" | {mean:+.4f} | {verdict} |")
+    print(f"\nchosen: {best[1] if best else args.reference + ' (the reference: no candidate beats it)'}")
+    if any(math.isnan(v) for cells in table.values() for v in cells.values()):
+        print("warning: a cell is NaN", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    main()
