@@ -759,3 +759,15 @@ def test_min_and_max_factor_narrow_the_lr_range_and_refuse_to_widen_it() -> None
         with pytest.raises(ValueError, match="factor must be in"):
             MetaController(opt, checkpoint=pushing(0.0), total_steps=10, **bad)
     assert load_pretrained(optimizer=opt, total_steps=10, max_factor=2.0).rule.max_factor == 2.0
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("meta_train*.yaml")), ids=lambda p: p.name)
+def test_every_committed_meta_training_config_validates_and_matches_its_exported_rule(path: Path) -> None:
+    """A stage's config still loads (a renamed key would fail here, not at the start of a long run), and
+    a committed export of it carries the rule the config states (what `--resume` and deployment rely on)."""
+    from metalr.config import load_config
+
+    cfg = load_config(MetaTrainConfig, path, [])
+    export = ROOT / cfg.export_path
+    if cfg.export_path and export.is_file():
+        assert read_policy(export, expand_features=True).rule == cfg.rule_config()
