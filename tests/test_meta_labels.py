@@ -167,3 +167,27 @@ def test_level_probe_reads_a_sweep_linearly_between_grid_points_and_flat_beyond(
     assert probe.acc_at(entry, -0.5) == pytest.approx(0.4)
     assert probe.acc_at(entry, 0.25) == pytest.approx(0.55)
     assert probe.acc_at(entry, -3.0) == pytest.approx(0.2) and probe.acc_at(entry, 2.0) == pytest.approx(0.4)
+
+
+def test_the_selection_rule_needs_a_mean_gain_and_no_cell_much_worse() -> None:
+    """scripts/meta_select.py's rule, fixed before the candidates it chose between: +MIN_GAIN on average over
+    the 9 cells, and no cell more than MAX_LOSS below the reference."""
+    import importlib.util
+    import sys
+
+    scripts = Path(__file__).resolve().parents[1] / "scripts"
+    sys.path.insert(0, str(scripts))  # meta_select imports its sibling scripts
+    try:
+        spec = importlib.util.spec_from_file_location("meta_select", scripts / "meta_select.py")
+        assert spec is not None and spec.loader is not None
+        sel = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sel)
+    finally:
+        sys.path.remove(str(scripts))
+    ref = {c: 0.5 for c in sel.CELLS}
+    gain = 2 * sel.MIN_GAIN * len(sel.CELLS)  # one cell carries the whole gain: mean 2 x MIN_GAIN
+    assert sel.beats({**ref, "dev10": 0.5 + gain}, ref)[0]
+    assert not sel.beats({**ref, "dev10": 0.5 + gain / 4}, ref)[0]  # mean gain under MIN_GAIN
+    ok, mean, why = sel.beats({**ref, "dev10": 0.5 + gain, "rnn10": 0.5 - 2 * sel.MAX_LOSS}, ref)
+    assert not ok and mean > sel.MIN_GAIN and "rnn10" in why  # a large mean gain does not buy a worse cell
+    assert sel.beats({**ref, "dev10": 0.5 + gain, "rnn10": 0.5 - sel.MAX_LOSS / 2}, ref)[0]
