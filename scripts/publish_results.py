@@ -51,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{f}: {b} differs from docs/results; run `python scripts/publish_results.py`", file=sys.stderr)
         return 1 if stale else 0
     if args.stash:
+        if not args.names:
+            p.error("--stash needs the config(s) whose unfinished evaluation to save, e.g. --stash eval_full")
         for name in names:
             print(f"{name}: {publish.stash_runs(name)} finished run record(s) in docs/results/{name}/{publish.PENDING_FILE}")
         return 0
