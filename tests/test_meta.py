@@ -354,6 +354,33 @@ def test_teacher_large_is_opt_in_and_trains() -> None:
     assert tiny_cfg(data_families=["blobs", "teacher_large"], validation_large=1).validation_large == 1
 
 
+@pytest.mark.parametrize("family", ["zipf_tokens", "doctext"])
+def test_large_vocabulary_families_are_opt_in_sparse_and_deterministic(family: str) -> None:
+    """The text-like families: never in a default draw; ids within the vocabulary, most of it rare
+    (the sparse-embedding regime of real text); the same spec gives the same data."""
+    assert all(sample_spec(s).data != family for s in range(300))
+    spec = sample_spec(3, (family,), steps_range=(100, 100))
+    task = materialise(spec)
+    x = torch.cat([task.x_train, task.x_val])
+    assert x.dtype == torch.long and int(x.min()) >= 0 and int(x.max()) < spec.params["vocab"]
+    top = torch.bincount(x[x > 1].flatten(), minlength=spec.params["vocab"]).float().sort(descending=True).values
+    assert top[: spec.params["vocab"] // 10].sum() > 0.5 * top.sum()  # a tenth of the words carry most tokens
+    again = materialise(spec)
+    assert torch.equal(again.x_train, task.x_train) and torch.equal(again.y_val, task.y_val)
+    assert len(task.y_train) + len(task.y_val) == spec.params["n"]
+
+
+def test_doctext_is_real_text_that_a_model_learns() -> None:
+    """Sentences of Python's documentation, labelled by topic: left-padded, every class present, and
+    learnable well above the majority class by a bag-of-embeddings model in 150 steps."""
+    spec = next(s for s in (sample_spec(i, ("doctext",), steps_range=(150, 150)) for i in range(50)) if s.model == "bag")
+    task = materialise(spec)
+    assert set(task.y_train.tolist()) == set(range(spec.params["classes"])) and int((task.x_train[:, 0] == 0).sum()) > 0
+    majority = float(torch.bincount(task.y_val).max()) / len(task.y_val)
+    r = run_spec(replace(spec, optimizer="adam", lr=3e-3, weight_decay=0.0), None)
+    assert not r["diverged"] and r["val_accuracy"] > majority + 0.1, (r["val_accuracy"], majority)
+
+
 def test_task_distribution_covers_families_optimizers_and_three_decades() -> None:
     specs = [sample_spec(s) for s in range(400)]
     assert {s.model for s in specs} >= {"mlp", "cnn1d", "cnn2d", "gru", "lstm", "attention", "bag"}

@@ -16,6 +16,16 @@ Data families (all classification, cross-entropy):
 - `tokens`: token sequences labelled by a random teacher RNN (order matters).
 - `digits`, `iris`: real scikit-learn sets (never in any evaluation).
 
+Opt-in families (`EXTRA_FAMILIES`: drawn only when a config lists them, so the default draws are unchanged):
+- `teacher_large`: a larger teacher task (5000-20000 samples, still learning at the end).
+- `zipf_tokens`: token sequences over a large vocabulary (500-5000) with Zipfian token frequencies,
+  labelled by a random teacher RNN: the sparse-embedding regime of real text (most rows of the
+  embedding get a gradient rarely), which the small-vocabulary `tokens` family never shows.
+- `doctext`: real English text: sentences of Python's own documentation (`pydoc_data.topics`, in the
+  standard library), labelled by the topic they come from (2-8 of the topics with at least 100
+  sentences), words as ids of the `vocab` most frequent ones (0 pads on the left, 1 is any other word).
+  No evaluation task uses it. Its contents follow the Python version (a caveat for exact reproduction).
+
 Model families: MLP (depth 1-3, width 16-256, ReLU/tanh/GELU, none/LayerNorm/BatchNorm),
 1-D CNN, 2-D CNN (digits), GRU, LSTM, a one-block self-attention model, bag-of-embeddings MLP.
 
@@ -40,7 +50,7 @@ from torch import nn
 DATA_FAMILIES = ("teacher", "blobs", "signal", "tokens", "digits", "iris")
 #: Opt-in families (a config must name them; the defaults above, and every draw made from them, are unchanged):
 #: `teacher_large`: 5k-20k examples, 5-20 classes, a deeper noisy teacher: tasks still learning when the run ends.
-EXTRA_FAMILIES = ("teacher_large",)
+EXTRA_FAMILIES = ("teacher_large", "zipf_tokens", "doctext")
 ALL_FAMILIES = DATA_FAMILIES + EXTRA_FAMILIES
 #: Real sets used only to select checkpoints (neither meta-training nor evaluation).
 VALIDATION_REAL = ("wine", "breast_cancer")
@@ -127,6 +137,8 @@ _FAMILIES: dict[str, tuple[float, tuple[str, ...]]] = {
     "digits": (0.17, ("mlp", "cnn2d")),
     "iris": (0.08, ("mlp",)),
     "teacher_large": (0.25, ("mlp",)),
+    "zipf_tokens": (0.18, ("gru", "lstm", "attention", "bag")),
+    "doctext": (0.18, ("gru", "lstm", "attention", "bag")),
 }
 
 
@@ -165,6 +177,13 @@ def sample_spec(
         params.update(length=d.pick([32, 48, 64]), classes=d.int(2, 8), n=d.int(800, 4000), noise=float(d.rng.uniform(0.1, 1.0)))
     elif data == "tokens":
         params.update(vocab=d.int(6, 24), length=d.int(6, 14), classes=d.int(2, 5), n=d.int(800, 3000))
+    elif data == "zipf_tokens":
+        params.update(
+            vocab=d.pick([500, 1000, 2000, 5000]), zipf=float(d.rng.uniform(1.0, 1.3)), length=d.int(10, 30), classes=d.int(2, 5), n=d.int(1500, 5000)
+        )
+    elif data == "doctext":
+        params.update(vocab=d.pick([500, 1000, 2000]), length=d.int(12, 32), classes=d.int(2, 8), topics_seed=d.int(0, 10**6))
+        params["n"] = len(_doctext(params["classes"], params["vocab"], params["length"], params["topics_seed"])[1])
     if model == "mlp":
         params.update(
             width=d.pick([16, 32, 64, 128, 256]), layers=d.int(1, 3), act=d.pick(["relu", "tanh", "gelu"]), norm=d.pick(["none", "none", "layer", "batch"])
@@ -205,6 +224,44 @@ def _sklearn(name: str) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.long)
 
 
+@cache
+def _doc_sentences() -> dict[str, tuple[tuple[str, ...], ...]]:
+    """Python's documentation topics (`pydoc_data.topics`, standard library) as lower-case word lists, 5-40 words per sentence."""
+    import re
+    from pydoc_data.topics import topics
+
+    out = {}
+    for name in sorted(topics):
+        parts = re.split(r"(?<=[.!?])\s+|\n\s*\n", topics[name])
+        sents = tuple(tuple(w) for w in (re.findall(r"[a-z]+", s.lower()) for s in parts) if 5 <= len(w) <= 40)
+        if len(sents) >= 100:
+            out[name] = sents
+    return out
+
+
+@cache
+def _doctext(classes: int, vocab: int, length: int, topics_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(word ids, topic labels) of `classes` documentation topics drawn by `topics_seed` (see the module docstring)."""
+    corpus = _doc_sentences()
+    if not 2 <= classes <= len(corpus):
+        raise ValueError(f"doctext: classes must be in [2, {len(corpus)}] (topics with >= 100 sentences), got {classes}")
+    names = sorted(corpus)
+    chosen = [names[i] for i in np.random.default_rng(topics_seed).choice(len(names), classes, replace=False)]
+    counts: dict[str, int] = {}
+    for name in chosen:
+        for sent in corpus[name]:
+            for w in sent:
+                counts[w] = counts.get(w, 0) + 1
+    ids = {w: i + 2 for i, w in enumerate(sorted(counts, key=lambda w: (-counts[w], w))[: vocab - 2])}
+    rows, labels = [], []
+    for label, name in enumerate(chosen):
+        for sent in corpus[name]:
+            seq = [ids.get(w, 1) for w in sent[:length]]
+            rows.append([0] * (length - len(seq)) + seq)  # left-padded: the recurrent models read the last state
+            labels.append(label)
+    return torch.tensor(rows, dtype=torch.long), torch.tensor(labels, dtype=torch.long)
+
+
 def make_data(spec: TaskSpec) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
     """(x_train, y_train, x_val, y_val, classes) for the spec, deterministic in its seed."""
     p, g = spec.params, torch.Generator().manual_seed(spec.seed + 11)
@@ -241,6 +298,21 @@ def make_data(spec: TaskSpec) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
         for i in range(length):
             h = torch.tanh(h @ wh + emb[x[:, i]])
         y = (h @ torch.randn(16, k, generator=g)).argmax(1)
+    elif spec.data == "zipf_tokens":
+        v, length = int(p["vocab"]), int(p["length"])
+        freq = 1.0 / torch.arange(1, v + 1, dtype=torch.float64) ** float(p["zipf"])
+        x = torch.multinomial(freq, n * length, replacement=True, generator=g).view(n, length)
+        emb, wh = torch.randn(v, 16, generator=g), torch.randn(16, 16, generator=g) / 4.0
+        h = torch.zeros(n, 16)
+        for i in range(length):
+            h = torch.tanh(h @ wh + emb[x[:, i]])
+        y = (h @ torch.randn(16, k, generator=g)).argmax(1)
+    elif spec.data == "doctext":
+        x, y = _doctext(k, int(p["vocab"]), int(p["length"]), int(p["topics_seed"]))
+        perm = torch.randperm(len(y), generator=g)
+        x, y = x[perm], y[perm]
+        n_val = len(y) // 5
+        return x[n_val:], y[n_val:], x[:n_val], y[:n_val], k
     else:
         raise ValueError(f"unknown data family {spec.data!r}; valid: {', '.join(ALL_FAMILIES + VALIDATION_REAL)}")
     n_val = max(100, n // 5)
