@@ -1,12 +1,14 @@
 """Does a meta-controller raise an LR that is already high on recurrent models? (research, not a test)
 
-    python scripts/meta_rnn_probe.py [--n 8] [--workers 2]
+    python scripts/meta_rnn_probe.py [--n 8] [--workers 2] [--family tokens|zipf_tokens|doctext] [--candidates NAME ...]
 
 Generated recurrent tasks (token sequences, GRU / LSTM, 300-600 steps; their own seed stream 777000:
 neither meta-training, validation, development nor evaluation tasks), trained at the optimizer's usual
 LR x1, x10 and x31.6 with constant LR and with each candidate. Prints the mean final validation
 accuracy and the largest LR reached relative to the base LR, per multiplier and per task.
-`stage6@1000` is stage 6's policy under a x1000 ceiling (stage 8's starting point).
+`stage6@1000` is stage 6's policy under a x1000 ceiling (stage 8's starting point). `--family` draws the
+tasks from another token family (the large-vocabulary `zipf_tokens`, the real-text `doctext`; the same
+seed stream); `--candidates` picks among CANDIDATES.
 """
 
 from __future__ import annotations
@@ -30,14 +32,15 @@ CANDIDATES = {
     "stage6": "checkpoints/stages/meta_stage6.safetensors",
     "stage8": "checkpoints/stages/meta_stage8.safetensors",
     "stage6@1000": "checkpoints/stages/meta_stage6.safetensors",
+    "stage9_step0": "checkpoints/stages/meta_stage6_x1000_guard12_pull05.safetensors",
 }
 MULTS = (1.0, 10.0, 31.6)
 
 
-def specs(n: int) -> list[TaskSpec]:
+def specs(n: int, family: str = "tokens") -> list[TaskSpec]:
     out = []
     for i in range(n):
-        s = sample_spec(777_000 + i, ("tokens",), steps_range=(300, 600))
+        s = sample_spec(777_000 + i, (family,), steps_range=(300, 600))
         out.append(TaskSpec(**{**s.to_dict(), "model": ("gru", "lstm")[i % 2], "lr": USUAL_LR[s.optimizer]}))
     return out
 
@@ -66,9 +69,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=8)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--family", default="tokens", choices=["tokens", "zipf_tokens", "doctext"])
+    ap.add_argument("--candidates", nargs="+", default=list(CANDIDATES)[:3], choices=list(CANDIDATES))
     args = ap.parse_args()
-    tasks = specs(args.n)
-    names = ["constant", *CANDIDATES]
+    tasks = specs(args.n, args.family)
+    names = ["constant", *args.candidates]
     with Pool(args.workers) as pool:
         res = pool.map(_job, [(i, s, m, c) for i, s in enumerate(tasks) for m in MULTS for c in names], chunksize=1)
     print("mean final val accuracy (largest LR / base LR over the tasks):")
