@@ -209,6 +209,15 @@ def _teacher_labels(x: torch.Tensor, classes: int, depth: int, g: torch.Generato
     return (h @ w).argmax(1)
 
 
+def _teacher_rnn_labels(x: torch.Tensor, vocab: int, classes: int, g: torch.Generator) -> torch.Tensor:
+    """Labels of token sequences `x` (n, length) from a random tanh RNN over random 16-d embeddings (order matters)."""
+    emb, wh = torch.randn(vocab, 16, generator=g), torch.randn(16, 16, generator=g) / 4.0
+    h = torch.zeros(len(x), 16)
+    for i in range(x.shape[1]):
+        h = torch.tanh(h @ wh + emb[x[:, i]])
+    return (h @ torch.randn(16, classes, generator=g)).argmax(1)
+
+
 def _noisy(y: torch.Tensor, classes: int, noise: float, g: torch.Generator) -> torch.Tensor:
     flip = torch.rand(len(y), generator=g) < noise
     return torch.where(flip, torch.randint(classes, y.shape, generator=g), y)
@@ -293,20 +302,12 @@ def make_data(spec: TaskSpec) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
     elif spec.data == "tokens":
         v, length = int(p["vocab"]), int(p["length"])
         x = torch.randint(v, (n, length), generator=g)
-        emb, wh = torch.randn(v, 16, generator=g), torch.randn(16, 16, generator=g) / 4.0
-        h = torch.zeros(n, 16)
-        for i in range(length):
-            h = torch.tanh(h @ wh + emb[x[:, i]])
-        y = (h @ torch.randn(16, k, generator=g)).argmax(1)
+        y = _teacher_rnn_labels(x, v, k, g)
     elif spec.data == "zipf_tokens":
         v, length = int(p["vocab"]), int(p["length"])
         freq = 1.0 / torch.arange(1, v + 1, dtype=torch.float64) ** float(p["zipf"])
         x = torch.multinomial(freq, n * length, replacement=True, generator=g).view(n, length)
-        emb, wh = torch.randn(v, 16, generator=g), torch.randn(16, 16, generator=g) / 4.0
-        h = torch.zeros(n, 16)
-        for i in range(length):
-            h = torch.tanh(h @ wh + emb[x[:, i]])
-        y = (h @ torch.randn(16, k, generator=g)).argmax(1)
+        y = _teacher_rnn_labels(x, v, k, g)
     elif spec.data == "doctext":
         x, y = _doctext(k, int(p["vocab"]), int(p["length"]), int(p["topics_seed"]))
         perm = torch.randperm(len(y), generator=g)
