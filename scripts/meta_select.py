@@ -73,9 +73,16 @@ def _job(job: tuple[str, str, Any, str]) -> tuple[str, str, float]:
     return kind, key, run_spec(spec, make)["val_accuracy"]  # run_spec gives 0 for a diverged run
 
 
+def _cosine_key(spec: Any) -> str:
+    """The key of a development task's cosine run (scripts/meta_dev_tasks.py's cache uses the same)."""
+    return "cosine|" + json.dumps(spec.to_dict(), sort_keys=True)
+
+
 def measure(ckpt: str, workers: int, dev_cache: dict[str, float]) -> dict[str, float]:
     """The 9 cells of one checkpoint."""
     labels = read_labels(str(LABELS))[:80]
+    best_of_sweep = {str(e["index"]): max(e["acc"]) for e in labels}
+    bases = dev.dev_bases()
     jobs: list[tuple[str, str, Any, str]] = []
     for i, spec in enumerate(validation_specs(VAL_TASKS, n_large=VAL_LARGE)):
         jobs.append(("val", str(i), replace(spec, steps=min(spec.steps, VAL_MAX_STEPS)), ckpt))
@@ -83,36 +90,36 @@ def measure(ckpt: str, workers: int, dev_cache: dict[str, float]) -> dict[str, f
         spec = lab.TaskSpec(**e["spec"])
         for d in lab.REGRET_DECADES:
             jobs.append((f"lab{d:+.1f}".replace("+0.0", "0"), str(e["index"]), replace(spec, lr=spec.lr * 10**d), ckpt))
-    bases = dev.dev_bases()
     for i, b in enumerate(bases):
         for m in (0.1, 1.0, 10.0):
             jobs.append((f"dev{m:g}", str(i), dev._at(b, m), ckpt))
         for f in dev.GRID:  # the tuned cosine (cached across checkpoints)
-            k = "cosine|" + json.dumps(dev._at(b, f).to_dict(), sort_keys=True)
-            if k not in dev_cache:
-                jobs.append(("cosine", k, dev._at(b, f), "cosine"))
+            if _cosine_key(dev._at(b, f)) not in dev_cache:
+                jobs.append(("cosine", _cosine_key(dev._at(b, f)), dev._at(b, f), "cosine"))
     for i, s in enumerate(rnn.specs(8)):
         for m in RNN_MULTS:
             jobs.append((f"rnn{m:g}", str(i), replace(s, lr=s.lr * m), ckpt))
-    out: dict[str, list[float]] = {c: [] for c in CELLS}
+    accs: dict[str, list[tuple[str, float]]] = {c: [] for c in CELLS}
     with Pool(workers) as pool:
         for kind, key, acc in pool.imap_unordered(_job, jobs, chunksize=1):
             if kind == "cosine":
                 dev_cache[key] = acc
-            elif kind.startswith("lab"):
-                out[kind].append(acc - max(next(e for e in labels if str(e["index"]) == key)["acc"]))
-            elif kind.startswith("dev"):
-                b = bases[int(key)]
-                out[kind].append((acc, b))  # type: ignore[arg-type]
             else:
-                out[kind].append(acc)
-    for c in ("dev0.1", "dev1", "dev10"):
-        regrets = []
-        for acc, b in out[c]:  # type: ignore[misc]
-            tuned = max(dev_cache["cosine|" + json.dumps(dev._at(b, f).to_dict(), sort_keys=True)] for f in dev.GRID)
-            regrets.append(acc - tuned)
-        out[c] = regrets
-    return {c: sum(v) / len(v) for c, v in out.items()}
+                accs[kind].append((key, acc))
+
+    def tuned(i: str) -> float:  # a development task's best cosine over the grid
+        return max(dev_cache[_cosine_key(dev._at(bases[int(i)], f))] for f in dev.GRID)
+
+    out = {}
+    for c, runs in accs.items():
+        if c.startswith("lab"):
+            vals = [acc - best_of_sweep[key] for key, acc in runs]
+        elif c.startswith("dev"):
+            vals = [acc - tuned(key) for key, acc in runs]
+        else:
+            vals = [acc for _, acc in runs]
+        out[c] = sum(vals) / len(vals)
+    return out
 
 
 def beats(cand: dict[str, float], ref: dict[str, float]) -> tuple[bool, float, str]:
