@@ -2,11 +2,14 @@
 `tol` of the best final validation accuracy (`configs/meta_train_stage5.yaml` reads the file: `lr_labels`).
 
     python scripts/meta_label_tasks.py --n 240 --out runs/meta_labels/labels.json [--workers 2]
+    python scripts/meta_label_tasks.py --include configs/meta_labels.json --start 1000 --n 48 --families zipf_tokens doctext --steps 100 1000 --out configs/meta_labels_text.json
 
 Tasks are drawn from their own seed stream (560000 + i: neither meta-training draws, validation,
 development nor evaluation tasks) with `metalr.meta.tasks.sample_spec`. The grid is the optimizer's usual
 LR times 10**(-1.5 .. 1.5) in half-decade steps: the range meta-training draws base LRs from. Finished
 tasks are kept in the output file (written atomically after each task), so an interrupted run resumes.
+`--include FILE` starts a new output file with FILE's labelled tasks (their indices must not overlap the
+new range): one file holding an earlier label set and new tasks, made by one command.
 """
 
 from __future__ import annotations
@@ -34,11 +37,24 @@ def main() -> None:
     ap.add_argument("--steps", type=int, nargs=2, default=[100, 2000], help="run lengths, log-uniform")
     ap.add_argument("--step-multiple", type=int, default=40)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--include", default="", help="a label file whose tasks a new output file starts with")
     args = ap.parse_args()
     if args.start < 0 or args.n < 1:
         ap.error(f"need --start >= 0 and --n >= 1, got {args.start} and {args.n}")
     out = Path(args.out)
     done = read_labels(out) if out.is_file() else []
+    if args.include:
+        included = read_labels(args.include)
+        clash = sorted({e["index"] for e in included} & set(range(args.start, args.start + args.n)))
+        if clash:
+            ap.error(f"--include {args.include} has task indices {clash[:5]}... inside --start/--n's range: pick another --start")
+        have_now = {e["index"] for e in done}
+        missing = [e for e in included if e["index"] not in have_now]
+        if done and missing:
+            ap.error(f"{out} exists without {len(missing)} of {args.include}'s tasks: it was not started from that file")
+        if not done:
+            done = list(included)
+            write_labels(out, sorted(done, key=lambda d: d["index"]))
     have = {d["index"] for d in done}
     todo = [(i, tuple(args.families), tuple(args.steps), args.step_multiple) for i in range(args.start, args.start + args.n) if i not in have]
     print(f"{len(have)} labelled already, {len(todo)} to go", flush=True)

@@ -1,6 +1,6 @@
 """Choose between meta-controller checkpoints by one rule fixed in advance (research; issue 13).
 
-    python scripts/meta_select.py CANDIDATE [CANDIDATE ...] [--reference checkpoints/metalr_default.safetensors] [--workers 2]
+    python scripts/meta_select.py CANDIDATE [CANDIDATE ...] [--reference checkpoints/metalr_default.safetensors] [--workers 2] [--rule v2]
 
 Every checkpoint (the reference first) is measured on four selection sets, none of which holds a
 meta-training task or a held-out evaluation task:
@@ -11,10 +11,14 @@ meta-training task or a held-out evaluation task:
 | lab-1.5, lab0, lab+1.5 | 80 labelled tasks (`configs/meta_labels_check.json`) at usual LR x10^-1.5, x1, x10^1.5 | mean regret against the task's own cosine sweep |
 | dev0.1, dev1, dev10 | 22 development tasks (`scripts/meta_dev_tasks.py`) at x0.1, x1, x10 | mean regret against the cosine tuned over x0.1 .. x10 |
 | rnn10, rnn31.6 | 8 generated GRU/LSTM tasks (`scripts/meta_rnn_probe.py`) at x10, x31.6 of the usual LR | mean final val accuracy |
+| txt1, txt10, txt31.6 (rule v2 only) | 8 real-text GRU/LSTM tasks (`meta_rnn_probe.py --family doctext`) at x1, x10, x31.6 | mean final val accuracy |
 
-The rule (fixed on 2026-11-24, before any candidate after `meta_stage6_x1000` was measured). A candidate
-**beats** the reference when both hold:
-1. the mean of its 9 differences to the reference (candidate - reference, one per cell) is at least MIN_GAIN;
+Rule v1 (fixed on 2026-11-24, before any candidate after `meta_stage6_x1000` was measured): the first 9
+cells. Rule v2 (`--rule v2`, the default from session 12 on; fixed in session 12, before any checkpoint
+meta-trained with real text was measured): v1's 9 cells and the three real-text cells, 12 in all. Said
+plainly: stage 6 and `meta_stage6_x1000_guard12_pull05` had been run on those doctext tasks in session 11
+(docs/meta_training/README.md). A candidate **beats** the reference when both hold:
+1. the mean of its differences to the reference (candidate - reference, one per cell) is at least MIN_GAIN;
 2. no cell is lower than the reference's by more than MAX_LOSS (the cells' noise: single-seed runs).
 Among candidates that beat the reference, the one with the largest mean difference is chosen. The
 held-out evaluation (`configs/eval_full.yaml`, `configs/meta_heldout.yaml`) plays no part.
@@ -53,10 +57,12 @@ from metalr.meta.validate import run_spec  # noqa: E402
 
 MIN_GAIN = 0.002
 MAX_LOSS = 0.005
-CELLS = ("val", "lab-1.5", "lab0", "lab+1.5", "dev0.1", "dev1", "dev10", "rnn10", "rnn31.6")
+CELLS = ("val", "lab-1.5", "lab0", "lab+1.5", "dev0.1", "dev1", "dev10", "rnn10", "rnn31.6")  # rule v1
+RULES = {"v1": CELLS, "v2": (*CELLS, "txt1", "txt10", "txt31.6")}
 LABELS = ROOT / "configs" / "meta_labels_check.json"
 VAL_TASKS, VAL_LARGE, VAL_MAX_STEPS = 8, 4, 1000  # configs/meta_train_stage6.yaml's validation set
 RNN_MULTS = (10.0, 31.6)
+TXT_MULTS = (1.0, 10.0, 31.6)  # rule v2: the real-text (doctext) recurrent tasks
 
 
 def _job(job: tuple[str, str, Any, str]) -> tuple[str, str, float]:
@@ -78,8 +84,8 @@ def _cosine_key(spec: Any) -> str:
     return "cosine|" + json.dumps(spec.to_dict(), sort_keys=True)
 
 
-def measure(ckpt: str, workers: int, dev_cache: dict[str, float]) -> dict[str, float]:
-    """The 9 cells of one checkpoint."""
+def measure(ckpt: str, workers: int, dev_cache: dict[str, float], cells: tuple[str, ...] = CELLS) -> dict[str, float]:
+    """The cells of one checkpoint (`cells`: a rule's, `RULES`)."""
     labels = read_labels(str(LABELS))[:80]
     best_of_sweep = {str(e["index"]): max(e["acc"]) for e in labels}
     bases = dev.dev_bases()
@@ -99,7 +105,11 @@ def measure(ckpt: str, workers: int, dev_cache: dict[str, float]) -> dict[str, f
     for i, s in enumerate(rnn.specs(8)):
         for m in RNN_MULTS:
             jobs.append((f"rnn{m:g}", str(i), replace(s, lr=s.lr * m), ckpt))
-    accs: dict[str, list[tuple[str, float]]] = {c: [] for c in CELLS}
+    if "txt1" in cells:
+        for i, s in enumerate(rnn.specs(8, "doctext")):
+            for m in TXT_MULTS:
+                jobs.append((f"txt{m:g}", str(i), replace(s, lr=s.lr * m), ckpt))
+    accs: dict[str, list[tuple[str, float]]] = {c: [] for c in cells}
     with Pool(workers) as pool:
         for kind, key, acc in pool.imap_unordered(_job, jobs, chunksize=1):
             if kind == "cosine":
@@ -122,9 +132,9 @@ def measure(ckpt: str, workers: int, dev_cache: dict[str, float]) -> dict[str, f
     return out
 
 
-def beats(cand: dict[str, float], ref: dict[str, float]) -> tuple[bool, float, str]:
-    """The rule: (beats the reference?, mean difference, the reason)."""
-    diffs = {c: cand[c] - ref[c] for c in CELLS}
+def beats(cand: dict[str, float], ref: dict[str, float], cells: tuple[str, ...] = CELLS) -> tuple[bool, float, str]:
+    """The rule over `cells`: (beats the reference?, mean difference, the reason)."""
+    diffs = {c: cand[c] - ref[c] for c in cells}
     mean = sum(diffs.values()) / len(diffs)
     worst = min(diffs, key=diffs.__getitem__)
     if diffs[worst] < -MAX_LOSS:
@@ -140,14 +150,19 @@ def main() -> None:
     ap.add_argument("--reference", default="checkpoints/metalr_default.safetensors")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--cache", default=str(ROOT / "runs" / "meta_select"))
+    ap.add_argument("--rule", default="v2", choices=sorted(RULES), help="v1: the 9 cells of session 11; v2: and 3 real-text cells")
     args = ap.parse_args()
+    cells = RULES[args.rule]
     cache_dir = Path(args.cache)
     dev_cache_path = cache_dir / "dev_cosine.json"
     dev_cache = json.loads(dev_cache_path.read_text()) if dev_cache_path.exists() else {}
     dev_runs = ROOT / "runs" / "meta_dev" / "cache.json"  # scripts/meta_dev_tasks.py's runs: the same cosine runs, same keys
     if dev_runs.exists():
         dev_cache = {**{k: v for k, v in json.loads(dev_runs.read_text()).items() if k.startswith("cosine|")}, **dev_cache}
-    rule_key = hashlib.sha256(json.dumps([CELLS, VAL_TASKS, VAL_LARGE, VAL_MAX_STEPS, RNN_MULTS, str(LABELS.name)]).encode()).hexdigest()[:8]
+    key_parts: list[Any] = [cells, VAL_TASKS, VAL_LARGE, VAL_MAX_STEPS, RNN_MULTS, str(LABELS.name)]  # v1's key as before
+    if "txt1" in cells:
+        key_parts.append(TXT_MULTS)
+    rule_key = hashlib.sha256(json.dumps(key_parts).encode()).hexdigest()[:8]
     table: dict[str, dict[str, float]] = {}
     for path in [args.reference, *args.candidates]:
         sha = hashlib.sha256(Path(path).read_bytes()).hexdigest()
@@ -156,27 +171,28 @@ def main() -> None:
             table[path] = json.loads(cached.read_text())["cells"]
             continue
         t0 = time.perf_counter()
-        table[path] = measure(path, args.workers, dev_cache)
+        table[path] = measure(path, args.workers, dev_cache, cells)
         cache_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(dev_cache_path, dev_cache)
         atomic_write_json(cached, {"checkpoint": path, "sha256": sha, "cells": table[path], "seconds": time.perf_counter() - t0})
         print(f"{path}: measured in {time.perf_counter() - t0:.0f} s", flush=True)
-    print("| checkpoint | " + " | ".join(CELLS) + " | mean diff | beats the reference? |")
-    print("|---" * (len(CELLS) + 3) + "|")
+    print(f"rule {args.rule}")
+    print("| checkpoint | " + " | ".join(cells) + " | mean diff | beats the reference? |")
+    print("|---" * (len(cells) + 3) + "|")
     ref = table[args.reference]
     best: tuple[float, str] | None = None
-    for path, cells in table.items():
+    for path, row in table.items():
         if path == args.reference:
             verdict, mean = "(reference)", 0.0
         else:
-            ok, mean, why = beats(cells, ref)
+            ok, mean, why = beats(row, ref, cells)
             verdict = ("yes: " if ok else "no: ") + why
             if ok and (best is None or mean > best[0]):
                 best = (mean, path)
-        shown = [f"{cells[c]:.4f}" if c.startswith(("val", "rnn")) else f"{cells[c]:+.4f}" for c in CELLS]
+        shown = [f"{row[c]:.4f}" if c.startswith(("val", "rnn", "txt")) else f"{row[c]:+.4f}" for c in cells]
         print(f"| {path} | " + " | ".join(shown) + f" | {mean:+.4f} | {verdict} |")
     print(f"\nchosen: {best[1] if best else args.reference + ' (the reference: no candidate beats it)'}")
-    if any(math.isnan(v) for cells in table.values() for v in cells.values()):
+    if any(math.isnan(v) for row in table.values() for v in row.values()):
         print("warning: a cell is NaN", file=sys.stderr)
 
 

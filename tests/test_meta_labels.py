@@ -171,7 +171,7 @@ def test_level_probe_reads_a_sweep_linearly_between_grid_points_and_flat_beyond(
 
 def test_the_selection_rule_needs_a_mean_gain_and_no_cell_much_worse() -> None:
     """scripts/meta_select.py's rule, fixed before the candidates it chose between: +MIN_GAIN on average over
-    the 9 cells, and no cell more than MAX_LOSS below the reference."""
+    the rule's cells (v1: 9, v2: 12), and no cell more than MAX_LOSS below the reference."""
     import importlib.util
     import sys
 
@@ -184,10 +184,17 @@ def test_the_selection_rule_needs_a_mean_gain_and_no_cell_much_worse() -> None:
         spec.loader.exec_module(sel)
     finally:
         sys.path.remove(str(scripts))
-    ref = {c: 0.5 for c in sel.CELLS}
-    gain = 2 * sel.MIN_GAIN * len(sel.CELLS)  # one cell carries the whole gain: mean 2 x MIN_GAIN
-    assert sel.beats({**ref, "dev10": 0.5 + gain}, ref)[0]
-    assert not sel.beats({**ref, "dev10": 0.5 + gain / 4}, ref)[0]  # mean gain under MIN_GAIN
-    ok, mean, why = sel.beats({**ref, "dev10": 0.5 + gain, "rnn10": 0.5 - 2 * sel.MAX_LOSS}, ref)
-    assert not ok and mean > sel.MIN_GAIN and "rnn10" in why  # a large mean gain does not buy a worse cell
-    assert sel.beats({**ref, "dev10": 0.5 + gain, "rnn10": 0.5 - sel.MAX_LOSS / 2}, ref)[0]
+    assert sel.RULES["v1"] == sel.CELLS and len(sel.CELLS) == 9 and sel.RULES["v2"][:9] == sel.CELLS  # v2 = v1 + real text
+    for cells in sel.RULES.values():
+        ref = {c: 0.5 for c in cells}
+        gain = 2 * sel.MIN_GAIN * len(cells)  # one cell carries the whole gain: mean 2 x MIN_GAIN
+        assert sel.beats({**ref, "dev10": 0.5 + gain}, ref, cells)[0]
+        assert not sel.beats({**ref, "dev10": 0.5 + gain / 4}, ref, cells)[0]  # mean gain under MIN_GAIN
+        ok, mean, why = sel.beats({**ref, "dev10": 0.5 + gain, "rnn10": 0.5 - 2 * sel.MAX_LOSS}, ref, cells)
+        assert not ok and mean > sel.MIN_GAIN and "rnn10" in why  # a large mean gain does not buy a worse cell
+        assert sel.beats({**ref, "dev10": 0.5 + gain, "rnn10": 0.5 - sel.MAX_LOSS / 2}, ref, cells)[0]
+    v2 = sel.RULES["v2"]
+    ref = {c: 0.5 for c in v2}
+    ok, _, why = sel.beats({**ref, "dev10": 0.6, "txt31.6": 0.5 - 2 * sel.MAX_LOSS}, ref, v2)
+    assert not ok and "txt31.6" in why  # v2's real-text cells count
+    assert sel.beats({**ref, "dev10": 0.6, "txt31.6": 0.5 - 2 * sel.MAX_LOSS}, ref, sel.CELLS)[0]  # v1 ignores them

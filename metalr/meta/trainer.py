@@ -91,7 +91,7 @@ class MetaTrainConfig:
     label_weight: float = 0.0  # weight of the band penalty (metalr.meta.labels.band_penalty), per step, relative to the val-loss meta-loss
     label_window: list[float] = field(default_factory=lambda: [0.1, 0.9])  # progress range over which the band penalty counts
     init_from: str = ""  # warm start: a policy file (same model_args); it is validated at meta-step 0 as a candidate
-    data_families: list[str] = field(default_factory=lambda: list(DATA_FAMILIES))
+    data_families: list[str] = field(default_factory=lambda: list(DATA_FAMILIES))  # without lr_labels (with it, the label file's tasks are the draw)
     optimizers: list[str] = field(default_factory=lambda: list(OPTIMIZERS))
     lr_decades: float = 1.5  # base LR = usual LR * 10**U(-lr_decades, lr_decades)
     steps_range: list[int] = field(default_factory=lambda: [100, 2000])  # inner run lengths, log-uniform
@@ -502,6 +502,11 @@ def train(cfg: MetaTrainConfig, resume: bool = False) -> MetaPolicy:
         dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
     out = Path(cfg.out_dir)
     rule = cfg.rule_config()
+    if cfg.lr_labels and rank == 0:
+        log.info(
+            "lr_labels %s: every task is one of its labelled tasks, at the run length it was labelled at (data_families and the run-length curriculum are not used)",
+            cfg.lr_labels,
+        )
     torch.manual_seed(cfg.seed)
     policy = MetaPolicy(max_log_step=cfg.max_log_step)
     meta_opt = torch.optim.Adam(policy.parameters(), lr=cfg.meta_lr)

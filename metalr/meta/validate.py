@@ -21,10 +21,20 @@ from metalr.signals import SignalTracker
 ControllerFactory = Callable[[torch.optim.Optimizer, int], Controller]
 
 
-def run_spec(spec: TaskSpec, make_controller: ControllerFactory | None, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
-    """Train `spec` under the controller (None: constant LR); final validation loss/accuracy on the whole val set."""
+def run_spec(
+    spec: TaskSpec,
+    make_controller: ControllerFactory | None,
+    dtype: torch.dtype = torch.float32,
+    init_state: dict[str, torch.Tensor] | None = None,
+    keep_state: bool = False,
+) -> dict[str, Any]:
+    """Train `spec` under the controller (None: constant LR); final validation loss/accuracy on the whole val set.
+
+    `init_state`: the model's weights to start from (a pretrained model: `state` of an earlier run with `keep_state`)."""
     task = materialise(spec, dtype)
     model = task.model
+    if init_state is not None:
+        model.load_state_dict(init_state)
     opt = task.make_optimizer()
     ctrl = make_controller(opt, spec.steps) if make_controller is not None else None
     tracker = SignalTracker(model.parameters(), opt, requires=ctrl.requires if ctrl else (), total_steps=spec.steps, every=ctrl.signal_every if ctrl else 1)
@@ -51,4 +61,8 @@ def run_spec(spec: TaskSpec, make_controller: ControllerFactory | None, dtype: t
         acc = float((logits.argmax(-1) == task.y_val).float().mean())
     if diverged or not math.isfinite(val_loss):
         acc, diverged = 0.0, True
-    return {"lrs": lrs, "val_loss": val_loss, "val_accuracy": acc, "diverged": diverged}
+    logs = ctrl.extra_logs() if ctrl is not None else {}
+    out = {"lrs": lrs, "val_loss": val_loss, "val_accuracy": acc, "diverged": diverged, "controller_logs": logs}
+    if keep_state:
+        out["state"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return out
