@@ -1,6 +1,6 @@
 """Does a meta-controller hurt a run that starts from trained weights? (research, not a test)
 
-    python scripts/meta_continue_probe.py [--n 16] [--workers 2] [--candidates NAME ...]
+    python scripts/meta_continue_probe.py [--n 16] [--workers 2] [--candidates NAME|PATH ...]
 
 A fine-tune or a second training stage starts with a loss that is already low and noisy, unlike every
 meta-training run (random initialisation). A divergence guard that compares the loss with the first
@@ -58,7 +58,7 @@ def _controller(name: str) -> Any:
 
     if name == "constant":
         return None
-    frozen = cached_policy(ROOT / CANDIDATES[name])
+    frozen = cached_policy(ROOT / CANDIDATES.get(name, name))  # a name of CANDIDATES, or a checkpoint's path
     return lambda opt, total: MetaController(opt, checkpoint=frozen, total_steps=total)
 
 
@@ -95,7 +95,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=16)
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--candidates", nargs="+", default=["stage6", "stage6_x1000", "stage9_step0"], choices=list(CANDIDATES))
+    ap.add_argument("--candidates", nargs="+", default=["stage6", "stage6_x1000", "stage9_step0"], help=f"names ({', '.join(CANDIDATES)}) or checkpoint paths")
     args = ap.parse_args()
     names = ["constant", *args.candidates]
     tasks = specs(args.n)

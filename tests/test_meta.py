@@ -14,6 +14,7 @@ import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -140,6 +141,52 @@ def test_rule_guard_cuts_a_blowing_up_loss_at_once() -> None:
     assert seq[3] == pytest.approx(seq[2], abs=0.05) and seq[4] == pytest.approx(seq[2], abs=0.05)  # cooldown
     assert seq[5] == pytest.approx(2 * math.log(0.3), abs=0.1)  # fires again
     assert state.guard_fired == 2
+
+
+def test_guard_window_takes_the_largest_early_loss_as_reference_on_every_path() -> None:
+    """`guard_window` = W: the guard compares with the largest of the first W finite losses and fires on the ratio only
+    from then on (a non-finite loss at any step). A run that starts low and noisy (trained weights) trips the
+    first-loss guard and not a W = 8 one; torch, host (numpy) and device paths fire on the same steps; a saved state
+    restores the reference, and a state without one (metalr <= 0.3) reads as the first loss."""
+    from metalr.meta.policy import HostPolicy
+
+    pol = MetaPolicy().double()
+    rng = random.Random(3)
+    noisy = [0.2] + [rng.uniform(0.2, 0.6) for _ in range(60)]  # a lucky first batch, then noise of a trained model
+    blow_up = [2.0, 2.1, math.nan, 1.9, 2.0, 2.2, 2.1, 2.0, 2.1, 9.0, 9.0]
+
+    def fired(cfg: RuleConfig, losses: list[float], path: str) -> tuple[list[int], RuleState]:
+        state = RuleState() if path != "device" else RuleState().to_device(torch.device("cpu"))
+        log_rel: Any = 0.0 if path == "host" else torch.tensor(0.0, dtype=torch.float64)
+        policy: Any = HostPolicy(pol) if path == "host" else pol
+        out = []
+        for t, loss in enumerate(losses, 1):
+            before = int(state.guard_fired)
+            sig: Any = torch.tensor(loss, dtype=torch.float64) if path == "device" else loss
+            with torch.no_grad():
+                log_rel = lr_rule(policy, cfg, state, log_rel, sig, None, None, t, 1000)
+            if int(state.guard_fired) > before:
+                out.append(t)
+        return out, state
+
+    first, window = RuleConfig(guard_ratio=1.5), RuleConfig(guard_ratio=1.5, guard_window=8)  # stage 6's ratio
+    for path in ("torch", "host", "device"):
+        assert len(fired(first, noisy, path)[0]) >= 3, path  # the first-loss reference reads noise as a blow-up
+        assert fired(window, noisy, path)[0] == [], path
+    # W = 8 on a blow-up: the NaN fires at once (step 3), the ratio test waits for 8 finite losses (step 9 on), then fires
+    for path in ("torch", "host", "device"):
+        steps, state = fired(window, blow_up, path)
+        assert steps == [3, 10], (path, steps)
+        assert float(state.guard_ref) == pytest.approx(2.2) and int(state.guard_seen) == 8
+    # Saved and restored; an old state (no guard keys) takes the first loss as its reference
+    _, state = fired(window, noisy[:5], "host")
+    back = RuleState.from_state(state.state_dict())
+    assert (back.guard_ref, back.guard_seen) == (pytest.approx(max(noisy[:5])), 5)
+    old = {k: v for k, v in state.state_dict().items() if not k.startswith("guard_") or k == "guard_fired"}
+    legacy = RuleState.from_state(old)
+    assert (legacy.guard_ref, legacy.guard_seen) == (pytest.approx(0.2), 1)
+    with pytest.raises(ValueError, match="guard_window"):
+        RuleConfig(guard_window=0)
 
 
 def test_update_ceiling_stops_raises_and_pulls_down_on_every_path() -> None:

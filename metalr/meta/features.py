@@ -163,9 +163,10 @@ class FeatureState:
         """Decades by which the averaged update size exceeds 10**ceiling (negative below it; 0 while unseen)."""
         return 0.0 if self.u_mid is None else self.u_mid - ceiling
 
-    def diverging(self, ratio: float) -> bool:
-        """The fast loss average is more than `ratio` times the first loss: training is blowing up."""
-        return self.l_fast is not None and self.loss0 is not None and self.l_fast > ratio * self.loss0
+    def diverging(self, ratio: float, reference: float | None = None) -> bool:
+        """The fast loss average is more than `ratio` times `reference` (default: the first loss): training is blowing up."""
+        ref = self.loss0 if reference is None else reference
+        return self.l_fast is not None and ref is not None and self.l_fast > ratio * ref
 
     def state_dict(self) -> dict[str, Any]:
         """Plain floats only (a statistic not yet seen is NaN), so any framework can checkpoint it."""

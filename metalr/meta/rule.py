@@ -22,9 +22,13 @@ Per step:
    meta-gradient does not see the cliff where a too-high LR collapses training (the loss
    is flat past it), so, like divergence, this is not left to be learned;
 4. a fixed safety guard: a non-finite loss, or a fast loss average more than
-   `guard_ratio` times the first loss, multiplies the LR by `guard_factor` at
+   `guard_ratio` times the guard's reference loss, multiplies the LR by `guard_factor` at
    once (then waits `guard_cooldown` steps before it can fire again). Learned
-   changes are deliberately slow; blowing up is not something to learn slowly;
+   changes are deliberately slow; blowing up is not something to learn slowly.
+   The reference is the largest of the first `guard_window` losses, and the ratio test starts
+   once they are in (`guard_window` = 1: the first loss, as every checkpoint before it had). A run
+   that starts from trained weights (a fine-tune, a second stage) has a low, noisy first loss, and a
+   single batch as the reference reads that noise as a blow-up (`scripts/meta_continue_probe.py`);
 5. log(LR / base LR) stays in [log min_factor, log max_factor].
 
 Decision interval (`decide_every` = k, a rule setting stored in the checkpoint; 1 when absent). The loss is
@@ -53,7 +57,7 @@ from typing import Any
 
 import torch
 
-from metalr.meta.features import DeviceFeatureState, FeatureState
+from metalr.meta.features import _EPS, _LF, DeviceFeatureState, FeatureState
 from metalr.meta.policy import HostPolicy, MetaPolicy
 
 
@@ -72,10 +76,13 @@ class RuleConfig:
     update_ceiling: float = 0.0  # log10 update size above which the policy may not raise the LR (0: the weights' own norm, i.e. off)
     ceiling_pull: float = 0.0  # ... and must lower it by at least this much per decade above the ceiling (per 1/horizon_steps)
     decide_every: int = 1  # the policy decides on every k-th step only (k x the per-step change); see the module docstring
+    guard_window: int = 1  # the guard's reference loss is the largest of the first guard_window losses (1: the first loss)
 
     def __post_init__(self) -> None:
         if isinstance(self.decide_every, bool) or not isinstance(self.decide_every, int) or self.decide_every < 1:
             raise ValueError(f"decide_every must be an int >= 1, got {self.decide_every!r}")
+        if isinstance(self.guard_window, bool) or not isinstance(self.guard_window, int) or self.guard_window < 1:
+            raise ValueError(f"guard_window must be an int >= 1, got {self.guard_window!r}")
         if self.horizon_steps < 1 or self.max_horizon_scale <= 0 or self.default_total_steps < 1 or self.guard_cooldown < 0:
             raise ValueError(f"invalid RuleConfig {self}")
         if not 0 < self.min_factor < 1 < self.max_factor or not math.isfinite(self.max_factor):
@@ -103,6 +110,8 @@ class RuleState:
     features: FeatureState | DeviceFeatureState = field(default_factory=FeatureState)
     cooldown: int | torch.Tensor = 0  # steps before the guard may fire again
     guard_fired: int | torch.Tensor = 0  # times it fired
+    guard_ref: float | torch.Tensor = math.nan  # the guard's reference loss (NaN: no finite loss yet)
+    guard_seen: int | torch.Tensor = 0  # finite losses folded into guard_ref (up to guard_window)
 
     @property
     def on_device(self) -> bool:
@@ -114,14 +123,46 @@ class RuleState:
             feats = DeviceFeatureState(self.features.s.to(device))
         else:
             feats = DeviceFeatureState.from_host(self.features, device)
-        return RuleState(feats, torch.as_tensor(self.cooldown, dtype=torch.int64).to(device), torch.as_tensor(self.guard_fired, dtype=torch.int64).to(device))
+
+        def i64(v: int | torch.Tensor) -> torch.Tensor:
+            return torch.as_tensor(v, dtype=torch.int64).to(device)
+
+        ref = torch.as_tensor(self.guard_ref, dtype=torch.float64).to(device)
+        return RuleState(feats, i64(self.cooldown), i64(self.guard_fired), ref, i64(self.guard_seen))
 
     def state_dict(self) -> dict[str, Any]:
-        return {"features": self.features.state_dict(), "cooldown": int(self.cooldown), "guard_fired": int(self.guard_fired)}
+        return {
+            "features": self.features.state_dict(),
+            "cooldown": int(self.cooldown),
+            "guard_fired": int(self.guard_fired),
+            "guard_ref": float(self.guard_ref),
+            "guard_seen": int(self.guard_seen),
+        }
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> RuleState:
-        return cls(FeatureState.from_state(state["features"]), int(state["cooldown"]), int(state["guard_fired"]))
+        feats = FeatureState.from_state(state["features"])
+        if "guard_ref" in state:
+            ref, seen = float(state["guard_ref"]), int(state["guard_seen"])
+        else:  # metalr <= 0.3 states, of rules whose guard reference was the first loss (guard_window 1)
+            ref, seen = (math.nan, 0) if feats.loss0 is None else (feats.loss0, 1)
+        return cls(feats, int(state["cooldown"]), int(state["guard_fired"]), ref, seen)
+
+    def fold_guard_loss(self, loss: Any, window: int) -> None:
+        """Fold a step's loss into the guard's reference: the largest of the first `window` finite losses (floored as the features floor them)."""
+        if isinstance(self.guard_seen, torch.Tensor):
+            assert isinstance(self.guard_ref, torch.Tensor)
+            if loss is None:
+                return
+            lt = torch.as_tensor(loss, dtype=torch.float64, device=self.guard_seen.device).detach().reshape(())
+            take = torch.isfinite(lt) & (self.guard_seen < window)
+            self.guard_ref = torch.where(take, torch.fmax(self.guard_ref, torch.clamp(lt, min=_EPS)), self.guard_ref)
+            self.guard_seen = self.guard_seen + take.to(torch.int64)
+            return
+        if self.guard_seen < window and isinstance(loss, (int, float)) and math.isfinite(loss):  # as FeatureState reads a loss
+            v = max(float(loss), _EPS)
+            self.guard_ref = v if self.guard_seen == 0 else max(float(self.guard_ref), v)
+            self.guard_seen += 1
 
 
 def lr_rule(
@@ -161,7 +202,9 @@ def lr_rule(
             change = torch.where(over > 0, torch.minimum(change, (-scale * cfg.ceiling_pull * over).to(change.dtype)), change)
         else:
             change = torch.zeros((), dtype=policy.feature_shift.dtype, device=feats.s.device)
-        blowing_up = feats.diverging(cfg.guard_ratio)
+        state.fold_guard_loss(loss, cfg.guard_window)
+        assert isinstance(state.guard_ref, torch.Tensor)
+        blowing_up = (feats.s[_LF] > cfg.guard_ratio * state.guard_ref) & (state.guard_seen >= cfg.guard_window)  # NaN: False
         if loss is not None:
             blowing_up = blowing_up | ~torch.isfinite(torch.as_tensor(loss, dtype=torch.float64, device=blowing_up.device))
         cooldown = torch.as_tensor(state.cooldown, device=blowing_up.device)
@@ -182,9 +225,10 @@ def lr_rule(
             cap = -scale * cfg.ceiling_pull * excess
             delta = min(delta, cap) if isinstance(policy, HostPolicy) else torch.clamp(delta, max=cap)
     nonfinite_loss = loss is not None and not math.isfinite(loss)  # type: ignore[arg-type]
+    state.fold_guard_loss(loss, cfg.guard_window)
     if state.cooldown > 0:
         state.cooldown -= 1
-    elif nonfinite_loss or feats.diverging(cfg.guard_ratio):
+    elif nonfinite_loss or (state.guard_seen >= cfg.guard_window and feats.diverging(cfg.guard_ratio, float(state.guard_ref))):
         delta = delta + math.log(cfg.guard_factor)
         state.cooldown = cfg.guard_cooldown
         state.guard_fired += 1
