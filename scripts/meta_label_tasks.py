@@ -2,7 +2,7 @@
 `tol` of the best final validation accuracy (`configs/meta_train_stage5.yaml` reads the file: `lr_labels`).
 
     python scripts/meta_label_tasks.py --n 240 --out runs/meta_labels/labels.json [--workers 2]
-    python scripts/meta_label_tasks.py --include configs/meta_labels.json --start 1000 --n 48 --families zipf_tokens doctext --steps 100 1000 --out configs/meta_labels_text.json
+    python scripts/meta_label_tasks.py --include configs/meta_labels.json --start 1000 --n 96 --families zipf_tokens doctext --out configs/meta_labels_text.json
 
 Tasks are drawn from their own seed stream (560000 + i: neither meta-training draws, validation,
 development nor evaluation tasks) with `metalr.meta.tasks.sample_spec`. The grid is the optimizer's usual

@@ -295,9 +295,10 @@ class DeviceFeatureState:
         """Decades by which the averaged update size exceeds 10**ceiling (a 0-d tensor; NaN while unseen)."""
         return self.s[_UM] - ceiling
 
-    def diverging(self, ratio: float) -> torch.Tensor:
-        """The fast loss average is more than `ratio` times the first loss: training is blowing up (a 0-d bool tensor)."""
-        return self.s[_LF] > ratio * self.s[_L0]  # False while unseen (NaN compares False)
+    def diverging(self, ratio: float, reference: torch.Tensor | None = None) -> torch.Tensor:
+        """The fast loss average is more than `ratio` times `reference` (default: the first loss): blowing up (a 0-d bool tensor)."""
+        ref = self.s[_L0] if reference is None else reference
+        return self.s[_LF] > ratio * ref  # False while unseen (NaN compares False)
 
     def state_dict(self) -> dict[str, Any]:
         """Plain floats only (a statistic not yet seen is NaN), so any framework can checkpoint it."""

@@ -57,7 +57,7 @@ from typing import Any
 
 import torch
 
-from metalr.meta.features import _EPS, _LF, DeviceFeatureState, FeatureState
+from metalr.meta.features import _EPS, DeviceFeatureState, FeatureState
 from metalr.meta.policy import HostPolicy, MetaPolicy
 
 
@@ -204,7 +204,7 @@ def lr_rule(
             change = torch.zeros((), dtype=policy.feature_shift.dtype, device=feats.s.device)
         state.fold_guard_loss(loss, cfg.guard_window)
         assert isinstance(state.guard_ref, torch.Tensor)
-        blowing_up = (feats.s[_LF] > cfg.guard_ratio * state.guard_ref) & (state.guard_seen >= cfg.guard_window)  # NaN: False
+        blowing_up = feats.diverging(cfg.guard_ratio, state.guard_ref) & (state.guard_seen >= cfg.guard_window)
         if loss is not None:
             blowing_up = blowing_up | ~torch.isfinite(torch.as_tensor(loss, dtype=torch.float64, device=blowing_up.device))
         cooldown = torch.as_tensor(state.cooldown, device=blowing_up.device)
