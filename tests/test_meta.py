@@ -189,6 +189,50 @@ def test_guard_window_takes_the_largest_early_loss_as_reference_on_every_path() 
         RuleConfig(guard_window=0)
 
 
+def test_guard_rebase_raises_the_reference_to_the_level_that_tripped_it_on_every_path() -> None:
+    """`guard_rebase`: the first loss is the reference (no window, so an early blow-up is caught at once), and each
+    ratio firing raises it to the fast loss average that tripped it. A loss that jumps to a new level and stays (a
+    fresh optimizer on trained weights) trips the plain guard again after every cooldown and the rebasing guard once;
+    a loss that keeps climbing trips both again; a NaN fires without moving the reference. Torch, host (numpy) and
+    device paths fire on the same steps and end with the same reference, which a saved state restores."""
+    from metalr.meta.policy import HostPolicy
+
+    pol = MetaPolicy().double()
+    plateau = [1.0] * 5 + [2.0] * 40  # a transient level 2x the first loss
+    climbing = [1.0] * 5 + [2.0] * 20 + [4.0] * 20 + [math.nan] + [4.0] * 10
+
+    def run(cfg: RuleConfig, losses: list[float], path: str) -> tuple[list[int], RuleState]:
+        state = RuleState() if path != "device" else RuleState().to_device(torch.device("cpu"))
+        log_rel: Any = 0.0 if path == "host" else torch.tensor(0.0, dtype=torch.float64)
+        policy: Any = HostPolicy(pol) if path == "host" else pol
+        out = []
+        for t, loss in enumerate(losses, 1):
+            before = int(state.guard_fired)
+            sig: Any = torch.tensor(loss, dtype=torch.float64) if path == "device" else loss
+            with torch.no_grad():
+                log_rel = lr_rule(policy, cfg, state, log_rel, sig, None, None, t, 1000)
+            if int(state.guard_fired) > before:
+                out.append(t)
+        return out, state
+
+    plain, rebase = RuleConfig(guard_ratio=1.5), RuleConfig(guard_ratio=1.5, guard_rebase=True)
+    results = {path: (run(plain, plateau, path), run(rebase, plateau, path), run(rebase, climbing, path)) for path in ("torch", "host", "device")}
+    (p_steps, _), (r_steps, r_state), (c_steps, c_state) = results["host"]
+    assert len(p_steps) >= 5 and len(r_steps) == 1 and r_steps[0] == p_steps[0]  # the same first firing, then none
+    assert 1.5 < float(r_state.guard_ref) <= 2.0  # the fast average that crossed 1.5 x the first loss
+    nan_step = climbing.index(math.nan) + 1
+    assert len(c_steps) == 3 and c_steps[2] == nan_step and 25 < c_steps[1] < nan_step  # the climb to 4 trips it again
+    assert 2.9 < float(c_state.guard_ref) <= 4.0  # just over 1.5 x the first rebase; the NaN did not move it
+    for path in ("torch", "device"):
+        (ps, _), (rs, rst), (cs, cst) = results[path]
+        assert (ps, rs, cs) == (p_steps, r_steps, c_steps), path
+        assert float(cst.guard_ref) == pytest.approx(float(c_state.guard_ref), rel=1e-12), path
+    back = RuleState.from_state(c_state.state_dict())
+    assert back.guard_ref == pytest.approx(float(c_state.guard_ref))
+    with pytest.raises(ValueError, match="guard_rebase"):
+        RuleConfig(guard_rebase=1)  # type: ignore[arg-type]
+
+
 def test_update_ceiling_stops_raises_and_pulls_down_on_every_path() -> None:
     """A policy that always raises the LR: below the ceiling it does; above it the change is <= -pull * excess, the same on
     the torch (meta-training), host (numpy) and device (tensor) paths."""

@@ -8,7 +8,7 @@ Each step it calls `metalr.meta.rule.lr_rule`, the very function meta-training
 unrolled: the step's loss, gradient norm and gradient alignment
 (`metalr.gradstats`) are folded into the features, the policy proposes a bounded
 log-LR change, a fixed guard cuts the LR at once when the loss blows up, and the
-LR stays within [min_factor, max_factor] x base LR (the checkpoint's range, x0.001 to x30
+LR stays within [min_factor, max_factor] x base LR (the checkpoint's range, x0.001 to x1000
 for the shipped one; `min_factor=`/`max_factor=` narrow it, e.g. `max_factor=3` when
 fine-tuning a pretrained model, whose LR should stay near the usual one). Every param group
 keeps its own base LR; one multiplier scales them all.

@@ -295,6 +295,11 @@ class DeviceFeatureState:
         """Decades by which the averaged update size exceeds 10**ceiling (a 0-d tensor; NaN while unseen)."""
         return self.s[_UM] - ceiling
 
+    @property
+    def l_fast(self) -> torch.Tensor:
+        """The fast loss average (a 0-d tensor; NaN while unseen), as `FeatureState.l_fast`."""
+        return self.s[_LF]
+
     def diverging(self, ratio: float, reference: torch.Tensor | None = None) -> torch.Tensor:
         """The fast loss average is more than `ratio` times `reference` (default: the first loss): blowing up (a 0-d bool tensor)."""
         ref = self.s[_L0] if reference is None else reference

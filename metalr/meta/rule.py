@@ -28,7 +28,12 @@ Per step:
    The reference is the largest of the first `guard_window` losses, and the ratio test starts
    once they are in (`guard_window` = 1: the first loss, as every checkpoint before it had). A run
    that starts from trained weights (a fine-tune, a second stage) has a low, noisy first loss, and a
-   single batch as the reference reads that noise as a blow-up (`scripts/meta_continue_probe.py`);
+   single batch as the reference reads that noise as a blow-up (`scripts/meta_continue_probe.py`).
+   But a window also delays the ratio test by W steps and lets an early blow-up into the reference:
+   from a too-high LR the loss can run away within those steps (held-out x10 runs, session 13).
+   `guard_rebase` keeps the first-loss reference (W = 1) and instead raises it, each time the ratio
+   test fires, to the fast loss average that tripped it: a loss that keeps climbing trips it again
+   (1.5x higher), a transient or noisy level above a low first loss trips it once;
 5. log(LR / base LR) stays in [log min_factor, log max_factor].
 
 Decision interval (`decide_every` = k, a rule setting stored in the checkpoint; 1 when absent). The loss is
@@ -77,12 +82,15 @@ class RuleConfig:
     ceiling_pull: float = 0.0  # ... and must lower it by at least this much per decade above the ceiling (per 1/horizon_steps)
     decide_every: int = 1  # the policy decides on every k-th step only (k x the per-step change); see the module docstring
     guard_window: int = 1  # the guard's reference loss is the largest of the first guard_window losses (1: the first loss)
+    guard_rebase: bool = False  # when the ratio test fires, the reference becomes the loss average that tripped it
 
     def __post_init__(self) -> None:
         if isinstance(self.decide_every, bool) or not isinstance(self.decide_every, int) or self.decide_every < 1:
             raise ValueError(f"decide_every must be an int >= 1, got {self.decide_every!r}")
         if isinstance(self.guard_window, bool) or not isinstance(self.guard_window, int) or self.guard_window < 1:
             raise ValueError(f"guard_window must be an int >= 1, got {self.guard_window!r}")
+        if not isinstance(self.guard_rebase, bool):
+            raise ValueError(f"guard_rebase must be true or false, got {self.guard_rebase!r}")
         if self.horizon_steps < 1 or self.max_horizon_scale <= 0 or self.default_total_steps < 1 or self.guard_cooldown < 0:
             raise ValueError(f"invalid RuleConfig {self}")
         if not 0 < self.min_factor < 1 < self.max_factor or not math.isfinite(self.max_factor):
@@ -205,11 +213,15 @@ def lr_rule(
         state.fold_guard_loss(loss, cfg.guard_window)
         assert isinstance(state.guard_ref, torch.Tensor)
         blowing_up = feats.diverging(cfg.guard_ratio, state.guard_ref) & (state.guard_seen >= cfg.guard_window)
+        nonfinite = torch.zeros((), dtype=torch.bool, device=blowing_up.device)
         if loss is not None:
-            blowing_up = blowing_up | ~torch.isfinite(torch.as_tensor(loss, dtype=torch.float64, device=blowing_up.device))
+            nonfinite = ~torch.isfinite(torch.as_tensor(loss, dtype=torch.float64, device=blowing_up.device))
+        blowing_up = blowing_up | nonfinite
         cooldown = torch.as_tensor(state.cooldown, device=blowing_up.device)
         ready = cooldown <= 0
         fire = ready & blowing_up
+        if cfg.guard_rebase:
+            state.guard_ref = torch.where(fire & ~nonfinite, feats.l_fast, state.guard_ref)
         state.cooldown = torch.where(fire, cfg.guard_cooldown, torch.where(ready, cooldown, cooldown - 1))
         state.guard_fired = state.guard_fired + fire.to(torch.int64)
         change = change + torch.where(fire, math.log(cfg.guard_factor), 0.0).to(change.dtype)
@@ -232,6 +244,8 @@ def lr_rule(
         delta = delta + math.log(cfg.guard_factor)
         state.cooldown = cfg.guard_cooldown
         state.guard_fired += 1
+        if cfg.guard_rebase and not nonfinite_loss:  # fired on the ratio: the tripping level is the new reference
+            state.guard_ref = float(feats.l_fast)  # type: ignore[arg-type]
     if isinstance(policy, HostPolicy):
         return min(hi, max(lo, float(log_rel) + delta))
     return torch.clamp(log_rel + delta, lo, hi)
