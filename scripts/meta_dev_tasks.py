@@ -102,7 +102,7 @@ def main() -> None:
         return name + "|" + json.dumps(spec.to_dict(), sort_keys=True)
 
     bases = dev_bases(args.generated, args.long)
-    jobs = [("cosine", "", _at(b, f)) for b in bases for f in GRID]
+    jobs = [("cosine", "", _at(b, f)) for b in bases for f in sorted({*GRID, *args.mults})]  # the grid, and the multipliers shown
     jobs += [("constant", "", _at(b, f)) for b in bases for f in args.mults]
     jobs += [(names[p], p, _at(b, f)) for p in args.checkpoints for b in bases for f in args.mults]
     jobs = [j for j in jobs if key(j[0], j[2]) not in cache]
