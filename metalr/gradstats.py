@@ -147,10 +147,11 @@ def host_dots(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor], b_arrays: li
     if xa is None or xb is None:
         return float(global_dot(a, a)), float(global_dot(a, b)), float(global_dot(b, b))
     aa = ab = bb = 0.0
-    for x, y in zip(xa, xb):
-        aa += float(np.dot(x, x))
-        ab += float(np.dot(x, y))
-        bb += float(np.dot(y, y))
+    with np.errstate(over="ignore", invalid="ignore"):  # a diverging run overflows float32: inf/NaN, which callers read as missing
+        for x, y in zip(xa, xb):
+            aa += float(np.dot(x, x))
+            ab += float(np.dot(x, y))
+            bb += float(np.dot(y, y))
     return aa, ab, bb
 
 
@@ -163,7 +164,10 @@ def host_norm(tensors: Sequence[torch.Tensor]) -> float:
     arrays = _arrays(tensors)
     if arrays is None:
         return finite_or_nan(float(global_norm(tensors)))
-    return finite_or_nan(math.sqrt(sum(float(np.dot(a, a)) for a in arrays))) if arrays else math.nan
+    if not arrays:
+        return math.nan
+    with np.errstate(over="ignore", invalid="ignore"):
+        return finite_or_nan(math.sqrt(sum(float(np.dot(a, a)) for a in arrays)))
 
 
 def host_dot(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> float:
@@ -171,7 +175,8 @@ def host_dot(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> float:
     xa, xb = _arrays(a), _arrays(b)
     if xa is None or xb is None:
         return float(global_dot(a, b))
-    return sum(float(np.dot(x, y)) for x, y in zip(xa, xb))
+    with np.errstate(over="ignore", invalid="ignore"):
+        return sum(float(np.dot(x, y)) for x, y in zip(xa, xb))
 
 
 def host_grad_stats(

@@ -839,6 +839,24 @@ def test_grad_align_view_cache_follows_replaced_moment_buffers() -> None:
             saved = copy.deepcopy(opt.state_dict())
 
 
+def test_host_gradient_statistics_of_an_overflowing_gradient_are_missing_without_numpy_warnings() -> None:
+    """A diverging run's float32 gradient overflows the host reductions: the norm and cosine read as missing
+    (NaN / None), the same as the device path's non-finite values, and numpy raises no RuntimeWarning."""
+    import warnings
+
+    from metalr.gradstats import grad_stats, host_dot, host_grad_stats, host_norm
+
+    huge = [torch.full((64,), 1e30), torch.ones(3)]
+    refs = [torch.ones(64), torch.ones(3)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a numpy overflow warning would fail here
+        norm, cos = host_grad_stats(huge, refs)
+        assert math.isnan(norm) and cos is None
+        assert math.isnan(host_norm(huge)) and not math.isfinite(host_dot(huge, huge))
+    dev_norm, dev_cos = grad_stats(huge, refs)
+    assert not torch.isfinite(dev_norm) and dev_cos is not None and not torch.isfinite(dev_cos)
+
+
 def test_meta_warns_once_when_tracker_and_controller_count_steps_differently(caplog: pytest.LogCaptureFixture) -> None:
     """With decide_every > 1 the statistics must arrive on the policy's steps: a tracker out of phase is logged."""
     frozen = FrozenPolicy(lively_policy(), {}, "", RuleConfig(decide_every=4))
