@@ -213,15 +213,14 @@ def lr_rule(
         state.fold_guard_loss(loss, cfg.guard_window)
         assert isinstance(state.guard_ref, torch.Tensor)
         blowing_up = feats.diverging(cfg.guard_ratio, state.guard_ref) & (state.guard_seen >= cfg.guard_window)
-        nonfinite = torch.zeros((), dtype=torch.bool, device=blowing_up.device)
-        if loss is not None:
-            nonfinite = ~torch.isfinite(torch.as_tensor(loss, dtype=torch.float64, device=blowing_up.device))
-        blowing_up = blowing_up | nonfinite
+        nonfinite = None if loss is None else ~torch.isfinite(torch.as_tensor(loss, dtype=torch.float64, device=blowing_up.device))
+        if nonfinite is not None:
+            blowing_up = blowing_up | nonfinite
         cooldown = torch.as_tensor(state.cooldown, device=blowing_up.device)
         ready = cooldown <= 0
         fire = ready & blowing_up
-        if cfg.guard_rebase:
-            state.guard_ref = torch.where(fire & ~nonfinite, feats.l_fast, state.guard_ref)
+        if cfg.guard_rebase:  # fired on the ratio (not on a non-finite loss): the tripping level is the new reference
+            state.guard_ref = torch.where(fire if nonfinite is None else fire & ~nonfinite, feats.l_fast, state.guard_ref)
         state.cooldown = torch.where(fire, cfg.guard_cooldown, torch.where(ready, cooldown, cooldown - 1))
         state.guard_fired = state.guard_fired + fire.to(torch.int64)
         change = change + torch.where(fire, math.log(cfg.guard_factor), 0.0).to(change.dtype)
