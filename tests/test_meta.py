@@ -143,12 +143,29 @@ def test_rule_guard_cuts_a_blowing_up_loss_at_once() -> None:
     assert state.guard_fired == 2
 
 
+def _guard_firings(pol: MetaPolicy, cfg: RuleConfig, losses: list[float], path: str) -> tuple[list[int], RuleState]:
+    """The steps on which the guard fires over `losses` (no gradient signals), on the torch, host or device path, and the final state."""
+    from metalr.meta.policy import HostPolicy
+
+    state = RuleState() if path != "device" else RuleState().to_device(torch.device("cpu"))
+    log_rel: Any = 0.0 if path == "host" else torch.tensor(0.0, dtype=torch.float64)
+    policy: Any = HostPolicy(pol) if path == "host" else pol
+    out = []
+    for t, loss in enumerate(losses, 1):
+        before = int(state.guard_fired)
+        sig: Any = torch.tensor(loss, dtype=torch.float64) if path == "device" else loss
+        with torch.no_grad():
+            log_rel = lr_rule(policy, cfg, state, log_rel, sig, None, None, t, 1000)
+        if int(state.guard_fired) > before:
+            out.append(t)
+    return out, state
+
+
 def test_guard_window_takes_the_largest_early_loss_as_reference_on_every_path() -> None:
     """`guard_window` = W: the guard compares with the largest of the first W finite losses and fires on the ratio only
     from then on (a non-finite loss at any step). A run that starts low and noisy (trained weights) trips the
     first-loss guard and not a W = 8 one; torch, host (numpy) and device paths fire on the same steps; a saved state
     restores the reference, and a state without one (metalr <= 0.3) reads as the first loss."""
-    from metalr.meta.policy import HostPolicy
 
     pol = MetaPolicy().double()
     rng = random.Random(3)
@@ -156,18 +173,7 @@ def test_guard_window_takes_the_largest_early_loss_as_reference_on_every_path() 
     blow_up = [2.0, 2.1, math.nan, 1.9, 2.0, 2.2, 2.1, 2.0, 2.1, 9.0, 9.0]
 
     def fired(cfg: RuleConfig, losses: list[float], path: str) -> tuple[list[int], RuleState]:
-        state = RuleState() if path != "device" else RuleState().to_device(torch.device("cpu"))
-        log_rel: Any = 0.0 if path == "host" else torch.tensor(0.0, dtype=torch.float64)
-        policy: Any = HostPolicy(pol) if path == "host" else pol
-        out = []
-        for t, loss in enumerate(losses, 1):
-            before = int(state.guard_fired)
-            sig: Any = torch.tensor(loss, dtype=torch.float64) if path == "device" else loss
-            with torch.no_grad():
-                log_rel = lr_rule(policy, cfg, state, log_rel, sig, None, None, t, 1000)
-            if int(state.guard_fired) > before:
-                out.append(t)
-        return out, state
+        return _guard_firings(pol, cfg, losses, path)
 
     first, window = RuleConfig(guard_ratio=1.5), RuleConfig(guard_ratio=1.5, guard_window=8)  # stage 6's ratio
     for path in ("torch", "host", "device"):
@@ -195,25 +201,13 @@ def test_guard_rebase_raises_the_reference_to_the_level_that_tripped_it_on_every
     fresh optimizer on trained weights) trips the plain guard again after every cooldown and the rebasing guard once;
     a loss that keeps climbing trips both again; a NaN fires without moving the reference. Torch, host (numpy) and
     device paths fire on the same steps and end with the same reference, which a saved state restores."""
-    from metalr.meta.policy import HostPolicy
 
     pol = MetaPolicy().double()
     plateau = [1.0] * 5 + [2.0] * 40  # a transient level 2x the first loss
     climbing = [1.0] * 5 + [2.0] * 20 + [4.0] * 20 + [math.nan] + [4.0] * 10
 
     def run(cfg: RuleConfig, losses: list[float], path: str) -> tuple[list[int], RuleState]:
-        state = RuleState() if path != "device" else RuleState().to_device(torch.device("cpu"))
-        log_rel: Any = 0.0 if path == "host" else torch.tensor(0.0, dtype=torch.float64)
-        policy: Any = HostPolicy(pol) if path == "host" else pol
-        out = []
-        for t, loss in enumerate(losses, 1):
-            before = int(state.guard_fired)
-            sig: Any = torch.tensor(loss, dtype=torch.float64) if path == "device" else loss
-            with torch.no_grad():
-                log_rel = lr_rule(policy, cfg, state, log_rel, sig, None, None, t, 1000)
-            if int(state.guard_fired) > before:
-                out.append(t)
-        return out, state
+        return _guard_firings(pol, cfg, losses, path)
 
     plain, rebase = RuleConfig(guard_ratio=1.5), RuleConfig(guard_ratio=1.5, guard_rebase=True)
     results = {path: (run(plain, plateau, path), run(rebase, plateau, path), run(rebase, climbing, path)) for path in ("torch", "host", "device")}
