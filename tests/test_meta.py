@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import logging
 import math
@@ -172,8 +173,7 @@ def test_guard_window_takes_the_largest_early_loss_as_reference_on_every_path() 
     noisy = [0.2] + [rng.uniform(0.2, 0.6) for _ in range(60)]  # a lucky first batch, then noise of a trained model
     blow_up = [2.0, 2.1, math.nan, 1.9, 2.0, 2.2, 2.1, 2.0, 2.1, 9.0, 9.0]
 
-    def fired(cfg: RuleConfig, losses: list[float], path: str) -> tuple[list[int], RuleState]:
-        return _guard_firings(pol, cfg, losses, path)
+    fired = functools.partial(_guard_firings, pol)
 
     first, window = RuleConfig(guard_ratio=1.5), RuleConfig(guard_ratio=1.5, guard_window=8)  # stage 6's ratio
     for path in ("torch", "host", "device"):
@@ -206,8 +206,7 @@ def test_guard_rebase_raises_the_reference_to_the_level_that_tripped_it_on_every
     plateau = [1.0] * 5 + [2.0] * 40  # a transient level 2x the first loss
     climbing = [1.0] * 5 + [2.0] * 20 + [4.0] * 20 + [math.nan] + [4.0] * 10
 
-    def run(cfg: RuleConfig, losses: list[float], path: str) -> tuple[list[int], RuleState]:
-        return _guard_firings(pol, cfg, losses, path)
+    run = functools.partial(_guard_firings, pol)
 
     plain, rebase = RuleConfig(guard_ratio=1.5), RuleConfig(guard_ratio=1.5, guard_rebase=True)
     results = {path: (run(plain, plateau, path), run(rebase, plateau, path), run(rebase, climbing, path)) for path in ("torch", "host", "device")}
