@@ -32,8 +32,8 @@ from metalr.meta.features import SCALE as FEATURE_SCALE  # noqa: E402
 from metalr.meta.features import SHIFT as FEATURE_SHIFT  # noqa: E402
 from metalr.meta.policy import MetaPolicy  # noqa: E402
 from metalr.meta.rule import RuleConfig, RuleState, lr_rule  # noqa: E402
-from metalr.meta.tasks import TaskSpec, materialise, sample_spec, validation_specs  # noqa: E402
-from metalr.meta.trainer import MetaTrainConfig, meta_step, run_trajectory, trajectory_weight  # noqa: E402
+from metalr.meta.tasks import TaskSpec, materialise, sample_spec, validation_specs, with_pretraining  # noqa: E402
+from metalr.meta.trainer import MetaTrainConfig, draw_task, meta_step, run_trajectory, trajectory_weight  # noqa: E402
 from metalr.meta.unroll import start, truncation  # noqa: E402
 from metalr.meta.validate import run_spec  # noqa: E402
 from metalr.signals import Signals  # noqa: E402
@@ -591,6 +591,42 @@ def test_config_refuses_held_out_data_and_bad_values() -> None:
         tiny_cfg(optimizers=["adamw"])
     with pytest.raises(ValueError, match="rule"):
         tiny_cfg(rule={"max_factor": 0.5})
+    with pytest.raises(ValueError, match="pretrained_fraction"):
+        tiny_cfg(pretrained_fraction=1.5)
+
+
+def test_pretrained_tasks_start_from_trained_weights_the_same_way_for_every_caller() -> None:
+    spec = TaskSpec(data="blobs", model="mlp", optimizer="sgdm", lr=0.03, weight_decay=0.0, batch_size=32, steps=60, seed=5,
+                    params=dict(dim=8, classes=3, n=600, spread=1.5, width=16, layers=1, act="relu", norm="none"))  # fmt: skip
+    scratch = materialise(spec)
+    cont, head = materialise(with_pretraining(spec, "continue")), materialise(with_pretraining(spec, "new_head"))
+
+    def val_loss(task: Any) -> float:
+        with torch.no_grad():
+            return float(task.loss(task.model(task.x_val), task.y_val))
+
+    assert val_loss(cont) < 0.7 * val_loss(scratch)  # pretrained: the run proper starts far below a fresh model's loss
+    again = materialise(with_pretraining(spec, "continue"))  # deterministic in the spec: the unroll and run_spec see one model
+    assert all(torch.equal(a, b) for a, b in zip(cont.model.state_dict().values(), again.model.state_dict().values()))
+    a, b = list(cont.model.state_dict().items()), list(head.model.state_dict().items())
+    assert all(torch.equal(va, vb) for (_, va), (_, vb) in zip(a[:-2], b[:-2]))  # the body is the same pretrained one
+    assert not torch.equal(a[-2][1], b[-2][1])  # the head is new
+    assert all(p.grad is None for p in cont.model.parameters())
+    with pytest.raises(ValueError, match="pretrained mode"):
+        with_pretraining(spec, "frozen")
+
+
+def test_pretrained_fraction_turns_some_draws_into_pretrained_tasks_and_leaves_the_rest_unchanged() -> None:
+    base, mixed = tiny_cfg(), tiny_cfg(pretrained_fraction=0.5)
+    draws = [(draw_task(base, step, i), draw_task(mixed, step, i)) for step in range(1, 6) for i in range(4)]
+    pretrained = [m for _, (m, _) in draws if "pretrained" in m.params]
+    assert 0 < len(pretrained) < len(draws)
+    assert {m.params["pretrained"] for m in pretrained} == {"continue", "new_head"}
+    for (b, band_b), (m, band_m) in draws:
+        if "pretrained" in m.params:
+            assert band_m is None and with_pretraining(b, m.params["pretrained"]) == m
+        else:
+            assert (m, band_m) == (b, band_b)
 
 
 # --------------------------------------------------------------- kill and resume

@@ -29,6 +29,15 @@ Opt-in families (`EXTRA_FAMILIES`: drawn only when a config lists them, so the d
 Model families: MLP (depth 1-3, width 16-256, ReLU/tanh/GELU, none/LayerNorm/BatchNorm),
 1-D CNN, 2-D CNN (digits), GRU, LSTM, a one-block self-attention model, bag-of-embeddings MLP.
 
+Pretrained tasks (opt-in: `with_pretraining`, drawn by the trainer's `pretrained_fraction`): the task's model
+is first trained at constant LR (the optimizer's usual one, the task's own data, `pretrain_steps` steps, a batch
+order of its own) and the run proper starts from those weights with a fresh optimizer at the task's base LR, as
+a fine-tune or a second training stage does: `pretrained="continue"` keeps the weights as they are,
+`pretrained="new_head"` re-initialises the last linear layer (a new classifier head). Every generated run
+otherwise starts from a random initialisation, where a low, flat loss means "stuck" (raise the LR); after
+pretraining it means "converged" (do not). `materialise` does the pretraining, so every caller (the unroll,
+`run_spec`, selection) sees the same starting weights.
+
 Held out, never drawn here: every data set the evaluation uses (MNIST-1D, Fashion-MNIST,
 Rotten Tomatoes, Twitter NER, ...). Validation tasks for checkpoint selection
 (`validation_specs`) come from a separate seed stream and include real sets
@@ -37,6 +46,7 @@ Rotten Tomatoes, Twitter NER, ...). Validation tasks for checkpoint selection
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import asdict, dataclass, field
 from functools import cache
@@ -46,6 +56,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+log = logging.getLogger(__name__)
 
 DATA_FAMILIES = ("teacher", "blobs", "signal", "tokens", "digits", "iris")
 #: Opt-in families (a config must name them; the defaults above, and every draw made from them, are unchanged):
@@ -57,6 +69,9 @@ VALIDATION_REAL = ("wine", "breast_cancer")
 OPTIMIZERS = ("sgd", "sgdm", "adam")
 #: The optimizer's usual LR; a task's base LR is this times 10**U(-1.5, 1.5).
 USUAL_LR = {"sgd": 0.1, "sgdm": 0.03, "adam": 2e-3}
+
+
+PRETRAINED_MODES = ("continue", "new_head")
 
 
 @dataclass(frozen=True)
@@ -413,7 +428,7 @@ def make_model(spec: TaskSpec, x: torch.Tensor, k: int) -> nn.Module:
 
 
 def materialise(spec: TaskSpec, dtype: torch.dtype = torch.float32) -> InnerTask:
-    """Data and a freshly initialised model (seeded by the spec; global RNG untouched).
+    """Data and a freshly initialised model, pretrained if the spec says so (seeded by the spec; global RNG untouched).
 
     `dtype=torch.float64` is for exactness checks (the parity test): the same run in double precision.
     """
@@ -423,7 +438,10 @@ def materialise(spec: TaskSpec, dtype: torch.dtype = torch.float32) -> InnerTask
         model = make_model(spec, xt, k).to(dtype)
     if xt.is_floating_point():
         xt, xv = xt.to(dtype), xv.to(dtype)
-    return InnerTask(spec, xt, yt, xv, yv, model)
+    task = InnerTask(spec, xt, yt, xv, yv, model)
+    if spec.params.get("pretrained"):
+        _pretrain(task)
+    return task
 
 
 def batch_stream(task: InnerTask) -> torch.Tensor:
@@ -435,6 +453,51 @@ def batch_stream(task: InnerTask) -> torch.Tensor:
         perm = torch.randperm(n, generator=g)
         rows.extend(perm[i : i + b] for i in range(0, n - b + 1, b))
     return torch.stack(rows[: task.spec.steps])
+
+
+def with_pretraining(spec: TaskSpec, mode: str, steps: int | None = None) -> TaskSpec:
+    """`spec` started from weights pretrained for `steps` (default: the run's own length) at the usual LR (see the module docstring)."""
+    if mode not in PRETRAINED_MODES:
+        raise ValueError(f"unknown pretrained mode {mode!r}; valid: {', '.join(PRETRAINED_MODES)}")
+    steps = spec.steps if steps is None else int(steps)
+    if steps < 1:
+        raise ValueError(f"pretrain_steps must be >= 1, got {steps}")
+    return TaskSpec(**{**spec.to_dict(), "params": {**spec.params, "pretrained": mode, "pretrain_steps": steps}})
+
+
+def _pretrain(task: InnerTask) -> None:
+    """Train `task.model` in place as `with_pretraining` says (plain torch, constant usual LR); seeded by the spec.
+
+    A pretraining run whose loss turns non-finite leaves the model as it was initialised (logged): the task is
+    then an ordinary one rather than a dead start."""
+    spec, model = task.spec, task.model
+    init = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    opt = make_optimizer(spec.optimizer, model.parameters(), USUAL_LR[spec.optimizer], spec.weight_decay, spec.params.get("adam_eps", 1e-8))
+    g = torch.Generator().manual_seed(spec.seed + 6)
+    n, b, steps = len(task.y_train), spec.batch_size, int(spec.params["pretrain_steps"])
+    done = 0
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(spec.seed + 7)  # dropout-free models; seeded anyway so nothing global moves
+        model.train()
+        while done < steps:
+            perm = torch.randperm(n, generator=g)
+            for i in range(0, n - b + 1, b):
+                if done >= steps:
+                    break
+                idx = perm[i : i + b]
+                opt.zero_grad(set_to_none=True)
+                loss = task.loss(model(task.x_train[idx]), task.y_train[idx])
+                if not math.isfinite(float(loss.detach())):
+                    log.warning("task %d: pretraining diverged at step %d; the run starts from its initialisation", spec.seed, done)
+                    model.load_state_dict(init)
+                    return
+                loss.backward()
+                opt.step()
+                done += 1
+        if spec.params["pretrained"] == "new_head":
+            torch.manual_seed(spec.seed + 1)
+            [m for m in model.modules() if isinstance(m, nn.Linear)][-1].reset_parameters()
+    model.zero_grad(set_to_none=True)
 
 
 def validation_specs(n_generated: int = 8, lr_factors: tuple[float, ...] = (0.1, 1.0, 10.0), seed: int = 987_654_321, n_large: int = 0) -> list[TaskSpec]:

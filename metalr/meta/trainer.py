@@ -59,7 +59,7 @@ import torch.distributed as dist
 from metalr.meta.checkpoint import save_policy
 from metalr.meta.policy import MetaPolicy
 from metalr.meta.rule import RuleConfig
-from metalr.meta.tasks import ALL_FAMILIES, DATA_FAMILIES, OPTIMIZERS, TaskSpec, materialise, sample_spec, task_seed
+from metalr.meta.tasks import ALL_FAMILIES, DATA_FAMILIES, OPTIMIZERS, PRETRAINED_MODES, TaskSpec, materialise, sample_spec, task_seed, with_pretraining
 from metalr.testing import pause_point
 
 log = logging.getLogger(__name__)
@@ -93,6 +93,7 @@ class MetaTrainConfig:
     init_from: str = ""  # warm start: a policy file (same model_args); it is validated at meta-step 0 as a candidate
     data_families: list[str] = field(default_factory=lambda: list(DATA_FAMILIES))  # without lr_labels (with it, the label file's tasks are the draw)
     optimizers: list[str] = field(default_factory=lambda: list(OPTIMIZERS))
+    pretrained_fraction: float = 0.0  # this fraction of tasks start from pretrained weights (metalr.meta.tasks.with_pretraining; no LR band)
     lr_decades: float = 1.5  # base LR = usual LR * 10**U(-lr_decades, lr_decades)
     steps_range: list[int] = field(default_factory=lambda: [100, 2000])  # inner run lengths, log-uniform
     curriculum_meta_steps: int = 150  # the longest run drawn grows to steps_range[1] over these meta-steps
@@ -123,6 +124,8 @@ class MetaTrainConfig:
             raise ValueError(f"task_grad_clip must be >= 0, got {self.task_grad_clip}")
         if not (self.meta_lr > 0 and self.grad_clip > 0 and self.max_log_step > 0 and self.end_weight > 0 and self.lr_decades >= 0):
             raise ValueError("meta_lr, grad_clip, max_log_step and end_weight must be > 0, lr_decades >= 0")
+        if not 0.0 <= self.pretrained_fraction <= 1.0:
+            raise ValueError(f"pretrained_fraction must be in [0, 1], got {self.pretrained_fraction}")
         if not 0.0 <= self.loss_from < 1.0:
             raise ValueError(f"loss_from must be in [0, 1), got {self.loss_from}")
         if self.label_weight < 0 or (self.label_weight > 0 and not self.lr_labels):
@@ -206,17 +209,28 @@ def draw_task(cfg: MetaTrainConfig, step: int, index: int) -> tuple[TaskSpec, tu
 
     With `lr_labels`, a labelled task is picked and given a base LR of usual * 10**U(-lr_decades, lr_decades),
     both drawn from the task's seed, so the draw does not depend on the process count either.
+    With `pretrained_fraction` > 0, a draw of its own stream (the task's seed, stream 1: every other draw is
+    unchanged) makes that fraction of tasks pretrained ones, half `continue`, half `new_head`; their
+    band is None (the labels were swept from a random initialisation).
     """
     seed = task_seed(cfg.seed, step, index)
+    band: tuple[float, float] | None = None
     if cfg.lr_labels:
         from metalr.meta.labels import labelled_spec
 
         entries = _labels(cfg.lr_labels)
         rng = np.random.default_rng(seed)
         entry = entries[int(rng.integers(len(entries)))]
-        return labelled_spec(entry, float(rng.uniform(-cfg.lr_decades, cfg.lr_decades)))
-    spec = sample_spec(seed, tuple(cfg.data_families), tuple(cfg.optimizers), cfg.lr_decades, (cfg.steps_range[0], cfg.max_steps_at(step)), cfg.step_multiple)
-    return spec, None
+        spec, band = labelled_spec(entry, float(rng.uniform(-cfg.lr_decades, cfg.lr_decades)))
+    else:
+        spec = sample_spec(
+            seed, tuple(cfg.data_families), tuple(cfg.optimizers), cfg.lr_decades, (cfg.steps_range[0], cfg.max_steps_at(step)), cfg.step_multiple
+        )
+    if cfg.pretrained_fraction > 0:
+        u, mode = np.random.default_rng([seed, 1]).uniform(size=2)
+        if u < cfg.pretrained_fraction:
+            return with_pretraining(spec, PRETRAINED_MODES[int(mode < 0.5)]), None
+    return spec, band
 
 
 def labels_digest(cfg: MetaTrainConfig) -> str:
@@ -290,7 +304,8 @@ def run_trajectory(
 
 def task_cost(spec: TaskSpec) -> float:
     """A rough relative cost of a task's trajectory (inner steps x batch, x4 for recurrent/attention/2-d conv models)."""
-    return spec.steps * (spec.batch_size + 32) * (4.0 if spec.model in ("gru", "lstm", "attention", "cnn2d") else 1.0)
+    steps = spec.steps + 0.3 * spec.params.get("pretrain_steps", 0)  # a plain pretraining step: about a third of an unrolled one
+    return steps * (spec.batch_size + 32) * (4.0 if spec.model in ("gru", "lstm", "attention", "cnn2d") else 1.0)
 
 
 class TaskQueue:
