@@ -49,6 +49,7 @@ class Config:
     schedules: str = "linear,pretrained"  # "linear": the Trainer's default scheduler; other names: MetalrCallback(name)
     interrupt: bool = True  # stop after the first checkpoint and resume from it
     max_factor: float = 0.0  # > 0: MetalrCallback(name, max_factor=...), the LR at most that many times the base LR (0: the checkpoint's range)
+    checkpoint: str = ""  # a meta-controller checkpoint for the "pretrained" schedule (MetalrCallback("pretrained", path=...); "": the shipped one)
     save_total_limit: int = 1  # older checkpoints are rotated away (each is ~0.36 GB: model, Adam moments, metalr state)
 
 
@@ -100,7 +101,9 @@ def run_one(cfg: Config, schedule: str, seed: int, train_ds: Any, val_ds: Any, m
             learning_rate=cfg.lr, seed=seed, eval_strategy="steps", eval_steps=cfg.eval_every, logging_steps=max(1, cfg.eval_every // 5),
             save_steps=max(1, steps // 2), save_total_limit=cfg.save_total_limit, report_to="tensorboard", use_cpu=True, disable_tqdm=True, dataloader_num_workers=0,
         )  # fmt: skip
-        narrow = {"max_factor": cfg.max_factor} if cfg.max_factor > 0 else {}
+        narrow: dict[str, Any] = {"max_factor": cfg.max_factor} if cfg.max_factor > 0 else {}
+        if cfg.checkpoint and schedule == "pretrained":
+            narrow["path"] = cfg.checkpoint
         cb = MetalrCallback(schedule, **narrow) if schedule != "linear" else None
         callbacks = ([cb] if cb else []) + extra_callbacks
         return Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds, compute_metrics=accuracy, callbacks=callbacks), cb
