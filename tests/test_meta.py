@@ -616,6 +616,18 @@ def test_pretrained_tasks_start_from_trained_weights_the_same_way_for_every_call
         with_pretraining(spec, "frozen")
 
 
+def test_a_pretraining_run_that_diverges_leaves_the_initialisation_and_says_so(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    import metalr.meta.tasks as meta_tasks
+
+    spec = teacher_spec(steps=20, act="relu")  # (tanh saturates: its loss stays finite at any LR)
+    scratch = materialise(spec)
+    monkeypatch.setitem(meta_tasks.USUAL_LR, "sgdm", 1e30)  # pretraining at this LR overflows within a few steps
+    with caplog.at_level(logging.WARNING, logger="metalr.meta.tasks"):
+        task = materialise(with_pretraining(spec, "continue"))
+    assert "pretraining diverged" in caplog.text
+    assert all(torch.equal(a, b) for a, b in zip(scratch.model.state_dict().values(), task.model.state_dict().values()))
+
+
 def test_pretrained_fraction_turns_some_draws_into_pretrained_tasks_and_leaves_the_rest_unchanged() -> None:
     base, mixed = tiny_cfg(), tiny_cfg(pretrained_fraction=0.5)
     draws = [(draw_task(base, step, i), draw_task(mixed, step, i)) for step in range(1, 6) for i in range(4)]

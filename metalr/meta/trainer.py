@@ -304,7 +304,7 @@ def run_trajectory(
 
 def task_cost(spec: TaskSpec) -> float:
     """A rough relative cost of a task's trajectory (inner steps x batch, x4 for recurrent/attention/2-d conv models)."""
-    steps = spec.steps + 0.3 * spec.params.get("pretrain_steps", 0)  # a plain pretraining step: about a third of an unrolled one
+    steps = spec.steps + 0.3 * spec.params.get("pretrain_steps", 0)  # a plain (pretraining) step counted as 0.3 unrolled ones: a rough guess, not measured
     return steps * (spec.batch_size + 32) * (4.0 if spec.model in ("gru", "lstm", "attention", "cnn2d") else 1.0)
 
 
