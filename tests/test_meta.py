@@ -162,6 +162,49 @@ def _guard_firings(pol: MetaPolicy, cfg: RuleConfig, losses: list[float], path: 
     return out, state
 
 
+def _lr_path(pol: MetaPolicy, cfg: RuleConfig, losses: list[float], path: str) -> list[float]:
+    """log(LR / base LR) after each step of `losses` (no gradient signals) on the torch, host or device path."""
+    from metalr.meta.policy import HostPolicy
+
+    state = RuleState() if path != "device" else RuleState().to_device(torch.device("cpu"))
+    log_rel: Any = 0.0 if path == "host" else torch.tensor(0.0, dtype=torch.float64)
+    policy: Any = HostPolicy(pol) if path == "host" else pol
+    out = []
+    for t, loss in enumerate(losses, 1):
+        sig: Any = torch.tensor(loss, dtype=torch.float64) if path == "device" else loss
+        with torch.no_grad():
+            log_rel = lr_rule(policy, cfg, state, log_rel, sig, None, None, t, len(losses))
+        out.append(float(log_rel))
+    return out
+
+
+def test_rise_cap_holds_the_lr_until_the_loss_has_dropped_on_every_path() -> None:
+    """`rise_cap`: a policy that always raises the LR stops at rise_cap x base while the loss average is not
+    `rise_drop` below the first loss (a flat loss: a fine-tune at chance level, or a run at a too-low LR), goes
+    past it once the loss has dropped, and is held again (not pushed down) if the loss climbs back. Off (0) by
+    default: every earlier checkpoint's rule is unchanged. Torch, host and device paths agree."""
+    pol = MetaPolicy().double()
+    last = [m for m in pol.net if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.fill_(5.0)  # always the largest raise
+    flat, falling = [0.69] * 200, [0.69] * 50 + [0.69 - 0.004 * i for i in range(1, 101)] + [0.69] * 50
+    cap, gated = RuleConfig(max_factor=1000.0, rise_cap=3.0), RuleConfig(max_factor=1000.0)
+    lrs = {path: (_lr_path(pol, cap, flat, path), _lr_path(pol, cap, falling, path), _lr_path(pol, gated, flat, path)) for path in ("torch", "host", "device")}
+    held, freed, free = lrs["host"]
+    assert max(held) == pytest.approx(math.log(3.0)) and held[-1] == pytest.approx(math.log(3.0))  # reached and held, never past
+    assert max(free) > math.log(30.0)  # without the gate the same policy goes far past it
+    drop_step = next(t for t in range(200) if freed[t] > math.log(3.0) + 1e-9)
+    assert 60 < drop_step < 150  # past the cap only once the average is 10 % below the first loss
+    assert max(freed) > math.log(10.0) and freed[-1] == pytest.approx(max(freed))  # loss back up: held where it was, not pulled down
+    for path in ("torch", "device"):
+        for a, b in zip(lrs[path], lrs["host"]):
+            assert a == pytest.approx(b, rel=1e-9, abs=1e-12), path
+    for bad in ({"rise_cap": 0.5}, {"rise_cap": 2000.0, "max_factor": 1000.0}, {"rise_cap": 3.0, "rise_drop": 0.0}):
+        with pytest.raises(ValueError, match="rise_cap"):
+            RuleConfig(**bad)
+
+
 def test_guard_window_takes_the_largest_early_loss_as_reference_on_every_path() -> None:
     """`guard_window` = W: the guard compares with the largest of the first W finite losses and fires on the ratio only
     from then on (a non-finite loss at any step). A run that starts low and noisy (trained weights) trips the

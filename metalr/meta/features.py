@@ -159,6 +159,10 @@ class FeatureState:
         ]
         return [_clip(v, lo, hi) for v, (lo, hi) in zip(raw, CLIP)]
 
+    def loss_dropped(self, fraction: float) -> bool:
+        """The loss average (EMA 0.9) is at least `fraction` below the first loss (False before any loss)."""
+        return self.l_mid is not None and self.loss0 is not None and self.l_mid < (1.0 - fraction) * self.loss0
+
     def update_excess(self, ceiling: float) -> float:
         """Decades by which the averaged update size exceeds 10**ceiling (negative below it; 0 while unseen)."""
         return 0.0 if self.u_mid is None else self.u_mid - ceiling
@@ -290,6 +294,10 @@ class DeviceFeatureState:
         u = torch.where(torch.isnan(s[_UM]), c.u_unseen, s[_UM]).reshape(1)
         raw = torch.cat([head, ratios, minmax.reshape(1), s[_AF : _AS + 1], u])[c.order]
         return torch.clamp(torch.nan_to_num(raw, nan=0.0, posinf=0.0, neginf=0.0), c.clip_lo, c.clip_hi)
+
+    def loss_dropped(self, fraction: float) -> torch.Tensor:
+        """`FeatureState.loss_dropped` as a 0-d bool tensor (False while no loss is seen: NaN compares False)."""
+        return self.s[_LM] < (1.0 - fraction) * self.s[_L0]
 
     def update_excess(self, ceiling: float) -> torch.Tensor:
         """Decades by which the averaged update size exceeds 10**ceiling (a 0-d tensor; NaN while unseen)."""

@@ -34,7 +34,15 @@ Per step:
    `guard_rebase` keeps the first-loss reference (W = 1) and instead raises it, each time the ratio
    test fires, to the fast loss average that tripped it: a loss that keeps climbing trips it again
    (1.5x higher), a transient or noisy level above a low first loss trips it once;
-5. log(LR / base LR) stays in [log min_factor, log max_factor].
+5. log(LR / base LR) stays in [log min_factor, log max_factor];
+6. an optional gate on rises (`rise_cap` > 0, off in every checkpoint before it): until the loss average
+   has fallen `rise_drop` below the first loss, the policy may not take the LR above `rise_cap` x the base
+   LR (it may lower it; the gate closes again if the loss climbs back). A pretrained model fine-tuned at a
+   sound LR shows the same inputs as a randomly initialised one trained too slowly (a flat loss, small
+   updates): raising the LR is right for the second and collapses the first, and a collapse to chance level
+   never lifts the loss above its first value, so the divergence guard cannot see it
+   (docs/meta_training/README.md, "Session 14"). The gate asks for evidence that the run is learning
+   before it leaves the base LR's neighbourhood.
 
 Decision interval (`decide_every` = k, a rule setting stored in the checkpoint; 1 when absent). The loss is
 folded in and the guard checked every step; the gradient statistics and the update size
@@ -83,6 +91,8 @@ class RuleConfig:
     decide_every: int = 1  # the policy decides on every k-th step only (k x the per-step change); see the module docstring
     guard_window: int = 1  # the guard's reference loss is the largest of the first guard_window losses (1: the first loss)
     guard_rebase: bool = False  # when the ratio test fires, the reference becomes the loss average that tripped it
+    rise_cap: float = 0.0  # > 0: the policy may not raise the LR above rise_cap x base LR until the loss has dropped (0: off)
+    rise_drop: float = 0.1  # ... i.e. until the loss average (EMA 0.9) is this fraction below the first loss
 
     def __post_init__(self) -> None:
         if isinstance(self.decide_every, bool) or not isinstance(self.decide_every, int) or self.decide_every < 1:
@@ -97,6 +107,8 @@ class RuleConfig:
             raise ValueError(f"need 0 < min_factor < 1 < max_factor (finite), got {self.min_factor}, {self.max_factor}")
         if not (self.update_ceiling <= 0 and self.ceiling_pull >= 0):
             raise ValueError(f"need update_ceiling <= 0 and ceiling_pull >= 0, got {self.update_ceiling}, {self.ceiling_pull}")
+        if not (self.rise_cap == 0 or 1 < self.rise_cap <= self.max_factor) or not 0 < self.rise_drop < 1:
+            raise ValueError(f"need rise_cap 0 (off) or in (1, max_factor], and 0 < rise_drop < 1, got {self.rise_cap}, {self.rise_drop}")
         if not (self.guard_ratio > 1 and 0 < self.guard_factor < 1):
             raise ValueError(f"need guard_ratio > 1 and 0 < guard_factor < 1, got {self.guard_ratio}, {self.guard_factor}")
 
@@ -208,6 +220,9 @@ def lr_rule(
             change = scale * policy(feats.features(progress, log_rel).to(policy.feature_shift.dtype))
             over = feats.update_excess(cfg.update_ceiling)  # NaN while unseen: the comparison below is False
             change = torch.where(over > 0, torch.minimum(change, (-scale * cfg.ceiling_pull * over).to(change.dtype)), change)
+            if cfg.rise_cap:
+                room = torch.clamp(math.log(cfg.rise_cap) - torch.as_tensor(log_rel, dtype=torch.float64, device=change.device), min=0.0)
+                change = torch.where(feats.loss_dropped(cfg.rise_drop), change, torch.minimum(change, room.to(change.dtype)))
         else:
             change = torch.zeros((), dtype=policy.feature_shift.dtype, device=feats.s.device)
         state.fold_guard_loss(loss, cfg.guard_window)
@@ -235,6 +250,9 @@ def lr_rule(
         if excess > 0:  # the weights already move fast: no raise (and a pull down, if configured)
             cap = -scale * cfg.ceiling_pull * excess
             delta = min(delta, cap) if isinstance(policy, HostPolicy) else torch.clamp(delta, max=cap)
+        if cfg.rise_cap and not feats.loss_dropped(cfg.rise_drop):  # no evidence yet that the run learns: no rise past the cap
+            headroom = max(0.0, math.log(cfg.rise_cap) - float(log_rel if isinstance(policy, HostPolicy) else log_rel.detach()))
+            delta = min(delta, headroom) if isinstance(policy, HostPolicy) else torch.clamp(delta, max=headroom)
     nonfinite_loss = loss is not None and not math.isfinite(loss)  # type: ignore[arg-type]
     state.fold_guard_loss(loss, cfg.guard_window)
     if state.cooldown > 0:
