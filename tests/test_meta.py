@@ -144,38 +144,35 @@ def test_rule_guard_cuts_a_blowing_up_loss_at_once() -> None:
     assert state.guard_fired == 2
 
 
-def _guard_firings(pol: MetaPolicy, cfg: RuleConfig, losses: list[float], path: str) -> tuple[list[int], RuleState]:
-    """The steps on which the guard fires over `losses` (no gradient signals), on the torch, host or device path, and the final state."""
+def _run_rule(pol: MetaPolicy, cfg: RuleConfig, losses: list[float], path: str, total_steps: int = 1000) -> tuple[list[float], list[int], RuleState]:
+    """The rule over `losses` (no gradient signals) on the torch, host or device path: log(LR / base LR) after each
+    step, the steps on which the guard fired, and the final state."""
     from metalr.meta.policy import HostPolicy
 
     state = RuleState() if path != "device" else RuleState().to_device(torch.device("cpu"))
     log_rel: Any = 0.0 if path == "host" else torch.tensor(0.0, dtype=torch.float64)
     policy: Any = HostPolicy(pol) if path == "host" else pol
-    out = []
+    lrs, fired = [], []
     for t, loss in enumerate(losses, 1):
         before = int(state.guard_fired)
         sig: Any = torch.tensor(loss, dtype=torch.float64) if path == "device" else loss
         with torch.no_grad():
-            log_rel = lr_rule(policy, cfg, state, log_rel, sig, None, None, t, 1000)
+            log_rel = lr_rule(policy, cfg, state, log_rel, sig, None, None, t, total_steps)
+        lrs.append(float(log_rel))
         if int(state.guard_fired) > before:
-            out.append(t)
-    return out, state
+            fired.append(t)
+    return lrs, fired, state
+
+
+def _guard_firings(pol: MetaPolicy, cfg: RuleConfig, losses: list[float], path: str) -> tuple[list[int], RuleState]:
+    """The steps on which the guard fires over `losses`, and the final state (`_run_rule`)."""
+    _, fired, state = _run_rule(pol, cfg, losses, path)
+    return fired, state
 
 
 def _lr_path(pol: MetaPolicy, cfg: RuleConfig, losses: list[float], path: str) -> list[float]:
-    """log(LR / base LR) after each step of `losses` (no gradient signals) on the torch, host or device path."""
-    from metalr.meta.policy import HostPolicy
-
-    state = RuleState() if path != "device" else RuleState().to_device(torch.device("cpu"))
-    log_rel: Any = 0.0 if path == "host" else torch.tensor(0.0, dtype=torch.float64)
-    policy: Any = HostPolicy(pol) if path == "host" else pol
-    out = []
-    for t, loss in enumerate(losses, 1):
-        sig: Any = torch.tensor(loss, dtype=torch.float64) if path == "device" else loss
-        with torch.no_grad():
-            log_rel = lr_rule(policy, cfg, state, log_rel, sig, None, None, t, len(losses))
-        out.append(float(log_rel))
-    return out
+    """log(LR / base LR) after each step of a `len(losses)`-step run (`_run_rule`)."""
+    return _run_rule(pol, cfg, losses, path, len(losses))[0]
 
 
 def test_rise_cap_holds_the_lr_until_the_loss_has_dropped_on_every_path() -> None:
