@@ -144,9 +144,11 @@ def test_rule_guard_cuts_a_blowing_up_loss_at_once() -> None:
     assert state.guard_fired == 2
 
 
-def _run_rule(pol: MetaPolicy, cfg: RuleConfig, losses: list[float], path: str, total_steps: int = 1000) -> tuple[list[float], list[int], RuleState]:
-    """The rule over `losses` (no gradient signals) on the torch, host or device path: log(LR / base LR) after each
-    step, the steps on which the guard fired, and the final state."""
+def _run_rule(
+    pol: MetaPolicy, cfg: RuleConfig, losses: list[float], path: str, total_steps: int = 1000, align: float | None = None
+) -> tuple[list[float], list[int], RuleState]:
+    """The rule over `losses` (and a constant `grad_align`, if given; no other gradient signal) on the torch, host or
+    device path: log(LR / base LR) after each step, the steps on which the guard fired, and the final state."""
     from metalr.meta.policy import HostPolicy
 
     state = RuleState() if path != "device" else RuleState().to_device(torch.device("cpu"))
@@ -156,8 +158,9 @@ def _run_rule(pol: MetaPolicy, cfg: RuleConfig, losses: list[float], path: str, 
     for t, loss in enumerate(losses, 1):
         before = int(state.guard_fired)
         sig: Any = torch.tensor(loss, dtype=torch.float64) if path == "device" else loss
+        al: Any = None if align is None else (torch.tensor(align, dtype=torch.float64) if path == "device" else align)
         with torch.no_grad():
-            log_rel = lr_rule(policy, cfg, state, log_rel, sig, None, None, t, total_steps)
+            log_rel = lr_rule(policy, cfg, state, log_rel, sig, None, al, t, total_steps)
         lrs.append(float(log_rel))
         if int(state.guard_fired) > before:
             fired.append(t)
@@ -170,9 +173,9 @@ def _guard_firings(pol: MetaPolicy, cfg: RuleConfig, losses: list[float], path: 
     return fired, state
 
 
-def _lr_path(pol: MetaPolicy, cfg: RuleConfig, losses: list[float], path: str) -> list[float]:
+def _lr_path(pol: MetaPolicy, cfg: RuleConfig, losses: list[float], path: str, align: float | None = None) -> list[float]:
     """log(LR / base LR) after each step of a `len(losses)`-step run (`_run_rule`)."""
-    return _run_rule(pol, cfg, losses, path, len(losses))[0]
+    return _run_rule(pol, cfg, losses, path, len(losses), align)[0]
 
 
 def test_rise_cap_holds_the_lr_until_the_loss_has_dropped_on_every_path() -> None:
@@ -197,7 +200,13 @@ def test_rise_cap_holds_the_lr_until_the_loss_has_dropped_on_every_path() -> Non
     for path in ("torch", "device"):
         for a, b in zip(lrs[path], lrs["host"]):
             assert a == pytest.approx(b, rel=1e-9, abs=1e-12), path
-    for bad in ({"rise_cap": 0.5}, {"rise_cap": 2000.0, "max_factor": 1000.0}, {"rise_cap": 3.0, "rise_drop": 0.0}):
+    # `rise_align`: gradients that agree (a run at a too-low LR) open the gate before the loss has fallen; ones that do not, do not
+    by_align = RuleConfig(max_factor=1000.0, rise_cap=3.0, rise_align=0.2)
+    for path in ("torch", "host", "device"):
+        agree, fight = _lr_path(pol, by_align, flat, path, align=0.5), _lr_path(pol, by_align, flat, path, align=-0.3)
+        assert max(agree) > math.log(30.0) and max(fight) == pytest.approx(math.log(3.0)), path
+        assert _lr_path(pol, cap, flat, path, align=0.5) == pytest.approx(held), path  # rise_align 1 (default): alignment never opens it
+    for bad in ({"rise_cap": 0.5}, {"rise_cap": 2000.0, "max_factor": 1000.0}, {"rise_cap": 3.0, "rise_drop": 0.0}, {"rise_cap": 3.0, "rise_align": 1.5}):
         with pytest.raises(ValueError, match="rise_cap"):
             RuleConfig(**bad)
 

@@ -163,6 +163,11 @@ class FeatureState:
         """The loss average (EMA 0.9) is at least `fraction` below the first loss (False before any loss)."""
         return self.l_mid is not None and self.loss0 is not None and self.l_mid < (1.0 - fraction) * self.loss0
 
+    def rise_evidence(self, drop: float, align: float) -> bool:
+        """The loss has dropped by `drop` (`loss_dropped`), or the slow gradient-alignment average exceeds `align`
+        (successive gradients agree: the steps are too short); False while neither is seen."""
+        return self.loss_dropped(drop) or (self.a_slow is not None and self.a_slow > align)
+
     def update_excess(self, ceiling: float) -> float:
         """Decades by which the averaged update size exceeds 10**ceiling (negative below it; 0 while unseen)."""
         return 0.0 if self.u_mid is None else self.u_mid - ceiling
@@ -298,6 +303,10 @@ class DeviceFeatureState:
     def loss_dropped(self, fraction: float) -> torch.Tensor:
         """`FeatureState.loss_dropped` as a 0-d bool tensor (False while no loss is seen: NaN compares False)."""
         return self.s[_LM] < (1.0 - fraction) * self.s[_L0]
+
+    def rise_evidence(self, drop: float, align: float) -> torch.Tensor:
+        """`FeatureState.rise_evidence` as a 0-d bool tensor."""
+        return self.loss_dropped(drop) | (self.s[_AS] > align)
 
     def update_excess(self, ceiling: float) -> torch.Tensor:
         """Decades by which the averaged update size exceeds 10**ceiling (a 0-d tensor; NaN while unseen)."""

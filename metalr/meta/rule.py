@@ -42,7 +42,9 @@ Per step:
    updates): raising the LR is right for the second and collapses the first, and a collapse to chance level
    never lifts the loss above its first value, so the divergence guard cannot see it
    (docs/meta_training/README.md, "Session 14"). The gate asks for evidence that the run is learning
-   before it leaves the base LR's neighbourhood.
+   before it leaves the base LR's neighbourhood. `rise_align` < 1 also opens it while the slow average of
+   `grad_align` exceeds it: successive gradients that agree say the steps are too short (the hypergradient's
+   signal), which a run at a too-low LR shows from its first steps, long before its loss has fallen.
 
 Decision interval (`decide_every` = k, a rule setting stored in the checkpoint; 1 when absent). The loss is
 folded in and the guard checked every step; the gradient statistics and the update size
@@ -93,6 +95,7 @@ class RuleConfig:
     guard_rebase: bool = False  # when the ratio test fires, the reference becomes the loss average that tripped it
     rise_cap: float = 0.0  # > 0: the policy may not raise the LR above rise_cap x base LR until the loss has dropped (0: off)
     rise_drop: float = 0.1  # ... i.e. until the loss average (EMA 0.9) is this fraction below the first loss
+    rise_align: float = 1.0  # ... or the slow gradient-alignment average exceeds this (1: never, only the loss drop opens the gate)
 
     def __post_init__(self) -> None:
         if isinstance(self.decide_every, bool) or not isinstance(self.decide_every, int) or self.decide_every < 1:
@@ -107,8 +110,10 @@ class RuleConfig:
             raise ValueError(f"need 0 < min_factor < 1 < max_factor (finite), got {self.min_factor}, {self.max_factor}")
         if not (self.update_ceiling <= 0 and self.ceiling_pull >= 0):
             raise ValueError(f"need update_ceiling <= 0 and ceiling_pull >= 0, got {self.update_ceiling}, {self.ceiling_pull}")
-        if not (self.rise_cap == 0 or 1 < self.rise_cap <= self.max_factor) or not 0 < self.rise_drop < 1:
-            raise ValueError(f"need rise_cap 0 (off) or in (1, max_factor], and 0 < rise_drop < 1, got {self.rise_cap}, {self.rise_drop}")
+        if not (self.rise_cap == 0 or 1 < self.rise_cap <= self.max_factor) or not 0 < self.rise_drop < 1 or not -1 <= self.rise_align <= 1:
+            raise ValueError(
+                f"need rise_cap 0 (off) or in (1, max_factor], 0 < rise_drop < 1 and -1 <= rise_align <= 1, got {self.rise_cap}, {self.rise_drop}, {self.rise_align}"
+            )
         if not (self.guard_ratio > 1 and 0 < self.guard_factor < 1):
             raise ValueError(f"need guard_ratio > 1 and 0 < guard_factor < 1, got {self.guard_ratio}, {self.guard_factor}")
 
@@ -222,7 +227,7 @@ def lr_rule(
             change = torch.where(over > 0, torch.minimum(change, (-scale * cfg.ceiling_pull * over).to(change.dtype)), change)
             if cfg.rise_cap:
                 room = torch.clamp(math.log(cfg.rise_cap) - torch.as_tensor(log_rel, dtype=torch.float64, device=change.device), min=0.0)
-                change = torch.where(feats.loss_dropped(cfg.rise_drop), change, torch.minimum(change, room.to(change.dtype)))
+                change = torch.where(feats.rise_evidence(cfg.rise_drop, cfg.rise_align), change, torch.minimum(change, room.to(change.dtype)))
         else:
             change = torch.zeros((), dtype=policy.feature_shift.dtype, device=feats.s.device)
         state.fold_guard_loss(loss, cfg.guard_window)
@@ -250,7 +255,7 @@ def lr_rule(
         if excess > 0:  # the weights already move fast: no raise (and a pull down, if configured)
             cap = -scale * cfg.ceiling_pull * excess
             delta = min(delta, cap) if isinstance(policy, HostPolicy) else torch.clamp(delta, max=cap)
-        if cfg.rise_cap and not feats.loss_dropped(cfg.rise_drop):  # no evidence yet that the run learns: no rise past the cap
+        if cfg.rise_cap and not feats.rise_evidence(cfg.rise_drop, cfg.rise_align):  # no evidence yet that a higher LR is wanted: no rise past the cap
             headroom = max(0.0, math.log(cfg.rise_cap) - float(log_rel if isinstance(policy, HostPolicy) else log_rel.detach()))
             delta = min(delta, headroom) if isinstance(policy, HostPolicy) else torch.clamp(delta, max=headroom)
     nonfinite_loss = loss is not None and not math.isfinite(loss)  # type: ignore[arg-type]
