@@ -26,12 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from metalr.meta.tasks import ALL_FAMILIES, USUAL_LR, TaskSpec, materialise, sample_spec  # noqa: E402
+from metalr.meta.tasks import ALL_FAMILIES, USUAL_LR, TaskSpec, materialise, reset_head, sample_spec  # noqa: E402
 from metalr.meta.validate import run_spec  # noqa: E402
 
 CANDIDATES = {
@@ -66,9 +65,7 @@ def _new_head(spec: TaskSpec, state: dict[str, torch.Tensor]) -> dict[str, torch
     """`state` with the model's last linear layer re-initialised (seeded by the task)."""
     model = materialise(spec).model
     model.load_state_dict(state)
-    last = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
-    torch.manual_seed(spec.seed + 1)
-    last.reset_parameters()
+    reset_head(model, spec.seed + 1)
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 

@@ -444,15 +444,25 @@ def materialise(spec: TaskSpec, dtype: torch.dtype = torch.float32) -> InnerTask
     return task
 
 
-def batch_stream(task: InnerTask) -> torch.Tensor:
-    """Indices of every training batch of the trajectory (reshuffled each epoch), shape (steps, batch)."""
-    g = torch.Generator().manual_seed(task.spec.seed + 3)
-    n, b = len(task.y_train), task.spec.batch_size
+def _batches(n: int, b: int, steps: int, seed: int) -> torch.Tensor:
+    """Indices of `steps` batches of `b` out of `n` examples, reshuffled each epoch (full batches only), shape (steps, b)."""
+    g = torch.Generator().manual_seed(seed)
     rows: list[torch.Tensor] = []
-    while len(rows) < task.spec.steps:
+    while len(rows) < steps:
         perm = torch.randperm(n, generator=g)
         rows.extend(perm[i : i + b] for i in range(0, n - b + 1, b))
-    return torch.stack(rows[: task.spec.steps])
+    return torch.stack(rows[:steps])
+
+
+def batch_stream(task: InnerTask) -> torch.Tensor:
+    """Indices of every training batch of the trajectory (reshuffled each epoch), shape (steps, batch)."""
+    return _batches(len(task.y_train), task.spec.batch_size, task.spec.steps, task.spec.seed + 3)
+
+
+def reset_head(model: nn.Module, seed: int) -> None:
+    """Re-initialise the model's last linear layer (a new classifier head), seeded by `seed` (through the global RNG)."""
+    torch.manual_seed(seed)
+    [m for m in model.modules() if isinstance(m, nn.Linear)][-1].reset_parameters()
 
 
 def with_pretraining(spec: TaskSpec, mode: str, steps: int | None = None) -> TaskSpec:
@@ -473,30 +483,20 @@ def _pretrain(task: InnerTask) -> None:
     spec, model = task.spec, task.model
     init = {k: v.detach().clone() for k, v in model.state_dict().items()}
     opt = make_optimizer(spec.optimizer, model.parameters(), USUAL_LR[spec.optimizer], spec.weight_decay, spec.params.get("adam_eps", 1e-8))
-    g = torch.Generator().manual_seed(spec.seed + 6)
-    n, b, steps = len(task.y_train), spec.batch_size, int(spec.params["pretrain_steps"])
-    done = 0
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(spec.seed + 7)  # dropout-free models; seeded anyway so nothing global moves
         model.train()
-        while done < steps:
-            perm = torch.randperm(n, generator=g)
-            for i in range(0, n - b + 1, b):
-                if done >= steps:
-                    break
-                idx = perm[i : i + b]
-                opt.zero_grad(set_to_none=True)
-                loss = task.loss(model(task.x_train[idx]), task.y_train[idx])
-                if not math.isfinite(float(loss.detach())):
-                    log.warning("task %d: pretraining diverged at step %d; the run starts from its initialisation", spec.seed, done)
-                    model.load_state_dict(init)
-                    return
-                loss.backward()
-                opt.step()
-                done += 1
+        for step, idx in enumerate(_batches(len(task.y_train), spec.batch_size, int(spec.params["pretrain_steps"]), spec.seed + 6)):
+            opt.zero_grad(set_to_none=True)
+            loss = task.loss(model(task.x_train[idx]), task.y_train[idx])
+            if not math.isfinite(float(loss.detach())):
+                log.warning("task %d: pretraining diverged at step %d; the run starts from its initialisation", spec.seed, step)
+                model.load_state_dict(init)
+                return
+            loss.backward()
+            opt.step()
         if spec.params["pretrained"] == "new_head":
-            torch.manual_seed(spec.seed + 1)
-            [m for m in model.modules() if isinstance(m, nn.Linear)][-1].reset_parameters()
+            reset_head(model, spec.seed + 1)
     model.zero_grad(set_to_none=True)
 
 
