@@ -62,10 +62,13 @@ def lively_policy(seed: int = 0, std: float = 0.3) -> MetaPolicy:
 
 # ------------------------------------------------------------- one rule, two callers
 @pytest.mark.parametrize(
-    ("optimizer", "lr", "steps", "every"),
-    [("sgd", 0.5, 100, 1), ("sgdm", 0.3, 100, 1), ("adam", 0.02, 30, 1), ("sgd", 0.5, 100, 4), ("sgdm", 0.3, 100, 7), ("adam", 0.02, 30, 3)],
-)
-def test_unroll_and_deployed_controller_give_the_same_lrs(optimizer: str, lr: float, steps: int, every: int) -> None:
+    ("optimizer", "lr", "steps", "every", "warmup"),
+    [
+        ("sgd", 0.5, 100, 1, 0.0), ("sgdm", 0.3, 100, 1, 0.0), ("adam", 0.02, 30, 1, 0.0), ("sgd", 0.5, 100, 4, 0.0),
+        ("sgdm", 0.3, 100, 7, 0.0), ("adam", 0.02, 30, 3, 0.0), ("sgdm", 0.3, 100, 8, 0.1), ("adam", 0.02, 30, 3, 0.2),
+    ],
+)  # fmt: skip
+def test_unroll_and_deployed_controller_give_the_same_lrs(optimizer: str, lr: float, steps: int, every: int, warmup: float) -> None:
     """Same data, model and seed: the unroll (track_higher_grads=False) and MetaController via SignalTracker.
 
     Run in float64 (data, model and policy) so that the two code paths' rounding cannot drift apart: the
@@ -73,10 +76,11 @@ def test_unroll_and_deployed_controller_give_the_same_lrs(optimizer: str, lr: fl
     1e-12 because `higher`'s Adam adds eps before the bias correction and torch's after (they agree as eps -> 0).
     `every` > 1: the policy decides every k-th step (`decide_every`), with truncations of 20 steps that cut
     through the k-step blocks, and the deployed tracker computes the statistics only on those steps.
+    `warmup` > 0: the rule's warmup envelope, which both callers apply when they turn log_rel into an LR.
     """
     pol = lively_policy().double()
     spec = teacher_spec(optimizer, lr, steps, adam_eps=1e-12)
-    rule = RuleConfig(decide_every=every)
+    rule = RuleConfig(decide_every=every, warmup=warmup)
     traj = start(materialise(spec, torch.float64), 64)
     while not traj.done:
         truncation(traj, pol, rule, 20, 10, track_higher_grads=False)
@@ -86,8 +90,11 @@ def test_unroll_and_deployed_controller_give_the_same_lrs(optimizer: str, lr: fl
     assert len(a) == len(b) == steps
     assert float(a.max() / a.min()) > 1.5, "the policy should move the LR, or the test proves little"
     torch.testing.assert_close(a, b, rtol=1e-5, atol=0.0)
-    if every > 1:  # the LR of step t+1 is set after step t: it can change only after a multiple of k (no guard here)
-        changed = [t for t in range(1, steps) if traj.lrs[t] != traj.lrs[t - 1]]
+    warm = max(1, round(warmup * steps)) if warmup else 0
+    if warmup:  # the envelope: step t (1-based) runs at t / W of what the rule set, which is the base LR before the first decision
+        assert traj.lrs[: min(warm, every)] == pytest.approx([lr * t / warm for t in range(1, min(warm, every) + 1)], rel=1e-12)
+    if every > 1:  # the LR of step t+1 is set after step t: after the warmup it can change only after a multiple of k (no guard here)
+        changed = [t for t in range(warm, steps) if traj.lrs[t] != traj.lrs[t - 1]]
         assert changed and all(t % every == 0 for t in changed)
 
 
@@ -176,6 +183,36 @@ def _guard_firings(pol: MetaPolicy, cfg: RuleConfig, losses: list[float], path: 
 def _lr_path(pol: MetaPolicy, cfg: RuleConfig, losses: list[float], path: str, align: float | None = None) -> list[float]:
     """log(LR / base LR) after each step of a `len(losses)`-step run (`_run_rule`)."""
     return _run_rule(pol, cfg, losses, path, len(losses), align)[0]
+
+
+def test_warmup_scales_the_lr_on_both_controller_paths_and_leaves_the_rule_alone() -> None:
+    """`warmup` = w: the controller's LR at step t is base x exp(log_rel) x min(1, t / W), W = round(w x total), from
+    the first step (set at construction) on, on the host path and the device path (no extra read-back); the rule's
+    state (log_rel, what the policy reads as lr_rel) is the same as without it. Off (0) by default; refused outside
+    [0, 1)."""
+    pol = lively_policy()
+    total, base = 50, 0.1
+    losses = [1.0 - 0.01 * t for t in range(total)]
+    for device_signals in (False, True):
+        runs = {}
+        for w in (0.0, 0.2):
+            opt = torch.optim.SGD([torch.zeros(3, requires_grad=True)], lr=base)
+            ctrl = MetaController(opt, checkpoint=FrozenPolicy(pol, {}, "", RuleConfig(warmup=w)), total_steps=total)
+            lrs, rels = [opt.param_groups[0]["lr"]], []
+            for t, loss in enumerate(losses[:-1], 1):
+                value: Any = torch.tensor(loss, dtype=torch.float64) if device_signals else loss
+                lrs.append(ctrl.step(Signals(step=t, loss=value))[0])
+                rels.append(ctrl.log_rel)
+            runs[w] = (lrs, rels)
+        (plain, rel_plain), (warm, rel_warm) = runs[0.0], runs[0.2]
+        assert rel_warm == pytest.approx(rel_plain, rel=1e-12)  # the policy never sees the envelope
+        assert max(rel_plain) - min(rel_plain) > 0.05  # the policy moved the LR: the comparison is not of constants
+        factors = [b / a for a, b in zip(plain, warm)]
+        assert factors == pytest.approx([min(1.0, t / 10) for t in range(1, total + 1)], rel=1e-9), device_signals
+    assert RuleConfig().warmup == 0.0
+    for bad in (-0.1, 1.0, True):
+        with pytest.raises(ValueError, match="warmup"):
+            RuleConfig(warmup=bad)
 
 
 def test_rise_cap_holds_the_lr_until_the_loss_has_dropped_on_every_path() -> None:

@@ -50,7 +50,7 @@ from metalr.controllers import register
 from metalr.controllers.base import Controller
 from metalr.meta.checkpoint import FrozenPolicy, cached_policy
 from metalr.meta.policy import HostPolicy, MetaPolicy
-from metalr.meta.rule import RuleConfig, RuleState, lr_rule
+from metalr.meta.rule import RuleConfig, RuleState, lr_rule, warmup_factor
 from metalr.signals import Signals
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,11 @@ class MetaController(Controller):
         self._rule_state = RuleState()
         self._read = (0.0, 0.0)  # (log_rel, guard_fired) as of the last read-back (host numbers, for logs)
         bases = [float(g.get("initial_lr", g["lr"])) for g in optimizer.param_groups]
-        super().__init__(optimizer, min_lr=min(bases) * self.rule.min_factor, max_lr=max(bases) * self.rule.max_factor)
+        lowest = self.rule.min_factor * warmup_factor(self.rule, 1, self.total_steps)  # the LR floor times the warmup's first step
+        super().__init__(optimizer, min_lr=min(bases) * lowest, max_lr=max(bases) * self.rule.max_factor)
+
+    def _initial_lrs(self) -> list[float]:
+        return [b * warmup_factor(self.rule, 1, self.total_steps) for b in self.base_lrs]  # the first step's LR: the rule's warmup
 
     @property
     def log_rel(self) -> float:
@@ -140,7 +144,7 @@ class MetaController(Controller):
                 self.last_step, self.total_steps, signals.update_size,
             )  # fmt: skip
             self._read = (float(self._log_rel), float(self._rule_state.guard_fired))
-            factor = math.exp(self._read[0])
+            factor = math.exp(self._read[0]) * warmup_factor(self.rule, self.last_step + 1, self.total_steps)
             return [b * factor for b in self.base_lrs]
         if not (self._rule_state.on_device and isinstance(self._log_rel, torch.Tensor) and self._log_rel.device == device):
             self._to_device(device)
@@ -156,6 +160,7 @@ class MetaController(Controller):
         assert isinstance(self._log_rel, torch.Tensor) and isinstance(st.guard_fired, torch.Tensor)
         log_rel, factor, n_fired = torch.stack([self._log_rel, torch.exp(self._log_rel), st.guard_fired.to(torch.float64)]).tolist()
         self._read = (log_rel, n_fired)
+        factor *= warmup_factor(self.rule, self.last_step + 1, self.total_steps)  # a host number: no read
         return [b * factor for b in self.base_lrs]
 
     def extra_logs(self) -> dict[str, float]:

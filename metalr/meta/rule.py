@@ -3,7 +3,7 @@
     state = RuleState()
     for each step t = 1..T (after the optimizer step):
         log_rel = lr_rule(policy, cfg, state, log_rel, loss, grad_norm, grad_align, t, T, update_size)
-        lr = base_lr * exp(log_rel)                   # the LR of the next step
+        lr = base_lr * exp(log_rel) * warmup_factor(cfg, t + 1, T)   # the LR of the next step
 
 `metalr.meta.unroll` calls it with `log_rel` a tensor that carries gradients into
 the policy; `metalr.controllers.meta.MetaController` calls it frozen. Nothing
@@ -45,6 +45,12 @@ Per step:
    before it leaves the base LR's neighbourhood. `rise_align` < 1 also opens it while the slow average of
    `grad_align` exceeds it: successive gradients that agree say the steps are too short (the hypergradient's
    signal), which a run at a too-low LR shows from its first steps, long before its loss has fallen.
+
+7. an optional warmup (`warmup` > 0, off in every checkpoint before it): the LR of step t is multiplied by
+   min(1, t / W), W = `warmup` x the run's length (`warmup_factor`; the callers apply it when they turn log_rel
+   into an LR). From a too-high base LR a model can be wrecked in its first few steps, before the guard sees a
+   loss 1.5x the first; a linear warmup, the practitioner's usual protection, keeps those steps small. The
+   policy does not see the envelope: its `lr_rel` is the LR it would set without it.
 
 Decision interval (`decide_every` = k, a rule setting stored in the checkpoint; 1 when absent). The loss is
 folded in and the guard checked every step; the gradient statistics and the update size
@@ -96,6 +102,7 @@ class RuleConfig:
     rise_cap: float = 0.0  # > 0: the policy may not raise the LR above rise_cap x base LR until the loss has dropped (0: off)
     rise_drop: float = 0.1  # ... i.e. until the loss average (EMA 0.9) is this fraction below the first loss
     rise_align: float = 1.0  # ... or the slow gradient-alignment average exceeds this (1: never, only the loss drop opens the gate)
+    warmup: float = 0.0  # > 0: the LR rises linearly over this share of the run (`warmup_factor`), outside the policy (0: off)
 
     def __post_init__(self) -> None:
         if isinstance(self.decide_every, bool) or not isinstance(self.decide_every, int) or self.decide_every < 1:
@@ -114,6 +121,8 @@ class RuleConfig:
             raise ValueError(
                 f"need rise_cap 0 (off) or in (1, max_factor], 0 < rise_drop < 1 and -1 <= rise_align <= 1, got {self.rise_cap}, {self.rise_drop}, {self.rise_align}"
             )
+        if not (isinstance(self.warmup, (int, float)) and not isinstance(self.warmup, bool) and 0 <= self.warmup < 1):
+            raise ValueError(f"warmup must be a share of the run in [0, 1), got {self.warmup!r}")
         if not (self.guard_ratio > 1 and 0 < self.guard_factor < 1):
             raise ValueError(f"need guard_ratio > 1 and 0 < guard_factor < 1, got {self.guard_ratio}, {self.guard_factor}")
 
@@ -126,6 +135,17 @@ class RuleConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def warmup_factor(cfg: RuleConfig, step: int, total_steps: int) -> float:
+    """The warmup envelope: the LR of step `step` (1-based) of a `total_steps`-step run is base LR x
+    exp(log_rel) x this. min(1, step / W) with W = max(1, round(warmup x total_steps)); 1 when warmup is 0.
+
+    It multiplies the LR, not the rule's state: the policy reads `lr_rel` = log_rel, the LR it would run at
+    without the envelope, and the envelope is over by W steps whatever the policy does."""
+    if not cfg.warmup:
+        return 1.0
+    return min(1.0, step / max(1, round(cfg.warmup * total_steps)))
 
 
 @dataclass

@@ -30,7 +30,7 @@ import torch
 from metalr.gradstats import GradAlign, UpdateSize
 from metalr.meta.labels import band_penalty, in_window
 from metalr.meta.policy import MetaPolicy
-from metalr.meta.rule import RuleConfig, RuleState, lr_rule
+from metalr.meta.rule import RuleConfig, RuleState, lr_rule, warmup_factor
 from metalr.meta.tasks import InnerTask, batch_stream
 
 
@@ -168,7 +168,7 @@ def truncation(
                 size = traj.update(params)  # the previous update's relative size, as SignalTracker.collect reads it
             elif prime:
                 traj.update.prime(params)
-            lr = task.spec.lr * torch.exp(log_rel)  # float64, computed exactly as MetaController does
+            lr = task.spec.lr * torch.exp(log_rel) * warmup_factor(cfg, traj.step + 1, traj.total)  # float64, exactly as MetaController
             traj.lrs.append(float(lr.detach()))
             traj.losses.append(loss_value)
             diffopt.step(loss, override={"lr": [lr]}, grad_callback=observe if decide or prime else None)
