@@ -209,6 +209,15 @@ def test_warmup_scales_the_lr_on_both_controller_paths_and_leaves_the_rule_alone
         assert max(rel_plain) - min(rel_plain) > 0.05  # the policy moved the LR: the comparison is not of constants
         factors = [b / a for a, b in zip(plain, warm)]
         assert factors == pytest.approx([min(1.0, t / 10) for t in range(1, total + 1)], rel=1e-9), device_signals
+    # restored into a controller built for another run length, it keeps the saved run's warmup
+    frozen = FrozenPolicy(pol, {}, "", RuleConfig(warmup=0.2))
+    opt = torch.optim.SGD([torch.zeros(3, requires_grad=True)], lr=base)
+    ctrl = MetaController(opt, checkpoint=frozen, total_steps=total)
+    for t in range(1, 4):
+        ctrl.step(Signals(step=t, loss=losses[t - 1]))
+    other = MetaController(torch.optim.SGD([torch.zeros(3, requires_grad=True)], lr=base), checkpoint=frozen, total_steps=5)
+    other.load_state_dict(ctrl.state_dict())
+    assert other.step(Signals(step=4, loss=losses[3])) == pytest.approx(ctrl.step(Signals(step=4, loss=losses[3])), rel=1e-12)
     assert RuleConfig().warmup == 0.0
     for bad in (-0.1, 1.0, True):
         with pytest.raises(ValueError, match="warmup"):

@@ -50,7 +50,7 @@ from metalr.controllers import register
 from metalr.controllers.base import Controller
 from metalr.meta.checkpoint import FrozenPolicy, cached_policy
 from metalr.meta.policy import HostPolicy, MetaPolicy
-from metalr.meta.rule import RuleConfig, RuleState, lr_rule, warmup_factor
+from metalr.meta.rule import RuleConfig, RuleState, lr_rule, warmup_factor, warmup_steps
 from metalr.signals import Signals
 
 log = logging.getLogger(__name__)
@@ -84,6 +84,7 @@ class MetaController(Controller):
         if total_steps is None:
             log.warning("meta controller: total_steps not given; assuming a %d-step run (pass total_steps=...)", self.rule.default_total_steps)
         self.total_steps = int(total_steps or self.rule.default_total_steps)
+        self._warmup_steps = warmup_steps(self.rule, self.total_steps)
         self.sync_every = int(sync_every)
         self._phase_warned = False
         self._host_policy = HostPolicy(self.frozen.policy)  # the CPU path: Python and numpy numbers
@@ -94,6 +95,10 @@ class MetaController(Controller):
         bases = [float(g.get("initial_lr", g["lr"])) for g in optimizer.param_groups]
         lowest = self.rule.min_factor * warmup_factor(self.rule, 1, self.total_steps)  # the LR floor times the warmup's first step
         super().__init__(optimizer, min_lr=min(bases) * lowest, max_lr=max(bases) * self.rule.max_factor)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self._warmup_steps = warmup_steps(self.rule, self.total_steps)  # the restored run's length
 
     def _initial_lrs(self) -> list[float]:
         return [b * warmup_factor(self.rule, 1, self.total_steps) for b in self.base_lrs]  # the first step's LR: the rule's warmup
@@ -144,7 +149,9 @@ class MetaController(Controller):
                 self.last_step, self.total_steps, signals.update_size,
             )  # fmt: skip
             self._read = (float(self._log_rel), float(self._rule_state.guard_fired))
-            factor = math.exp(self._read[0]) * warmup_factor(self.rule, self.last_step + 1, self.total_steps)
+            factor = math.exp(self._read[0])
+            if self.last_step < self._warmup_steps:  # the next step is still in the warmup
+                factor *= warmup_factor(self.rule, self.last_step + 1, self.total_steps)
             return [b * factor for b in self.base_lrs]
         if not (self._rule_state.on_device and isinstance(self._log_rel, torch.Tensor) and self._log_rel.device == device):
             self._to_device(device)
@@ -160,7 +167,8 @@ class MetaController(Controller):
         assert isinstance(self._log_rel, torch.Tensor) and isinstance(st.guard_fired, torch.Tensor)
         log_rel, factor, n_fired = torch.stack([self._log_rel, torch.exp(self._log_rel), st.guard_fired.to(torch.float64)]).tolist()
         self._read = (log_rel, n_fired)
-        factor *= warmup_factor(self.rule, self.last_step + 1, self.total_steps)  # a host number: no read
+        if self.last_step < self._warmup_steps:
+            factor *= warmup_factor(self.rule, self.last_step + 1, self.total_steps)  # a host number: no read
         return [b * factor for b in self.base_lrs]
 
     def extra_logs(self) -> dict[str, float]:

@@ -143,9 +143,13 @@ def warmup_factor(cfg: RuleConfig, step: int, total_steps: int) -> float:
 
     It multiplies the LR, not the rule's state: the policy reads `lr_rel` = log_rel, the LR it would run at
     without the envelope, and the envelope is over by W steps whatever the policy does."""
-    if not cfg.warmup:
-        return 1.0
-    return min(1.0, step / max(1, round(cfg.warmup * total_steps)))
+    width = warmup_steps(cfg, total_steps)
+    return min(1.0, step / width) if width else 1.0
+
+
+def warmup_steps(cfg: RuleConfig, total_steps: int) -> int:
+    """W, the warmup's length in steps (0 when off): from step W on, `warmup_factor` is 1."""
+    return max(1, round(cfg.warmup * total_steps)) if cfg.warmup else 0
 
 
 @dataclass
