@@ -13,7 +13,6 @@ docs/meta_training/README.md ("Session 14") quotes one run of it.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -32,11 +31,6 @@ from metalr.signals import SignalTracker  # noqa: E402
 from metalr.train import setup  # noqa: E402
 
 
-def features(ctrl: MetaController, step: int, total: int) -> list[float]:
-    lr_rel = math.log(ctrl.optimizer.param_groups[0]["lr"] / ctrl.base_lrs[0])
-    return ctrl._rule_state.features.features(step / total, lr_rel)  # type: ignore[union-attr]
-
-
 def show(title: str, rows: list[tuple[int, float, list[float]]]) -> None:
     print(title)
     for step, factor, f in rows:
@@ -46,6 +40,8 @@ def show(title: str, rows: list[tuple[int, float, list[float]]]) -> None:
 def minilm(checkpoint: str, steps: int) -> None:
     task = tasks.build("rt_minilm")
     s = setup("pretrained", task=task, total_steps=steps, seed=0, controller_kwargs={"path": checkpoint})
+    ctrl = s.controller
+    assert isinstance(ctrl, MetaController) and s.task is not None
     rows, step = [], 0
     while step < steps:
         for b in s.task.train_loader(0):
@@ -54,10 +50,10 @@ def minilm(checkpoint: str, steps: int) -> None:
             out.loss.backward()
             sig = s.tracker.collect(loss=out.loss, logits=out.logits, targets=out.targets, batch_size=out.batch_size)
             s.optimizer.step()
-            s.controller.step(sig)
+            ctrl.step(sig)
             step += 1
             if step % 8 == 0:
-                rows.append((step, s.optimizer.param_groups[0]["lr"] / s.controller.base_lrs[0], features(s.controller, step, steps)))
+                rows.append((step, s.optimizer.param_groups[0]["lr"] / ctrl.base_lrs[0], ctrl.policy_features()))
             if step >= steps:
                 break
     show(f"rt_minilm ({type(s.optimizer).__name__}, base LR {task.lr:g})", rows)
@@ -85,7 +81,7 @@ def generated(checkpoint: str, steps: int) -> None:
                 opt.step()
                 ctrl.step(sig)
                 if (k + 1) % 16 == 0:
-                    rows.append((k + 1, opt.param_groups[0]["lr"] / ctrl.base_lrs[0], features(ctrl, k + 1, sp.steps)))
+                    rows.append((k + 1, opt.param_groups[0]["lr"] / ctrl.base_lrs[0], ctrl.policy_features()))
             show(f"{sp.data}/{sp.model}/{sp.optimizer}, {label} ({sp.steps}-step run)", rows)
 
 

@@ -71,10 +71,6 @@ def read_steps(total: int, every: int) -> list[int]:
     return [max(3 * every, int(round(f * total / every)) * every) for f in FRACS]
 
 
-def _features(ctrl: MetaController, step: int, total: int) -> list[float]:
-    return list(ctrl._rule_state.features.features(min(1.0, step / total), ctrl.log_rel))  # type: ignore[union-attr]
-
-
 def _centre(entry: dict[str, Any]) -> float:
     return 0.5 * (entry["band"][0] + entry["band"][1])
 
@@ -147,12 +143,12 @@ def _run(entry: dict[str, Any], d: float, ckpt: str, probe: bool = False, read: 
         t = ctrl.last_step
         level = d + ctrl.log_rel / LN10  # decades above the usual LR
         if stop_after is not None and t in probes:
-            reads.append({"frac": FRACS[probes.index(t)], "step": t, "features": _features(ctrl, t, spec.steps), "place": level - _centre(entry)})
+            reads.append({"frac": FRACS[probes.index(t)], "step": t, "features": ctrl.policy_features(), "place": level - _centre(entry)})
             if dither:
                 reads[-1]["dither"] = _dither_stats(losses, aligns, sizes, t)
         if read is not None and t == read_at:
             kind, frac, margin = read
-            place = level - _centre(entry) if kind == "oracle" else float(_READER[frac].predict(np.array([_features(ctrl, t, spec.steps)]))[0])
+            place = level - _centre(entry) if kind == "oracle" else float(_READER[frac].predict(np.array([ctrl.policy_features()]))[0])
             jump = -math.copysign(max(0.0, abs(place) - margin), place)
             lo, hi = ctrl.rule.log_bounds
             ctrl.log_rel = min(hi, max(lo, ctrl.log_rel + jump * LN10))

@@ -224,6 +224,25 @@ def test_warmup_scales_the_lr_on_both_controller_paths_and_leaves_the_rule_alone
             RuleConfig(warmup=bad)
 
 
+def test_policy_features_are_the_rule_state_on_both_paths() -> None:
+    """`MetaController.policy_features()`: the feature vector of the last step (progress, lr_rel = the rule's log_rel,
+    not the warmed-up LR), the same from host signals and from device tensors."""
+    pol = lively_policy()
+    frozen = FrozenPolicy(pol, {}, "", RuleConfig(warmup=0.2, decide_every=4))
+    out = []
+    for device_signals in (False, True):
+        ctrl = MetaController(torch.optim.SGD([torch.zeros(3, requires_grad=True)], lr=0.1), checkpoint=frozen, total_steps=40)
+        for t in range(1, 6):  # past the first decision (step 4), inside the warmup (8 steps)
+            loss, norm = 1.0 - 0.02 * t, 1.0 + 0.1 * t
+            as_signal = (lambda v: torch.tensor(v, dtype=torch.float64)) if device_signals else (lambda v: v)
+            ctrl.step(Signals(step=t, loss=as_signal(loss), grad_norm=as_signal(norm)))
+        f = ctrl.policy_features()
+        assert len(f) == N_FEATURES and f[0] == pytest.approx(5 / 40) and f[1] == pytest.approx(ctrl.log_rel)
+        assert ctrl.log_rel != 0.0 and ctrl.optimizer.param_groups[0]["lr"] != pytest.approx(0.1 * math.exp(ctrl.log_rel))  # in the warmup
+        out.append(f)
+    assert out[0] == pytest.approx(out[1], rel=1e-6, abs=1e-9)  # the policy runs in float32 on both paths (numpy, torch)
+
+
 def test_rise_cap_holds_the_lr_until_the_loss_has_dropped_on_every_path() -> None:
     """`rise_cap`: a policy that always raises the LR stops at rise_cap x base while the loss average is not
     `rise_drop` below the first loss (a flat loss: a fine-tune at chance level, or a run at a too-low LR), goes

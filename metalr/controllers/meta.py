@@ -171,6 +171,13 @@ class MetaController(Controller):
             factor *= warmup_factor(self.rule, self.last_step + 1, self.total_steps)  # a host number: no read
         return [b * factor for b in self.base_lrs]
 
+    def policy_features(self) -> list[float]:
+        """The feature vector as of the last step, in `FEATURE_NAMES` order (what the policy reads at a decision step;
+        for inspection and research scripts: on the device path this reads the state back)."""
+        feats = self._rule_state.features
+        values = feats.features(min(1.0, self.last_step / self.total_steps), self._log_rel)  # type: ignore[arg-type]
+        return [float(v) for v in (values.tolist() if isinstance(values, torch.Tensor) else values)]
+
     def extra_logs(self) -> dict[str, float]:
         """As of the last read-back (no extra host read)."""
         return {"meta_lr_factor": math.exp(self._read[0]), "meta_guard_fired": self._read[1]}
