@@ -116,6 +116,22 @@ def _arrays(tensors: Sequence[torch.Tensor]) -> list[np.ndarray] | None:
     return out
 
 
+def _host_arrays(tensors: Sequence[torch.Tensor]) -> list[np.ndarray] | None:
+    """numpy views of CPU tensors of a numpy dtype, in their own shape (for `np.vdot`, which reads any
+    contiguous array as flat without a copy), or None when any is elsewhere or of another dtype."""
+    out = []
+    for t in tensors:
+        if not t.is_cpu or t.dtype not in _NUMPY_DTYPES:
+            return None
+        out.append((t.detach() if t.requires_grad else t).numpy())
+    return out
+
+
+# The host reductions use `np.vdot`: the same BLAS dot as `np.dot` (bit for bit), without `np.dot`'s check of
+# the floating-point flags, so an overflowing (diverging) run gives inf/NaN without a warning and needs no
+# `np.errstate` around it (which costs more than a small tensor's dot). Callers read inf/NaN as missing.
+
+
 class ViewCache:
     """`_arrays` of tensors whose storage persists from step to step (the optimizer's moments), kept while it does.
 
@@ -143,15 +159,15 @@ def host_dots(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor], b_arrays: li
     """(<a, a>, <a, b>, <b, b>) over paired tensors as Python floats, in one pass (numpy views on CPU).
 
     `b_arrays`: `b`'s numpy views when the caller has them already (`ViewCache`)."""
-    xa, xb = _arrays(a), (b_arrays if b_arrays is not None else _arrays(b))
+    xa, xb = _host_arrays(a), (b_arrays if b_arrays is not None else _host_arrays(b))
     if xa is None or xb is None:
         return float(global_dot(a, a)), float(global_dot(a, b)), float(global_dot(b, b))
+    vdot = np.vdot
     aa = ab = bb = 0.0
-    with np.errstate(over="ignore", invalid="ignore"):  # a diverging run overflows float32: inf/NaN, which callers read as missing
-        for x, y in zip(xa, xb):
-            aa += float(np.dot(x, x))
-            ab += float(np.dot(x, y))
-            bb += float(np.dot(y, y))
+    for x, y in zip(xa, xb):
+        aa += float(vdot(x, x))
+        ab += float(vdot(x, y))
+        bb += float(vdot(y, y))
     return aa, ab, bb
 
 
@@ -161,22 +177,26 @@ def finite_or_nan(v: float) -> float:
 
 def host_norm(tensors: Sequence[torch.Tensor]) -> float:
     """`global_norm` as a Python float (NaN if non-finite or there is no tensor)."""
-    arrays = _arrays(tensors)
+    arrays = _host_arrays(tensors)
     if arrays is None:
         return finite_or_nan(float(global_norm(tensors)))
     if not arrays:
         return math.nan
-    with np.errstate(over="ignore", invalid="ignore"):
-        return finite_or_nan(math.sqrt(sum(float(np.dot(a, a)) for a in arrays)))
+    vdot, sq = np.vdot, 0.0
+    for x in arrays:
+        sq += float(vdot(x, x))
+    return finite_or_nan(math.sqrt(sq))
 
 
 def host_dot(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> float:
     """`global_dot` as a Python float."""
-    xa, xb = _arrays(a), _arrays(b)
+    xa, xb = _host_arrays(a), _host_arrays(b)
     if xa is None or xb is None:
         return float(global_dot(a, b))
-    with np.errstate(over="ignore", invalid="ignore"):
-        return sum(float(np.dot(x, y)) for x, y in zip(xa, xb))
+    vdot, total = np.vdot, 0.0
+    for x, y in zip(xa, xb):
+        total += float(vdot(x, y))
+    return total
 
 
 def host_grad_stats(
@@ -327,6 +347,8 @@ class UpdateSize:
         self.prev: Any = None  # the last call's sample: a numpy array (host path) or a tensor (device path)
         self._ptrs: list[int] = []
         self._views: list[np.ndarray] | None = None
+        self._n = 0  # the sample's length on the host path
+        self._spare: np.ndarray | None = None  # the sample before last, whose memory the next sample reuses (host path)
 
     def _sample(self, params: Sequence[torch.Tensor], host: bool) -> Any:
         if self.stride is None or len(self.offsets) != len(params):
@@ -341,16 +363,26 @@ class UpdateSize:
             if ptrs != self._ptrs:  # strided numpy views of the parameters' memory, kept while the storage is the same
                 arrays = _arrays(params)  # None off the CPU or for a dtype numpy cannot view (bfloat16): the torch path
                 self._views = None if arrays is None else [a[off::stride] for a, off in zip(arrays, self.offsets)]
+                self._n = 0 if self._views is None else sum(len(v) for v in self._views)
                 # a non-contiguous parameter's flat array is a copy, not a view: never reuse it
                 self._ptrs = ptrs if arrays is not None and all(p.is_contiguous() for p in params) else []
             if self._views is not None:
-                return np.concatenate(self._views).astype(np.float64)
+                spare, self._spare = self._spare, None
+                if spare is None or len(spare) != self._n:
+                    spare = np.empty(self._n, dtype=np.float64)
+                return np.concatenate(self._views, out=spare)  # one pass: gathered and widened into a kept buffer
         return torch.cat([p.detach().reshape(-1)[off::stride].to(torch.float64) for p, off in zip(params, self.offsets)])
 
     def prime(self, params: Sequence[torch.Tensor], host: bool = True) -> None:
         """Take the sample the next call compares with, computing nothing: for a caller that reads
         the ratio only every k steps (`SignalTracker(every=k)`), on the step before it does."""
+        self._recycle(self.prev)
         self.prev = self._sample(params, host)
+
+    def _recycle(self, old: Any) -> None:
+        """Keep a sample that is no longer needed as the memory of the next one (host path)."""
+        if isinstance(old, np.ndarray) and old.dtype == np.float64 and len(old) == self._n:
+            self._spare = old
 
     def __call__(self, params: Sequence[torch.Tensor], host: bool = True) -> Any:
         x = self._sample(params, host)
@@ -358,10 +390,11 @@ class UpdateSize:
         if isinstance(x, np.ndarray):
             if prev is None or len(prev) != len(x):
                 return None
+            self._recycle(prev)  # (only a numpy sample of this path: its memory is no one else's)
             prev = np.asarray(prev)  # a CPU tensor if the last call took the torch path
-            norm = math.sqrt(float(x @ x))
+            norm = math.sqrt(float(np.vdot(x, x)))
             d = x - prev
-            return finite_or_nan(math.sqrt(float(d @ d)) / norm) if norm > 0 else None
+            return finite_or_nan(math.sqrt(float(np.vdot(d, d))) / norm) if norm > 0 else None
         if prev is None or len(prev) != len(x):
             return None if host else torch.full((), math.nan, dtype=torch.float64, device=x.device)
         norm = torch.linalg.vector_norm(x)
@@ -381,3 +414,4 @@ class UpdateSize:
         offsets: Any = state.get("offsets") or []
         self.offsets = [int(o) for o in offsets]
         self.prev = None if prev is None else torch.as_tensor(prev, dtype=torch.float64).clone().numpy()
+        self._ptrs, self._spare = [], None  # the views follow the restored stride and offsets

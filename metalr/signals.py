@@ -188,7 +188,7 @@ class SignalTracker:
         )
         if loss is not None and "loss" in self.requires:
             if isinstance(loss, torch.Tensor):
-                s.loss = loss.detach() if self.as_tensors else float(loss.detach())  # type: ignore[assignment]
+                s.loss = loss.detach() if self.as_tensors else loss.item()  # type: ignore[assignment]
             else:
                 s.loss = float(loss)
         if "accuracy" in self.requires and logits is not None and targets is not None:

@@ -140,19 +140,23 @@ class MetaController(Controller):
                 "statistics then miss the policy's steps. Build the tracker with metalr.train.build_tracker and restore both together.",
                 signals.step, self.last_step, self.signal_every,
             )  # fmt: skip
-        device = _device_of(signals.loss, signals.grad_align, signals.grad_norm, signals.update_size)
-        if device is None:  # Python numbers (a CPU tracker): the host path, every step
-            if self._rule_state.on_device:
+        loss, norm, align, size = signals.loss, signals.grad_norm, signals.grad_align, signals.update_size
+        tensor = torch.Tensor
+        if not (isinstance(loss, tensor) or isinstance(align, tensor) or isinstance(norm, tensor) or isinstance(size, tensor)):
+            # Python numbers (a CPU tracker): the host path, every step
+            state = self._rule_state
+            if state.on_device:
                 self._to_host()
-            self._log_rel = lr_rule(
-                self._host_policy, self.rule, self._rule_state, self._log_rel, signals.loss, signals.grad_norm, signals.grad_align,
-                self.last_step, self.total_steps, signals.update_size,
-            )  # fmt: skip
-            self._read = (float(self._log_rel), float(self._rule_state.guard_fired))
-            factor = math.exp(self._read[0])
+                state = self._rule_state
+            log_rel = lr_rule(self._host_policy, self.rule, state, self._log_rel, loss, norm, align, self.last_step, self.total_steps, size)
+            self._log_rel = log_rel
+            self._read = (log_rel, float(state.guard_fired))
+            factor = math.exp(log_rel)
             if self.last_step < self._warmup_steps:  # the next step is still in the warmup
                 factor *= warmup_factor(self.rule, self.last_step + 1, self.total_steps)
             return [b * factor for b in self.base_lrs]
+        device = _device_of(loss, align, norm, size)
+        assert device is not None
         if not (self._rule_state.on_device and isinstance(self._log_rel, torch.Tensor) and self._log_rel.device == device):
             self._to_device(device)
         with torch.no_grad():

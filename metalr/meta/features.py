@@ -120,15 +120,19 @@ class FeatureState:
 
         `every` = k: the gradient-level readings come once per k steps, so their averages take them with
         beta**k (each average spans the same number of steps whatever k); the loss comes every step."""
-        if _finite(loss):
-            v = max(float(loss), _EPS)  # type: ignore[arg-type]
+        if loss is not None and isinstance(loss, (int, float)) and math.isfinite(loss):  # `_finite`, inline: this runs every step
+            v = max(float(loss), _EPS)
             if self.loss0 is None:
                 self.loss0 = v
-            self.l_fast = _ema(self.l_fast, v, 0.5)
-            self.l_mid = _ema(self.l_mid, v, 0.9)
-            self.l_slow = _ema(self.l_slow, v, 0.99)
-            self.l_min = self.l_mid if self.l_min is None else min(self.l_min, self.l_mid)
-            self.l_max = self.l_mid if self.l_max is None else max(self.l_max, self.l_mid)
+            fast, mid, slow = self.l_fast, self.l_mid, self.l_slow
+            # `_ema` inline (the same arithmetic: beta * old + (1.0 - beta) * new)
+            self.l_fast = v if fast is None else 0.5 * fast + (1.0 - 0.5) * v
+            self.l_mid = mid = v if mid is None else 0.9 * mid + (1.0 - 0.9) * v
+            self.l_slow = v if slow is None else 0.99 * slow + (1.0 - 0.99) * v
+            self.l_min = mid if self.l_min is None else min(self.l_min, mid)
+            self.l_max = mid if self.l_max is None else max(self.l_max, mid)
+        if grad_norm is None and grad_align is None and update_size is None:
+            return  # a step that reads only the loss (`decide_every` > 1)
         if _finite(grad_norm) and grad_norm > 0:  # type: ignore[operator]
             g = float(grad_norm)  # type: ignore[arg-type]
             self.g_fast = _ema(self.g_fast, g, 0.5**every)
@@ -143,21 +147,24 @@ class FeatureState:
 
     def features(self, progress: float, lr_rel: float) -> list[float]:
         """The raw (clipped, always finite) feature vector, in `FEATURE_NAMES` order."""
-        span = (self.l_max - self.l_min) if self.l_max is not None and self.l_min is not None else 0.0
-        raw = [
+        l_mid, l_min, l_max = self.l_mid, self.l_min, self.l_max
+        span = (l_max - l_min) if l_max is not None and l_min is not None else 0.0
+        raw = (
             progress,
             lr_rel,
-            _log_ratio(self.l_fast, self.l_mid),
-            _log_ratio(self.l_mid, self.l_slow),
-            _log_ratio(self.l_mid, self.l_min),
-            _log_ratio(self.l_mid, self.loss0),
-            ((self.l_mid - self.l_min) / span) if span > 0 and self.l_mid is not None and self.l_min is not None else 0.0,
+            _log_ratio(self.l_fast, l_mid),
+            _log_ratio(l_mid, self.l_slow),
+            _log_ratio(l_mid, l_min),
+            _log_ratio(l_mid, self.loss0),
+            ((l_mid - l_min) / span) if span > 0 and l_mid is not None and l_min is not None else 0.0,
             self.a_fast if self.a_fast is not None else 0.0,
             self.a_slow if self.a_slow is not None else 0.0,
             _log_ratio(self.g_fast, self.g_slow),
             self.u_mid if self.u_mid is not None else SHIFT[10],  # unseen: the neutral input
-        ]
-        return [_clip(v, lo, hi) for v, (lo, hi) in zip(raw, CLIP)]
+        )
+        isfinite = math.isfinite
+        # `_clip` inline: a non-finite value becomes 0, then min(hi, max(lo, v))
+        return [min(hi, max(lo, v if isfinite(v) else 0.0)) for v, (lo, hi) in zip(raw, CLIP)]
 
     def loss_dropped(self, fraction: float) -> bool:
         """The loss average (EMA 0.9) is at least `fraction` below the first loss (False before any loss)."""

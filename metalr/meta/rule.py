@@ -283,10 +283,12 @@ def lr_rule(
             headroom = max(0.0, math.log(cfg.rise_cap) - float(log_rel if isinstance(policy, HostPolicy) else log_rel.detach()))
             delta = min(delta, headroom) if isinstance(policy, HostPolicy) else torch.clamp(delta, max=headroom)
     nonfinite_loss = loss is not None and not math.isfinite(loss)  # type: ignore[arg-type]
-    state.fold_guard_loss(loss, cfg.guard_window)
+    window = cfg.guard_window
+    if state.guard_seen < window:  # (a host int: once the reference is in, the fold is skipped, as it would do nothing)
+        state.fold_guard_loss(loss, window)
     if state.cooldown > 0:
         state.cooldown -= 1
-    elif nonfinite_loss or (state.guard_seen >= cfg.guard_window and feats.diverging(cfg.guard_ratio, float(state.guard_ref))):
+    elif nonfinite_loss or (state.guard_seen >= window and feats.diverging(cfg.guard_ratio, float(state.guard_ref))):
         delta = delta + math.log(cfg.guard_factor)
         state.cooldown = cfg.guard_cooldown
         state.guard_fired += 1
