@@ -89,10 +89,13 @@ class GradVariability(MultiplicativeController):
 
     def _factor(self, signals: Signals) -> float:
         self.last_factor = 1.0
-        reading = self._reading(signals)
-        if reading is not None:
-            self.window_values = (self.window_values + [reading])[-self.window :]
-        if self.last_step % self.interval or len(self.window_values) < self.window:
+        value = signals.grad_cos if self.measure == "direction" else signals.grad_norm
+        values = self.window_values
+        if value is not None and math.isfinite(value):
+            values.append(float(value))
+            if len(values) > self.window:
+                del values[0]  # the last `window` readings, kept in place
+        if self.last_step % self.interval or len(values) < self.window:
             return 1.0
         v = self._variability()
         if not math.isfinite(v):
