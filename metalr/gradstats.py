@@ -317,7 +317,7 @@ def copy_into(buffers: list[torch.Tensor | None] | None, tensors: Sequence[torch
     """`tensors` (detached) copied into `buffers`, in place when their layout matches (no new allocation)."""
     if buffers is not None and len(buffers) == len(tensors):
         dst = [b for b in buffers if b is not None]
-        src = [t.detach() for t in tensors if t is not None]
+        src = [t.detach() if t.requires_grad else t for t in tensors if t is not None]
         if len(dst) == len(src) and all((b is None) == (t is None) for b, t in zip(buffers, tensors)):
             try:
                 torch._foreach_copy_(dst, src)  # raises on a shape mismatch: then fresh buffers below
@@ -386,7 +386,7 @@ class UpdateSize:
 
     def _recycle(self, old: Any) -> None:
         """Keep a sample that is no longer needed as the memory of the next one (host path)."""
-        if isinstance(old, np.ndarray) and old.dtype == np.float64 and len(old) == self._n:
+        if isinstance(old, np.ndarray) and old.dtype.char == "d" and len(old) == self._n:  # float64
             self._spare = old
 
     def __call__(self, params: Sequence[torch.Tensor], host: bool = True) -> Any:

@@ -44,7 +44,7 @@ from typing import Any, Protocol
 
 import torch
 
-from metalr.gradstats import GradAlign, KeptCopy, UpdateSize, finite_or_nan, host_dot, host_dots, host_norm
+from metalr.gradstats import GradAlign, KeptCopy, UpdateSize, ViewCache, finite_or_nan, host_dot, host_dots, host_norm
 
 #: Every signal a controller may list in `requires`.
 SIGNAL_NAMES = frozenset(
@@ -164,6 +164,7 @@ class SignalTracker:
         self._pending_eval: tuple[float, float | None] | None = None
         self._align = GradAlign()
         self._update_size = UpdateSize()
+        self._prev_views = ViewCache()  # numpy views of the kept parameters (`hypergrad`), while their buffer is the same
 
     def record_eval(self, val_loss: float, val_accuracy: float | None = None) -> None:
         """Attach an evaluation result to the next `collect`."""
@@ -246,9 +247,13 @@ class SignalTracker:
         if theta and prev_params is not None and self._prev_lr:
             # The buffer becomes theta_{t-1} - theta_t = lr_{t-1} u_{t-1} in place (it holds theta_t again below).
             torch._foreach_sub_(prev_params, theta)  # type: ignore[arg-type]
-            steps = [q for g, q in zip(grads, prev_params) if g is not None and q is not None]
-            absent = [q for g, q in zip(grads, prev_params) if g is None and q is not None]
-            g_sq, dot, step_sq = host_dots(present, steps)  # one pass: |g|^2, g . (lr u), |lr u|^2
+            if len(present) == len(prev_params) and all(q is not None for q in prev_params):  # every tensor paired: the common case
+                steps, absent = prev_params, []
+                g_sq, dot, step_sq = host_dots(present, steps, self._prev_views(steps))  # type: ignore[arg-type]  # the buffer's views, kept
+            else:
+                steps = [q for g, q in zip(grads, prev_params) if g is not None and q is not None]
+                absent = [q for g, q in zip(grads, prev_params) if g is None and q is not None]
+                g_sq, dot, step_sq = host_dots(present, steps)  # one pass: |g|^2, g . (lr u), |lr u|^2
             step_sq += host_norm(absent) ** 2 if absent else 0.0
             s.grad_norm = finite_or_nan(math.sqrt(g_sq)) if present else math.nan
             denom = s.grad_norm * math.sqrt(step_sq)
