@@ -64,6 +64,9 @@ SIGNAL_NAMES = frozenset(
 )
 
 
+#: The signals `SignalTracker._gradient_signals` computes (the gradient norm and what compares it with the last step).
+_NORM_SIGNALS = frozenset({"grad_norm", "grad_cos", "hypergrad"})
+
 #: The signals a tracker with `every=k` computes only on every k-th step: those that read the gradients or parameters.
 GRADIENT_SIGNALS = frozenset({"grad_norm", "grad_cos", "grad_align", "update_size", "hypergrad"})
 
@@ -209,7 +212,7 @@ class SignalTracker:
 
     def _step_signals(self, s: Signals, lr: float) -> None:
         """The gradient-level signals of this step (`GRADIENT_SIGNALS`), into `s`."""
-        if self.requires & {"grad_norm", "grad_cos", "hypergrad"}:
+        if not self.requires.isdisjoint(_NORM_SIGNALS):
             self._gradient_signals(s, lr)
         if "grad_align" in self.requires:
             params = [p for g in self.optimizer.param_groups for p in g["params"]]
