@@ -395,10 +395,12 @@ class UpdateSize:
         if isinstance(x, np.ndarray):
             if prev is None or len(prev) != len(x):
                 return None
-            self._recycle(prev)  # (only a numpy sample of this path: its memory is no one else's)
-            prev = np.asarray(prev)  # a CPU tensor if the last call took the torch path
             norm = math.sqrt(float(np.vdot(x, x)))
-            d = x - prev
+            if isinstance(prev, np.ndarray) and prev.dtype.char == "d":  # a sample of this path: its memory is no one else's
+                d = np.subtract(x, prev, out=prev)  # the difference, in place of the sample no longer needed
+                self._recycle(d)
+            else:
+                d = x - np.asarray(prev)  # a CPU tensor if the last call took the torch path
             return finite_or_nan(math.sqrt(float(np.vdot(d, d))) / norm) if norm > 0 else None
         if prev is None or len(prev) != len(x):
             return None if host else torch.full((), math.nan, dtype=torch.float64, device=x.device)

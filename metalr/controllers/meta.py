@@ -49,6 +49,7 @@ import torch
 from metalr.controllers import register
 from metalr.controllers.base import Controller
 from metalr.meta.checkpoint import FrozenPolicy, cached_policy
+from metalr.meta.features import FeatureState
 from metalr.meta.policy import HostPolicy, MetaPolicy
 from metalr.meta.rule import RuleConfig, RuleState, lr_rule, warmup_factor, warmup_steps
 from metalr.signals import Signals
@@ -145,12 +146,11 @@ class MetaController(Controller):
         if not (isinstance(loss, tensor) or isinstance(align, tensor) or isinstance(norm, tensor) or isinstance(size, tensor)):
             # Python numbers (a CPU tracker): the host path, every step
             state = self._rule_state
-            if state.on_device:
+            if type(state.features) is not FeatureState:  # the state was moved to a device before
                 self._to_host()
                 state = self._rule_state
             log_rel = lr_rule(self._host_policy, self.rule, state, self._log_rel, loss, norm, align, self.last_step, self.total_steps, size)
-            self._log_rel = log_rel
-            self._read = (log_rel, float(state.guard_fired))
+            self._log_rel = log_rel  # (`extra_logs` reads it and the guard count from the host state: no `_read` here)
             factor = math.exp(log_rel)
             if self.last_step < self._warmup_steps:  # the next step is still in the warmup
                 factor *= warmup_factor(self.rule, self.last_step + 1, self.total_steps)
@@ -183,7 +183,9 @@ class MetaController(Controller):
         return [float(v) for v in (values.tolist() if isinstance(values, torch.Tensor) else values)]
 
     def extra_logs(self) -> dict[str, float]:
-        """As of the last read-back (no extra host read)."""
+        """As of the last step on the host path; on the device path as of the last read-back (no extra host read)."""
+        if not self._rule_state.on_device:
+            return {"meta_lr_factor": math.exp(float(self._log_rel)), "meta_guard_fired": float(self._rule_state.guard_fired)}
         return {"meta_lr_factor": math.exp(self._read[0]), "meta_guard_fired": self._read[1]}
 
 

@@ -120,17 +120,8 @@ class FeatureState:
 
         `every` = k: the gradient-level readings come once per k steps, so their averages take them with
         beta**k (each average spans the same number of steps whatever k); the loss comes every step."""
-        if loss is not None and isinstance(loss, (int, float)) and math.isfinite(loss):  # `_finite`, inline: this runs every step
-            v = max(float(loss), _EPS)
-            if self.loss0 is None:
-                self.loss0 = v
-            fast, mid, slow = self.l_fast, self.l_mid, self.l_slow
-            # `_ema` inline (the same arithmetic: beta * old + (1.0 - beta) * new)
-            self.l_fast = v if fast is None else 0.5 * fast + (1.0 - 0.5) * v
-            self.l_mid = mid = v if mid is None else 0.9 * mid + (1.0 - 0.9) * v
-            self.l_slow = v if slow is None else 0.99 * slow + (1.0 - 0.99) * v
-            self.l_min = mid if self.l_min is None else min(self.l_min, mid)
-            self.l_max = mid if self.l_max is None else max(self.l_max, mid)
+        if _finite(loss):
+            fold_loss(self, loss)  # type: ignore[arg-type]
         if grad_norm is None and grad_align is None and update_size is None:
             return  # a step that reads only the loss (`decide_every` > 1)
         if _finite(grad_norm) and grad_norm > 0:  # type: ignore[operator]
@@ -191,6 +182,21 @@ class FeatureState:
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> FeatureState:
         return cls(**{k: (None if v is None or not math.isfinite(float(v)) else float(v)) for k, v in state.items()})  # u_mid absent (<= 0.3): unseen
+
+
+def fold_loss(state: FeatureState, loss: float) -> None:
+    """Fold one finite loss into the loss statistics of `state` (`FeatureState.update`'s first part; the rule's
+    steps between decisions call it directly)."""
+    v = max(float(loss), _EPS)
+    if state.loss0 is None:
+        state.loss0 = v
+    fast, mid, slow = state.l_fast, state.l_mid, state.l_slow
+    # `_ema` written out (the same arithmetic: beta * old + (1.0 - beta) * new): this runs every step
+    state.l_fast = v if fast is None else 0.5 * fast + (1.0 - 0.5) * v
+    state.l_mid = mid = v if mid is None else 0.9 * mid + (1.0 - 0.9) * v
+    state.l_slow = v if slow is None else 0.99 * slow + (1.0 - 0.99) * v
+    state.l_min = mid if state.l_min is None else min(state.l_min, mid)
+    state.l_max = mid if state.l_max is None else max(state.l_max, mid)
 
 
 def _log_ratio(a: float | None, b: float | None) -> float:

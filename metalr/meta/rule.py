@@ -78,7 +78,7 @@ from typing import Any
 
 import torch
 
-from metalr.meta.features import _EPS, DeviceFeatureState, FeatureState
+from metalr.meta.features import _EPS, DeviceFeatureState, FeatureState, fold_loss
 from metalr.meta.policy import HostPolicy, MetaPolicy
 
 
@@ -241,6 +241,9 @@ def lr_rule(
         progress = min(1.0, max(0.0, step / total_steps))
         scale = cfg.horizon_scale(total_steps) * cfg.decide_every  # the change for k steps, made at once
         feats.update(loss, grad_norm, grad_align, update_size, cfg.decide_every)  # type: ignore[arg-type]
+    elif type(feats) is FeatureState:  # a host step between decisions (7 in 8 for the shipped rule): the loss alone,
+        if loss is not None and isinstance(loss, (int, float)) and math.isfinite(loss):  # as `FeatureState.update` takes it
+            fold_loss(feats, loss)  # (one call: on this path a Python call costs more than its arithmetic)
     else:
         feats.update(loss, None, None, None)  # type: ignore[arg-type]
     if isinstance(feats, DeviceFeatureState):
@@ -288,7 +291,8 @@ def lr_rule(
         state.fold_guard_loss(loss, window)
     if state.cooldown > 0:
         state.cooldown -= 1
-    elif nonfinite_loss or (state.guard_seen >= window and feats.diverging(cfg.guard_ratio, float(state.guard_ref))):
+    elif nonfinite_loss or (state.guard_seen >= window and (fast := feats.l_fast) is not None and fast > cfg.guard_ratio * float(state.guard_ref)):
+        # (`feats.diverging(cfg.guard_ratio, ref)` written out: this test runs every step)
         delta = delta + math.log(cfg.guard_factor)
         state.cooldown = cfg.guard_cooldown
         state.guard_fired += 1
