@@ -40,7 +40,7 @@ import copy
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import torch
 
@@ -251,8 +251,8 @@ class SignalTracker:
             # The buffer becomes theta_{t-1} - theta_t = lr_{t-1} u_{t-1} in place (it holds theta_t again below).
             torch._foreach_sub_(prev_params, theta)  # type: ignore[arg-type]
             if len(present) == len(prev_params) and all(q is not None for q in prev_params):  # every tensor paired: the common case
-                steps, absent = prev_params, []
-                g_sq, dot, step_sq = host_dots(present, steps, self._prev_views(steps))  # type: ignore[arg-type]  # the buffer's views, kept
+                steps, absent = cast(list[torch.Tensor], prev_params), []
+                g_sq, dot, step_sq = host_dots(present, steps, self._prev_views(steps))  # the buffer's views, kept
             else:
                 steps = [q for g, q in zip(grads, prev_params) if g is not None and q is not None]
                 absent = [q for g, q in zip(grads, prev_params) if g is None and q is not None]
