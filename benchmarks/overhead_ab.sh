@@ -4,7 +4,7 @@
 #     bash benchmarks/overhead_ab.sh BEFORE [AFTER=HEAD] [PAIRS=3] [-- controller_overhead.py arguments]
 #     bash benchmarks/overhead_ab.sh a600432 HEAD 3 -- --tasks digits_mlp mnist1d_cnn --controllers meta hypergradient grad_variability
 #
-# Each commit is checked out in its own worktree under a temporary folder and imported from there
+# Commits, not the working tree: commit first. Each commit is checked out in its own worktree under a temporary folder and imported from there
 # (PYTHONPATH), so the installed metalr is not touched. The two run one after the other PAIRS times
 # (before, after, before, after, ...), so slow drift of a shared machine reaches both alike; compare
 # the medians over the PAIRS runs of each. Run it on a quiet machine.

@@ -941,6 +941,32 @@ def test_warm_start_from_an_earlier_format_widens_with_zero_weights(tmp_path: Pa
         assert torch.allclose(widened.policy(x11), reference, rtol=1e-5, atol=1e-7)
 
 
+def test_update_size_reuses_its_sample_memory_without_mixing_up_samples() -> None:
+    """The host path gathers each sample into the memory of one no longer needed (and takes the difference in
+    place): alternating `prime` and calls, as `SignalTracker(every=k)` does, and calls in a row, every ratio equals
+    the one a fresh `UpdateSize` computes from the same two parameter states."""
+    torch.manual_seed(3)
+    model = torch.nn.Sequential(torch.nn.Linear(12, 40), torch.nn.Tanh(), torch.nn.Linear(40, 3))
+    params = list(model.parameters())
+    u = UpdateSize(max_coords=100)
+
+    def step(scale: float) -> float | None:
+        before = [p.detach().clone() for p in params]
+        with torch.no_grad():
+            for p in params:
+                p.add_(scale * torch.randn_like(p))
+        fresh = UpdateSize(max_coords=100)
+        fresh(before)
+        return fresh(params)
+
+    u(params)
+    for t in range(8):
+        if t % 3 == 0:
+            u.prime(params)  # a new reference sample, as on the step before a decision
+        expected = step(0.01 * (t + 1))
+        assert u(params) == pytest.approx(expected, rel=1e-12)
+
+
 def test_update_size_reads_bfloat16_parameters() -> None:
     """numpy cannot view bfloat16: such parameters take the torch path and give the same ratio."""
     torch.manual_seed(1)
