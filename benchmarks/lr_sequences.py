@@ -70,6 +70,7 @@ def record() -> dict[str, Any]:
 
 
 def compare(before: dict[str, Any], after: dict[str, Any]) -> bool:
+    print(f"before: {before.get('metalr')}\nafter:  {after.get('metalr')}")  # which metalr each recording imported
     keys = [k for k in before if k != "metalr"]
     same = 0
     for k in keys:
