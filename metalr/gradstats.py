@@ -103,19 +103,6 @@ def grad_stats(grads: Sequence[torch.Tensor | None], refs: Sequence[torch.Tensor
     return norm, cosine(global_dot([g for g, _ in pairs], rs), norm, global_norm(rs))
 
 
-_NUMPY_DTYPES = (torch.float32, torch.float64, torch.float16)
-
-
-def _arrays(tensors: Sequence[torch.Tensor]) -> list[np.ndarray] | None:
-    """Flat numpy views of CPU tensors of a numpy dtype (no copy), or None when any is elsewhere or of another dtype."""
-    out = []
-    for t in tensors:
-        if not t.is_cpu or t.dtype not in _NUMPY_DTYPES:
-            return None
-        out.append((t.detach() if t.requires_grad else t).numpy().reshape(-1))
-    return out
-
-
 def _host_arrays(tensors: Sequence[torch.Tensor]) -> list[np.ndarray] | None:
     """numpy views of CPU float tensors, in their own shape (for `np.vdot`, which reads any contiguous
     array as flat without a copy), or None when any is elsewhere, needs grad, or is of another dtype.
@@ -130,6 +117,12 @@ def _host_arrays(tensors: Sequence[torch.Tensor]) -> list[np.ndarray] | None:
         if a.dtype.kind != "f":  # complex (whose vdot conjugates) or integer: the torch path
             return None
     return out
+
+
+def _arrays(tensors: Sequence[torch.Tensor]) -> list[np.ndarray] | None:
+    """Flat numpy views of CPU float tensors (no copy; detached first where they require grad), or None as `_host_arrays`."""
+    arrays = _host_arrays([t.detach() if t.requires_grad else t for t in tensors])
+    return None if arrays is None else [a.reshape(-1) for a in arrays]
 
 
 # The host reductions use `np.vdot`: the same BLAS dot as `np.dot` (bit for bit), without `np.dot`'s check of

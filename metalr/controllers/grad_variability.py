@@ -89,10 +89,10 @@ class GradVariability(MultiplicativeController):
 
     def _factor(self, signals: Signals) -> float:
         self.last_factor = 1.0
-        value = signals.grad_cos if self.measure == "direction" else signals.grad_norm
+        reading = self._reading(signals)
         values = self.window_values
-        if value is not None and math.isfinite(value):
-            values.append(float(value))
+        if reading is not None:
+            values.append(reading)
             if len(values) > self.window:
                 del values[0]  # the last `window` readings, kept in place
         if self.last_step % self.interval or len(values) < self.window:

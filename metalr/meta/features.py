@@ -122,8 +122,6 @@ class FeatureState:
         beta**k (each average spans the same number of steps whatever k); the loss comes every step."""
         if _finite(loss):
             fold_loss(self, loss)  # type: ignore[arg-type]
-        if grad_norm is None and grad_align is None and update_size is None:
-            return  # a step that reads only the loss (`decide_every` > 1)
         if _finite(grad_norm) and grad_norm > 0:  # type: ignore[operator]
             g = float(grad_norm)  # type: ignore[arg-type]
             self.g_fast = _ema(self.g_fast, g, 0.5**every)
