@@ -1088,3 +1088,26 @@ def test_every_committed_meta_training_config_validates_and_matches_its_exported
     export = ROOT / cfg.export_path
     if cfg.export_path and export.is_file():
         assert read_policy(export, expand_features=True).rule == cfg.rule_config()
+
+
+def test_meta_reads_numpy_scalar_signals_as_the_numbers_they_are() -> None:
+    """A user's loop may hand the controller numpy scalars (a loss from a numpy metric): the LRs are those of
+    Python floats. (A float32 scalar is no `float` instance: before, its loss was read as missing, the guard
+    saw it and the features did not.)"""
+    import numpy as np
+
+    rng = random.Random(0)
+    readings = [(2.0 * 0.99**t + 0.1 * rng.random(), 1.0 + rng.random(), rng.uniform(-1, 1), 10 ** rng.uniform(-4, -2)) for t in range(64)]
+    runs = []
+    for cast in (float, np.float32, np.float64):
+        opt = torch.optim.SGD([torch.zeros(2, requires_grad=True)], lr=0.1)
+        ctrl = load_pretrained(optimizer=opt, total_steps=64)
+        lrs = []
+        for t, (loss, norm, align, size) in enumerate(readings, 1):
+            vals = [None if v is None else cast(np.float32(v)) for v in (loss, norm, align, size)]
+            lrs.append(ctrl.step(Signals(step=t, loss=vals[0], grad_norm=vals[1], grad_align=vals[2], update_size=vals[3]))[0])
+        runs.append(lrs)
+    assert runs[1] == runs[0] and runs[2] == runs[0]
+    assert len(set(runs[0])) > 5  # the policy moved the LR
+    with pytest.raises((TypeError, ValueError)):
+        ctrl.step(Signals(step=65, loss="n/a"))  # type: ignore[arg-type]

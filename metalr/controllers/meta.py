@@ -145,6 +145,14 @@ class MetaController(Controller):
         tensor = torch.Tensor
         if not (isinstance(loss, tensor) or isinstance(align, tensor) or isinstance(norm, tensor) or isinstance(size, tensor)):
             # Python numbers (a CPU tracker): the host path, every step
+            if loss is not None and type(loss) is not float:  # a numpy scalar, an int: the number it is (the rule reads floats)
+                loss = float(loss)
+            if norm is not None and type(norm) is not float:
+                norm = float(norm)
+            if align is not None and type(align) is not float:
+                align = float(align)
+            if size is not None and type(size) is not float:
+                size = float(size)
             state = self._rule_state
             if type(state.features) is not FeatureState:  # the state was moved to a device before
                 self._to_host()
