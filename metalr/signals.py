@@ -254,7 +254,8 @@ class SignalTracker:
             fused = self._host_step(present, cast(list[torch.Tensor], prev_params)) if paired and self.every == 1 else None
             theta = None if fused is not None else [p.detach() for p in self.params]
             if fused is not None:  # on the CPU: one pass over memory, the buffer holding theta_t after it
-                (g_sq, dot, step_sq), absent, kept = fused, [], True
+                (g_sq, dot, step_sq), kept = fused, True
+                absent: list[torch.Tensor] = []
             elif paired:
                 # The buffer becomes theta_{t-1} - theta_t = lr_{t-1} u_{t-1} in place (it holds theta_t again below).
                 torch._foreach_sub_(prev_params, theta)  # type: ignore[arg-type]
