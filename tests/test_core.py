@@ -163,7 +163,7 @@ def test_hypergrad_one_pass_host_step_gives_the_torch_path_numbers(monkeypatch: 
     import metalr.signals as signals_mod
 
     if chunk is not None:
-        monkeypatch.setattr(gradstats, "STEP_CHUNK", chunk)  # every tensor but the biases walked in slices
+        monkeypatch.setattr(gradstats, "STEP_CHUNK", chunk)  # every tensor but the last bias (3 entries) walked in slices
     calls: list[int] = []
     real = gradstats.host_step_dots
     monkeypatch.setattr(signals_mod, "host_step_dots", lambda *a: calls.append(1) or real(*a))

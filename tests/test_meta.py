@@ -1104,7 +1104,7 @@ def test_meta_reads_numpy_scalar_signals_as_the_numbers_they_are() -> None:
         ctrl = load_pretrained(optimizer=opt, total_steps=64)
         lrs = []
         for t, (loss, norm, align, size) in enumerate(readings, 1):
-            vals = [None if v is None else cast(np.float32(v)) for v in (loss, norm, align, size)]
+            vals = [cast(np.float32(v)) for v in (loss, norm, align, size)]
             lrs.append(ctrl.step(Signals(step=t, loss=vals[0], grad_norm=vals[1], grad_align=vals[2], update_size=vals[3]))[0])
         runs.append(lrs)
     assert runs[1] == runs[0] and runs[2] == runs[0]
