@@ -146,6 +146,8 @@ class ViewCache:
         """The flat arrays; None where there are none (`_arrays`) and, with `writable`, unless every one is a view."""
         ptrs = [t.data_ptr() for t in tensors]
         if ptrs != self.ptrs or self.views is None:
+            if writable and not all(t.is_contiguous() for t in tensors):
+                return None  # their flat arrays would be copies: none built
             self.views = _arrays(tensors)
             self.ptrs = ptrs if self.views is not None and all(t.is_contiguous() for t in tensors) else []
             if not self.ptrs:

@@ -252,20 +252,20 @@ class SignalTracker:
         if hyper and prev_params is not None and self._prev_lr:
             paired = len(present) == len(prev_params) and all(q is not None for q in prev_params)  # the common case
             fused = self._host_step(present, cast(list[torch.Tensor], prev_params)) if paired and self.every == 1 else None
-            theta = None if fused is not None else [p.detach() for p in self.params]
+            absent: list[torch.Tensor] = []
             if fused is not None:  # on the CPU: one pass over memory, the buffer holding theta_t after it
                 (g_sq, dot, step_sq), kept = fused, True
-                absent: list[torch.Tensor] = []
-            elif paired:
-                # The buffer becomes theta_{t-1} - theta_t = lr_{t-1} u_{t-1} in place (it holds theta_t again below).
-                torch._foreach_sub_(prev_params, theta)  # type: ignore[arg-type]
-                steps, absent = cast(list[torch.Tensor], prev_params), []
-                g_sq, dot, step_sq = host_dots(present, steps, self._prev_views(steps))  # the buffer's views, kept
             else:
+                # The buffer becomes theta_{t-1} - theta_t = lr_{t-1} u_{t-1} in place (it holds theta_t again below).
+                theta = [p.detach() for p in self.params]
                 torch._foreach_sub_(prev_params, theta)  # type: ignore[arg-type]
-                steps = [q for g, q in zip(grads, prev_params) if g is not None and q is not None]
-                absent = [q for g, q in zip(grads, prev_params) if g is None and q is not None]
-                g_sq, dot, step_sq = host_dots(present, steps)  # one pass: |g|^2, g . (lr u), |lr u|^2
+                if paired:
+                    steps = cast(list[torch.Tensor], prev_params)
+                    g_sq, dot, step_sq = host_dots(present, steps, self._prev_views(steps))  # the buffer's views, kept
+                else:
+                    steps = [q for g, q in zip(grads, prev_params) if g is not None and q is not None]
+                    absent = [q for g, q in zip(grads, prev_params) if g is None and q is not None]
+                    g_sq, dot, step_sq = host_dots(present, steps)  # one pass: |g|^2, g . (lr u), |lr u|^2
             step_sq += host_norm(absent) ** 2 if absent else 0.0
             s.grad_norm = finite_or_nan(math.sqrt(g_sq)) if present else math.nan
             denom = s.grad_norm * math.sqrt(step_sq)
