@@ -89,11 +89,15 @@ def main(argv: list[str] | None = None) -> int:
 def dry_run(cfg: EvalConfig, specs: list[RunSpec], timing_dirs: list[str]) -> int:
     """The plan, and an estimate of the wall time from the per-run wall times in `timing_dirs`."""
     from metalr import tasks
-    from metalr.evaluation.grid import TimeLeft, default_workers, format_duration, load_finished, load_timings
+    from metalr.evaluation.grid import TimeLeft, default_workers, finished_elsewhere, format_duration, load_finished, load_timings
 
     distinct = {s.content_key(): s for s in specs}
-    done = {s.content_key() for s in specs if load_finished(s, cfg.out_dir) is not None}
+    done = {s.content_key() for s in specs if load_finished(s, cfg.out_dir) is not None} if cfg.resume else set()
     print(f"{len(distinct)} distinct trainings ({len(specs) - len(distinct)} runs share one), {len(done)} already finished in {cfg.out_dir}")
+    if cfg.resume and cfg.reuse_from:
+        elsewhere = set(finished_elsewhere([s for s in distinct.values() if s.content_key() not in done], cfg.reuse_from)) - done
+        print(f"  and {len(elsewhere)} more finished in {', '.join(cfg.reuse_from)} (reuse_from: copied, not trained)")
+        done |= elsewhere
     steps: dict[str, int] = {}
     for task in cfg.tasks:
         mine = [s for s in specs if s.task == task]

@@ -67,15 +67,46 @@ def _check_outputs(out: Path, results: dict[str, Any], workers: int) -> None:
 
 
 def test_tiny_grid_writes_every_output_with_one_and_two_workers(tmp_path: Path) -> None:
-    one = evaluate(_cfg(tmp_path / "one", workers=1), progress=False)
+    """Every run trains with one torch thread however many workers run the grid (in this process too, restoring
+    the caller's thread count), so one worker and two give the same numbers bit for bit, and each record says so."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # a caller with more threads than a run uses
+    try:
+        one = evaluate(_cfg(tmp_path / "one", workers=1), progress=False)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
     two = evaluate(_cfg(tmp_path / "two", workers=2), progress=False)
     _check_outputs(tmp_path / "one", one, 1)
     _check_outputs(tmp_path / "two", two, 2)
     for a, b in zip(one["runs"], two["runs"]):
-        ma, mb = _untimed(a["metrics"]), _untimed(b["metrics"])
-        assert a["id"] == b["id"] and ma.keys() == mb.keys()
-        for k in ma:  # 1 vs 2 torch threads may change float summation order: equal to ~1e-7, not bitwise
-            assert ma[k] == (pytest.approx(mb[k], rel=1e-5) if isinstance(mb[k], float) else mb[k]), k
+        assert a["id"] == b["id"] and _untimed(a["metrics"]) == _untimed(b["metrics"])
+        ha, hb = (json.loads((tmp_path / d / "runs" / f"{a['id']}.json").read_text())["history"] for d in ("one", "two"))
+        assert ha["lr"] == hb["lr"] and ha["loss"] == hb["loss"]
+        for env in (a["env"], b["env"]):
+            assert env["threads"] == 1 and env["torch"] == torch.__version__ and env["cpu"] and env["cores"] >= 1
+
+
+def test_reuse_from_copies_runs_that_train_alike_from_another_evaluation(tmp_path: Path) -> None:
+    """`reuse_from`: a run finished in another out dir with the same training (any label) is copied, not trained;
+    anything else is trained, and the other evaluation's files are left alone."""
+    first = evaluate(_cfg(tmp_path / "a", strategies=["constant"], seeds=[0, 1], tensorboard=False, plots=False), progress=False)
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "a" / "runs").glob("*.json")}
+    strategies = [{"name": "constant", "label": "flat"}, "cosine"]
+    cfg = _cfg(tmp_path / "b", strategies=strategies, seeds=[0], tensorboard=False, plots=False, reuse_from=[str(tmp_path / "a"), str(tmp_path / "none")])
+    second = evaluate(cfg, progress=False)
+    assert second["counts"] == {"reused": 1, "executed": 1, "errors": 0}
+    flat = next(r for r in second["runs"] if r["id"] == "digits_mlp__flat__0")
+    src = next(r for r in first["runs"] if r["id"] == "digits_mlp__constant__0")
+    assert flat["metrics"] == src["metrics"] and flat["reused_from"] == str(tmp_path / "a" / "runs" / "digits_mlp__constant__0.json")
+    assert json.loads((tmp_path / "b" / "runs" / "digits_mlp__flat__0.json").read_text())["spec"]["label"] == "flat"
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "a" / "runs").glob("*.json")} == before
+    longer = evaluate(
+        _cfg(tmp_path / "c", strategies=["constant"], seeds=[0], steps=40, tensorboard=False, plots=False, reuse_from=[str(tmp_path / "a")]), progress=False
+    )
+    assert longer["counts"] == {"reused": 0, "executed": 1, "errors": 0}  # another run length: trained
+    with pytest.raises(ConfigError, match="reuse_from lists out_dir itself"):
+        _cfg(tmp_path / "b", reuse_from=[str(tmp_path / "b")])
 
 
 def test_diverged_run_is_recorded_not_dropped(tmp_path: Path) -> None:
@@ -172,6 +203,8 @@ def test_a_failing_run_becomes_an_error_record(tmp_path: Path) -> None:
         ({"tuned": {"strategy": "nope"}}, "tuned.strategy"),
         ({"seeds": []}, "seeds"),
         ({"workers": -1}, "workers"),
+        ({"reuse_from": "results/eval_full"}, "reuse_from"),
+        ({"reuse_from": [""]}, "reuse_from must be a list of out dirs"),
         ({"meta_checkpoint": "x.safetensors"}, "no strategy is `meta`"),
     ],
 )

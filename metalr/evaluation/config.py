@@ -119,6 +119,7 @@ class EvalConfig:
     workers: int = 0  # worker processes; 0 = the CPU cores available
     out_dir: str = "results/eval"
     resume: bool = True  # reuse runs/<id>.json whose spec matches; false redoes everything
+    reuse_from: list[str] = field(default_factory=list)  # other out dirs: a run that trains exactly like one finished there is copied (with resume)
     nan_recovery: bool = True  # harness: restore + halve LR on a non-finite loss before declaring divergence
     tensorboard: bool = True
     plots: bool = True
@@ -155,6 +156,10 @@ class EvalConfig:
         for key in ("steps", "eval_every"):
             if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise ValueError(f"{key} must be >= 1 or null, got {getattr(self, key)}")
+        if isinstance(self.reuse_from, str) or not all(isinstance(d, str) and d for d in self.reuse_from):
+            raise ValueError(f"reuse_from must be a list of out dirs, got {self.reuse_from!r}")
+        if os.path.normpath(self.out_dir) in {os.path.normpath(d) for d in self.reuse_from}:
+            raise ValueError(f"reuse_from lists out_dir itself ({self.out_dir}); it is reused anyway (resume)")
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0 (0 = CPU cores), got {self.workers}")
         if not self.profile_tau_max > 1.0:

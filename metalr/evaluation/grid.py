@@ -6,23 +6,33 @@ loses at most the runs in flight; a second call with the same out dir reuses eve
 saved run whose spec is unchanged. Runs are seeded and independent, so a resumed
 grid gives the same records as an uninterrupted one (wall time aside).
 
-Workers are spawned (never forked: safe with torch threads and on every OS) and
-each runs `torch.set_num_threads(1)` when there are several, so they don't fight
-over cores. Everything a worker calls is a top-level function.
+Workers are spawned (never forked: safe with torch threads and on every OS).
+Every run trains with one torch intra-op thread (`RUN_THREADS`), in a worker, in this
+process (`workers=1`, the thread count restored afterwards) and on Ray alike: runs
+don't fight over cores, and a run's numbers do not depend on how many workers ran the
+grid (more threads split a kernel's float sums differently, and near divergence that
+rounding decides the outcome). Each record says what it ran on (`env`: threads, torch,
+CPU). Everything a worker calls is a top-level function.
+
+`reuse_from` (other evaluations' out dirs): a run that trains exactly like one finished
+there (same content key) is copied in instead of trained, e.g. the held-out grid of
+`configs/meta_heldout.yaml` reusing the runs it shares with `configs/eval_full.yaml`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
 import math
 import multiprocessing as mp
 import os
+import platform
 import shutil
 import traceback
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +42,9 @@ from metalr.io import atomic_write_json
 from metalr.testing import pause_point
 
 log = logging.getLogger(__name__)
+
+#: torch intra-op threads of every evaluation run, whatever the number of workers (see the module docstring).
+RUN_THREADS = 1
 
 
 @dataclass
@@ -132,12 +145,36 @@ _TASK_CACHE: dict[tuple[str, str], Any] = {}
 _WRITTEN = [0]  # run records this process has written
 
 
-def _init_worker(single_thread: bool) -> None:
+def _init_worker() -> None:
     import torch
 
-    if single_thread:
-        torch.set_num_threads(1)
+    torch.set_num_threads(RUN_THREADS)
     logging.basicConfig(level=logging.WARNING)
+
+
+def run_environment() -> dict[str, Any]:
+    """What a run trained on, for its record: torch's intra-op threads at that moment, versions, the CPU."""
+    import torch
+
+    return {
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpu": _cpu_model(),
+        "cores": default_workers(),
+    }
+
+
+@functools.cache
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
 
 
 def _build_task(spec: RunSpec) -> Any:
@@ -205,6 +242,7 @@ def execute(spec: RunSpec, out_dir: str, tensorboard: bool = True, save: bool = 
             eval_every=spec.eval_every, log_dir=log_dir, nan_recovery=spec.nan_recovery, run_name=spec.label,
         )  # fmt: skip
         record.update(
+            env=run_environment(),
             status="diverged" if hist.diverged else "ok",
             lr=base_lr,
             lr_arg="optimizer" if owns_optimizer(spec.controller) else "task",
@@ -229,7 +267,7 @@ def _execute_remote(spec: dict[str, Any], out_dir: str, tensorboard: bool) -> di
     """A Ray task: one run on whichever node Ray picks; the record travels back and the driver saves it."""
     import torch
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(RUN_THREADS)
     return execute(RunSpec(**spec), out_dir, tensorboard, save=False)
 
 
@@ -280,8 +318,12 @@ def run_grid(
     progress: bool = True,
     backend: str = "local",
     ray_address: str | None = None,
+    reuse_from: Sequence[str | Path] = (),
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """Run (or reuse) every spec; returns the records in `specs` order and counts {reused, executed, errors}.
+
+    With `resume`, a spec whose run is finished in `out_dir`, or trains exactly like one finished there or
+    in one of the `reuse_from` out dirs (`finished_elsewhere`), is not trained again: the record is copied.
 
     `backend="local"` runs them in `workers` spawned processes on this machine; `backend="ray"`
     submits each as a Ray task (one CPU each) to the cluster at `ray_address` (or `$RAY_ADDRESS`,
@@ -301,6 +343,11 @@ def run_grid(
         for spec in specs:
             if spec.run_id not in records and spec.content_key() in done:
                 records[spec.run_id] = _relabel(done[spec.content_key()], spec, out_dir)
+        if reuse_from:
+            elsewhere = finished_elsewhere([s for s in specs if s.run_id not in records], reuse_from)
+            for spec in specs:
+                if spec.run_id not in records and spec.content_key() in elsewhere:
+                    records[spec.run_id] = _relabel(elsewhere[spec.content_key()], spec, out_dir)
     pending = [s for s in specs if s.run_id not in records]
     # Identical training under two labels (e.g. plain cosine and the tuned grid's lr x1) runs once.
     groups: dict[str, list[RunSpec]] = {}
@@ -405,6 +452,32 @@ def _mean(xs: list[float] | list[int]) -> float:
     return float(sum(xs)) / len(xs) if xs else 0.0
 
 
+def finished_elsewhere(specs: Sequence[RunSpec], out_dirs: Sequence[str | Path]) -> dict[str, dict[str, Any]]:
+    """{content key: record} of the finished runs in other evaluations' `out_dirs` that train exactly like one of
+    `specs` (same task, controller, kwargs, seed, steps, checkpoint ...; the label may differ); each record
+    notes its file in `reused_from`. The first out dir that has one wins. A missing out dir holds nothing."""
+    wanted = {s.content_key() for s in specs}
+    prefixes = {(s.task, s.seed) for s in specs}
+    found: dict[str, dict[str, Any]] = {}
+    for out_dir in out_dirs:
+        for path in sorted(Path(out_dir).glob("runs/*.json")):
+            task, _, rest = path.stem.partition("__")
+            seed = rest.rpartition("__")[2]
+            if not seed.lstrip("-").isdigit() or (task, int(seed)) not in prefixes:
+                continue  # (the file name says task and seed: skip reading what cannot match)
+            try:
+                record = json.loads(path.read_text())
+                spec = dict(record["spec"])
+                spec.setdefault("weights_sha256", None)  # as `load_finished` reads an older record
+                key = RunSpec(**spec).content_key()
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # unreadable, or another version's spec: not reused
+            if record.get("status") == "error" or key not in wanted or key in found:
+                continue
+            found[key] = {**record, "reused_from": str(path)}
+    return found
+
+
 def load_timings(out_dir: str | Path) -> list[dict[str, Any]]:
     """Finished run records (spec and metrics, no history) from another evaluation's `runs/`."""
     out = []
@@ -454,11 +527,18 @@ def _with_progress(finished: Iterable[dict[str, Any]], todo: list[RunSpec], cloc
 
 def _execute_local(todo: list[RunSpec], out_dir: str, workers: int, tensorboard: bool) -> Iterable[dict[str, Any]]:
     if workers <= 1:
-        for spec in todo:
-            yield execute(spec, out_dir, tensorboard)
+        import torch
+
+        before = torch.get_num_threads()
+        torch.set_num_threads(RUN_THREADS)  # as in a worker: the same numbers whatever `workers`
+        try:
+            for spec in todo:
+                yield execute(spec, out_dir, tensorboard)
+        finally:
+            torch.set_num_threads(before)
         return
     payloads = [(asdict(s), out_dir, tensorboard) for s in todo]
-    with mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(True,)) as pool:
+    with mp.get_context("spawn").Pool(workers, initializer=_init_worker) as pool:
         yield from pool.imap_unordered(_execute_payload, payloads)
 
 

@@ -42,7 +42,15 @@ def evaluate(cfg: EvalConfig, progress: bool = True, source: dict[str, Any] | No
     specs = build_specs(cfg)
     workers = cfg.workers or default_workers()
     records, counts = run_grid(
-        specs, out, workers=workers, resume=cfg.resume, tensorboard=cfg.tensorboard, progress=progress, backend=cfg.backend, ray_address=cfg.ray_address
+        specs,
+        out,
+        workers=workers,
+        resume=cfg.resume,
+        tensorboard=cfg.tensorboard,
+        progress=progress,
+        backend=cfg.backend,
+        ray_address=cfg.ray_address,
+        reuse_from=cfg.reuse_from,
     )
     results = summarise(cfg, records, counts)
     results["source"] = source

@@ -59,7 +59,7 @@ PUBLISHED = ("heuristics", "baselines", "meta_heldout", "task_suite", "eval_full
 #: READMEs whose marker blocks are generated.
 READMES = ("README.md", "benchmarks/README.md")
 #: Config keys that say how an evaluation runs, not what it computes: overridable when publishing.
-EXECUTION_KEYS = frozenset({"workers", "out_dir", "resume", "tensorboard", "plots", "backend", "ray_address", "validate_build"})
+EXECUTION_KEYS = frozenset({"workers", "out_dir", "resume", "reuse_from", "tensorboard", "plots", "backend", "ray_address", "validate_build"})
 BLOCK = re.compile(r"^(<!-- results:(?P<name>[A-Za-z0-9_.-]+) (?P<view>[a-z_]+)(?P<args>[^>]*?) -->\n)(?P<body>.*?)(?P<close><!-- /results -->)", re.S | re.M)
 OPEN = re.compile(r"^<!-- results:", re.M)  # a marker starts a line; prose may quote one
 #: The published run records of a config, beside its results.json.
