@@ -1,0 +1,121 @@
+"""Would an LR range test at the start of the run find the LR's level? (research; issue 13, session 18)
+
+    python scripts/meta_range_probe.py 0.08,100,1.2,4 0.08,10,1.1,2 [--workers 2]
+
+Where the shipped controller falls short of a tuned cosine, it is the LR's level (a base LR 3-10x too low),
+which one run's early signals reveal only to about a factor of 4 (docs/meta_training/README.md, "Session 15").
+An LR range test (Smith 2017) measures it directly: raise the LR until the loss turns up, and take a fraction of
+the LR where it was lowest. Here it runs inside the run, before the policy takes over. Each setting is
+FRAC,RMAX,BLOW,DIV: over the first T = FRAC x run steps (at least 24) the LR rises exponentially from 0.1x to
+RMAX x the base LR; a loss average (EMA 0.7) is kept, and the ramp stops at T or as soon as the average exceeds
+BLOW x its lowest value (or a loss is not finite). The LR level is then set to (the multiplier at the lowest
+average) / DIV, the rule's state starts afresh (features and guard reference) and the shipped rule goes on from
+that level (its warmup, which the ramp replaces, is off).
+
+A probe, not a rule setting: each run's `MetaController` is patched (in this process and the selection's worker
+processes, which fork from it). Acceptance, declared before measuring: beat the shipped checkpoint under
+`scripts/meta_select.py --rule v2`. Prints each setting's cells beside the shipped checkpoint's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import hashlib
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import meta_select as ms  # noqa: E402
+
+from metalr.controllers.meta import MetaController  # noqa: E402
+from metalr.meta.rule import RuleState  # noqa: E402
+
+SHIPPED = ROOT / "checkpoints" / "metalr_default.safetensors"
+START = 0.1  # the ramp's first multiplier (it also serves as the warmup)
+
+
+def patch(frac: float, rmax: float, blow: float, div: float) -> None:
+    """Make every `MetaController` run the range test described above before its rule."""
+    init, compute = MetaController.__init__, MetaController._compute_lrs
+
+    @functools.wraps(init)  # the registry checks keyword arguments against the signature
+    def __init__(self: Any, optimizer: Any, **kwargs: Any) -> None:
+        init(self, optimizer, **kwargs)
+        self._ramp = {"T": max(24, round(frac * self.total_steps)), "on": True, "m": START, "avg": None, "best": math.inf, "best_m": START, "n": 0}
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = base * START
+        self._last_lr = [g["lr"] for g in self.optimizer.param_groups]
+
+    def _compute_lrs(self: Any, signals: Any) -> list[float]:
+        r = self._ramp
+        if not r["on"]:
+            return compute(self, signals)
+        loss = None if signals.loss is None else float(signals.loss)
+        stop = loss is None or not math.isfinite(loss)
+        if not stop:
+            r["avg"] = loss if r["avg"] is None else 0.7 * r["avg"] + 0.3 * loss
+            r["n"] += 1
+            if r["avg"] < r["best"]:
+                r["best"], r["best_m"] = r["avg"], r["m"]
+            stop = r["n"] >= 5 and r["avg"] > blow * r["best"]
+        if stop or self.last_step >= r["T"]:
+            r["on"] = False
+            lo, hi = self.rule.log_bounds
+            self._log_rel = min(hi, max(lo, math.log(r["best_m"] / div)))
+            self._rule_state = RuleState()
+            self._warmup_steps = 0
+            return [b * math.exp(self._log_rel) for b in self.base_lrs]
+        r["m"] = START * (rmax / START) ** (self.last_step / r["T"])
+        return [b * r["m"] for b in self.base_lrs]
+
+    MetaController.__init__, MetaController._compute_lrs = __init__, _compute_lrs  # type: ignore[method-assign]
+    MetaController._ramp_original = (init, compute)  # type: ignore[attr-defined]
+
+
+def unpatch() -> None:
+    MetaController.__init__, MetaController._compute_lrs = MetaController._ramp_original  # type: ignore[attr-defined,method-assign]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("settings", nargs="+", help="FRAC,RMAX,BLOW,DIV")
+    ap.add_argument("--workers", type=int, default=2)
+    args = ap.parse_args()
+    settings = [tuple(float(v) for v in s.split(",")) for s in args.settings]
+    if any(len(s) != 4 for s in settings):
+        ap.error("each setting is FRAC,RMAX,BLOW,DIV, e.g. 0.08,100,1.2,4")
+    cells = ms.RULES["v2"]
+    cache = ROOT / "runs" / "meta_select"
+    dev_path = cache / "dev_cosine.json"
+    dev_cache = json.loads(dev_path.read_text()) if dev_path.exists() else {}
+    sha = hashlib.sha256(SHIPPED.read_bytes()).hexdigest()
+    ref = next((json.loads(p.read_text())["cells"] for p in cache.glob(f"{sha[:16]}_*.json") if set(cells) <= set(json.loads(p.read_text())["cells"])), None)
+    if ref is None:
+        ref = ms.measure(str(SHIPPED), args.workers, dev_cache, cells)
+    rows = {}
+    for s in settings:
+        t0 = time.perf_counter()
+        patch(*s)
+        try:
+            rows[s] = ms.measure(str(SHIPPED), args.workers, dev_cache, cells)
+        finally:
+            unpatch()
+        print(f"range test {s}: {time.perf_counter() - t0:.0f} s", flush=True)
+    names = [",".join(f"{v:g}" for v in s) for s in rows]
+    print("| cell | shipped | " + " | ".join(names) + " |")
+    print("|---" * (len(rows) + 2) + "|")
+    for c in cells:
+        print(f"| {c} | {ref[c]:+.4f} | " + " | ".join(f"{row[c]:+.4f}" for row in rows.values()) + " |")
+    for name, row in zip(names, rows.values()):
+        print(f"range test {name}: beats the shipped checkpoint? {ms.beats(row, ref, cells)}")
+
+
+if __name__ == "__main__":
+    main()
