@@ -101,12 +101,20 @@ TASKS: dict[str, dict[str, Any]] = {
     "fashion_cnn_sgdm": {"data": _fashion, "model": _cnn, "opt": "sgdm", "lr": 0.01, "steps": 600, "batch": 64},
     "mnist1d_gru_adam": {"data": _mnist1d, "model": _GRU, "opt": "adam", "lr": 1e-3, "steps": 1000, "batch": 64},
     "rt_bow_mlp_adamw": {
-        "data": _rt_bow, "model": lambda: nn.Sequential(nn.Linear(4000, 128), nn.ReLU(), nn.Dropout(0.2), nn.Linear(128, 2)),
-        "opt": "adam_wd", "lr": 1e-3, "steps": 400, "batch": 64,
+        "data": _rt_bow,
+        "model": lambda: nn.Sequential(nn.Linear(4000, 128), nn.ReLU(), nn.Dropout(0.2), nn.Linear(128, 2)),
+        "opt": "adam_wd",
+        "lr": 1e-3,
+        "steps": 400,
+        "batch": 64,
     },  # fmt: skip
     "mnist1d_lnmlp_sgd": {
-        "data": _mnist1d, "model": lambda: nn.Sequential(nn.Linear(40, 128), nn.LayerNorm(128), nn.ReLU(), nn.Linear(128, 128), nn.LayerNorm(128), nn.ReLU(), nn.Linear(128, 10)),
-        "opt": "sgd", "lr": 0.1, "steps": 1500, "batch": 32,
+        "data": _mnist1d,
+        "model": lambda: nn.Sequential(nn.Linear(40, 128), nn.LayerNorm(128), nn.ReLU(), nn.Linear(128, 128), nn.LayerNorm(128), nn.ReLU(), nn.Linear(128, 10)),
+        "opt": "sgd",
+        "lr": 0.1,
+        "steps": 1500,
+        "batch": 32,
     },  # fmt: skip
 }
 _DATA: dict[str, tuple[torch.Tensor, ...]] = {}
@@ -181,7 +189,10 @@ def report(rows: list[dict[str, Any]]) -> str:
     def mean(task: str, strategy: str, mult: float) -> float:
         return float(np.mean([r["acc"] for r in rows if r["task"] == task and r["strategy"] == strategy and r["mult"] == mult]))
 
-    lines = ["| task | tuned cosine (x) | cosine x1 | constant x0.1 / x1 / x10 | meta x0.1 / x1 / x10 | meta LR max / last (x base), at x1 / x10 |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| task | tuned cosine (x) | cosine x1 | constant x0.1 / x1 / x10 | meta x0.1 / x1 / x10 | meta LR max / last (x base), at x1 / x10 |",
+        "|---|---|---|---|---|---|",
+    ]
     for task in TASKS:
         tuned = max(MULTS, key=lambda m: mean(task, "cosine", m))
         c = [mean(task, "constant", m) for m in (0.1, 1.0, 10.0)]
