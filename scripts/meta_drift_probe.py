@@ -16,10 +16,7 @@ checkpoint under `scripts/meta_select.py --rule v2`. Prints each C's cells besid
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -53,29 +50,7 @@ def main() -> None:
     ap.add_argument("drifts", nargs="+", type=float)
     ap.add_argument("--workers", type=int, default=2)
     args = ap.parse_args()
-    cells = ms.RULES["v2"]
-    cache = ROOT / "runs" / "meta_select"
-    dev_path = cache / "dev_cosine.json"
-    dev_cache = json.loads(dev_path.read_text()) if dev_path.exists() else {}
-    sha = hashlib.sha256(SHIPPED.read_bytes()).hexdigest()
-    ref = next((json.loads(p.read_text())["cells"] for p in cache.glob(f"{sha[:16]}_*.json") if set(cells) <= set(json.loads(p.read_text())["cells"])), None)
-    if ref is None:
-        ref = ms.measure(str(SHIPPED), args.workers, dev_cache, cells)
-    rows = {}
-    for f in args.drifts:
-        t0 = time.perf_counter()
-        patch(f)
-        try:
-            rows[f] = ms.measure(str(SHIPPED), args.workers, dev_cache, cells)
-        finally:
-            unpatch()
-        print(f"drift {f:g}: {time.perf_counter() - t0:.0f} s", flush=True)
-    print("| cell | shipped | " + " | ".join(f"drift {f:g}" for f in rows) + " |")
-    print("|---" * (len(rows) + 2) + "|")
-    for c in cells:
-        print(f"| {c} | {ref[c]:+.4f} | " + " | ".join(f"{row[c]:+.4f}" for row in rows.values()) + " |")
-    for f, row in rows.items():
-        print(f"drift {f:g}: beats the shipped checkpoint? {ms.beats(row, ref, cells)}")
+    ms.probe_patched({f"drift {v:g}": v for v in args.drifts}, patch, unpatch, args.workers)
 
 
 if __name__ == "__main__":

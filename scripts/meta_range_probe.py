@@ -21,11 +21,8 @@ from __future__ import annotations
 
 import argparse
 import functools
-import hashlib
-import json
 import math
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -88,33 +85,10 @@ def main() -> None:
     ap.add_argument("settings", nargs="+", help="FRAC,RMAX,BLOW,DIV")
     ap.add_argument("--workers", type=int, default=2)
     args = ap.parse_args()
-    settings = [tuple(float(v) for v in s.split(",")) for s in args.settings]
-    if any(len(s) != 4 for s in settings):
+    settings = {f"range test {s}": tuple(float(v) for v in s.split(",")) for s in args.settings}
+    if any(len(s) != 4 for s in settings.values()):
         ap.error("each setting is FRAC,RMAX,BLOW,DIV, e.g. 0.08,100,1.2,4")
-    cells = ms.RULES["v2"]
-    cache = ROOT / "runs" / "meta_select"
-    dev_path = cache / "dev_cosine.json"
-    dev_cache = json.loads(dev_path.read_text()) if dev_path.exists() else {}
-    sha = hashlib.sha256(SHIPPED.read_bytes()).hexdigest()
-    ref = next((json.loads(p.read_text())["cells"] for p in cache.glob(f"{sha[:16]}_*.json") if set(cells) <= set(json.loads(p.read_text())["cells"])), None)
-    if ref is None:
-        ref = ms.measure(str(SHIPPED), args.workers, dev_cache, cells)
-    rows = {}
-    for s in settings:
-        t0 = time.perf_counter()
-        patch(*s)
-        try:
-            rows[s] = ms.measure(str(SHIPPED), args.workers, dev_cache, cells)
-        finally:
-            unpatch()
-        print(f"range test {s}: {time.perf_counter() - t0:.0f} s", flush=True)
-    names = [",".join(f"{v:g}" for v in s) for s in rows]
-    print("| cell | shipped | " + " | ".join(names) + " |")
-    print("|---" * (len(rows) + 2) + "|")
-    for c in cells:
-        print(f"| {c} | {ref[c]:+.4f} | " + " | ".join(f"{row[c]:+.4f}" for row in rows.values()) + " |")
-    for name, row in zip(names, rows.values()):
-        print(f"range test {name}: beats the shipped checkpoint? {ms.beats(row, ref, cells)}")
+    ms.probe_patched(settings, lambda s: patch(*s), unpatch, args.workers)
 
 
 if __name__ == "__main__":

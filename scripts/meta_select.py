@@ -35,6 +35,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from multiprocessing import Pool
 from pathlib import Path
@@ -142,6 +143,38 @@ def beats(cand: dict[str, float], ref: dict[str, float], cells: tuple[str, ...] 
     if mean < MIN_GAIN:
         return False, mean, f"mean gain {mean:+.4f} < {MIN_GAIN}"
     return True, mean, f"mean gain {mean:+.4f}, worst cell {worst} {diffs[worst]:+.4f}"
+
+
+def probe_patched(settings: dict[str, Any], patch: Callable[[Any], None], unpatch: Callable[[], None], workers: int = 2) -> dict[str, dict[str, float]]:
+    """The research probes' measurement (scripts/meta_*_probe.py): the shipped checkpoint's cells under rule v2
+    with the controller patched by each setting (`patch(setting)` ... `unpatch()`; worker processes fork from this
+    one, so they run the patched code), printed beside the unpatched checkpoint's (its cached cells when
+    runs/meta_select holds them). Returns {name: cells}."""
+    cells = RULES["v2"]
+    cache = ROOT / "runs" / "meta_select"
+    dev_path = cache / "dev_cosine.json"
+    dev_cache = json.loads(dev_path.read_text()) if dev_path.exists() else {}
+    shipped = ROOT / "checkpoints" / "metalr_default.safetensors"
+    sha = hashlib.sha256(shipped.read_bytes()).hexdigest()
+    ref = next((json.loads(p.read_text())["cells"] for p in cache.glob(f"{sha[:16]}_*.json") if set(cells) <= set(json.loads(p.read_text())["cells"])), None)
+    if ref is None:
+        ref = measure(str(shipped), workers, dev_cache, cells)
+    rows = {}
+    for name, setting in settings.items():
+        t0 = time.perf_counter()
+        patch(setting)
+        try:
+            rows[name] = measure(str(shipped), workers, dev_cache, cells)
+        finally:
+            unpatch()
+        print(f"{name}: {time.perf_counter() - t0:.0f} s", flush=True)
+    print("| cell | shipped | " + " | ".join(rows) + " |")
+    print("|---" * (len(rows) + 2) + "|")
+    for c in cells:
+        print(f"| {c} | {ref[c]:+.4f} | " + " | ".join(f"{row[c]:+.4f}" for row in rows.values()) + " |")
+    for name, row in rows.items():
+        print(f"{name}: beats the shipped checkpoint? {beats(row, ref, cells)}")
+    return rows
 
 
 def main() -> None:
