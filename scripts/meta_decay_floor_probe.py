@@ -30,8 +30,6 @@ import meta_select as ms  # noqa: E402
 
 from metalr.controllers.meta import MetaController  # noqa: E402
 
-SHIPPED = ROOT / "checkpoints" / "metalr_default.safetensors"
-
 
 def patch(floor: float) -> None:
     """Make every `MetaController` keep its LR multiplier at or above `floor` x its peak since the last guard firing."""

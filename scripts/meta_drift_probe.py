@@ -27,8 +27,6 @@ import meta_select as ms  # noqa: E402
 
 from metalr.meta.policy import HostPolicy  # noqa: E402
 
-SHIPPED = ROOT / "checkpoints" / "metalr_default.safetensors"
-
 
 def patch(drift: float) -> None:
     """Make every frozen policy's proposal `drift` higher (log-LR change per 1/horizon of the run)."""

@@ -34,7 +34,6 @@ import meta_select as ms  # noqa: E402
 from metalr.controllers.meta import MetaController  # noqa: E402
 from metalr.meta.rule import RuleState  # noqa: E402
 
-SHIPPED = ROOT / "checkpoints" / "metalr_default.safetensors"
 START = 0.1  # the ramp's first multiplier (it also serves as the warmup)
 
 
