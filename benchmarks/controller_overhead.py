@@ -44,6 +44,7 @@ import warnings
 from typing import Any
 
 import torch
+import yaml
 
 from metalr import controllers, tasks
 from metalr.tasks.base import to_device
@@ -60,8 +61,8 @@ def time_steps(task: tasks.Task, name: str, batches: list[Any], device: torch.de
 
     With `count_syncs`: (host-device synchronisations per step, 0.0) instead.
     """
-    name, _, checkpoint = name.partition(":")  # meta:PATH times the meta-controller with another checkpoint
-    kwargs = {**smoke_kwargs(name, quick=False), **({"checkpoint": checkpoint} if checkpoint else {})}
+    name, extra = _spec(name)
+    kwargs = {**smoke_kwargs(name, quick=False), **extra}
     s = setup(name, task=task, total_steps=len(batches) + warmup, controller_kwargs=kwargs, seed=0, device=device)
     assert s.task is not None
     task, model, optimizer, ctrl, tracker = s.task, s.model, s.optimizer, s.controller, s.tracker
@@ -91,7 +92,7 @@ def time_steps(task: tasks.Task, name: str, batches: list[Any], device: torch.de
             own += time.perf_counter() - t2 + t1 - t0
             if watch:
                 torch.cuda.set_sync_debug_mode("default")
-        syncs += sum("synchroniz" in str(w.message) for w in caught)
+        syncs += sum("synchroniz" in m and "prototype" not in m for m in map(str, (w.message for w in caught)))  # not the mode's own notice
 
     for b in batches[:warmup]:
         step(b)
@@ -108,10 +109,24 @@ def time_steps(task: tasks.Task, name: str, batches: list[Any], device: torch.de
     return (time.perf_counter() - start) / len(batches), own / len(batches)
 
 
+def _spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """`NAME[:CHECKPOINT][,KEY=VALUE...]` -> (controller name, extra keyword arguments); e.g. `meta,sync_every=8`."""
+    head, *pairs = spec.split(",")
+    name, _, checkpoint = head.partition(":")  # meta:PATH times the meta-controller with another checkpoint
+    extra: dict[str, Any] = {"checkpoint": checkpoint} if checkpoint else {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"controller spec {spec!r}: expected NAME[:CHECKPOINT][,KEY=VALUE...]")
+        extra[key] = yaml.safe_load(value)
+    return name, extra
+
+
 def _label(name: str) -> str:
-    """meta:PATH is shown as meta:<file stem>."""
-    base, _, path = name.partition(":")
-    return f"{base}:{path.rsplit('/', 1)[-1].removesuffix('.safetensors')}" if path else base
+    """meta:PATH is shown as meta:<file stem> (and any ,KEY=VALUE after it)."""
+    head, sep, rest = name.partition(",")
+    base, _, path = head.partition(":")
+    return (f"{base}:{path.rsplit('/', 1)[-1].removesuffix('.safetensors')}" if path else base) + sep + rest
 
 
 def _quiet_transformers() -> None:
@@ -148,7 +163,12 @@ def main() -> None:
     ap.add_argument("--tasks", nargs="+", default=list(DEFAULT_TASKS))
     ap.add_argument("--steps", type=int, default=None, help=f"timed steps per measurement (default per task: {DEFAULT_STEPS})")
     ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--controllers", nargs="*", default=None, help=f"default: {' '.join(DEFAULT_CONTROLLERS)}; meta:PATH = meta with checkpoint PATH")
+    ap.add_argument(
+        "--controllers",
+        nargs="*",
+        default=None,
+        help=f"default: {' '.join(DEFAULT_CONTROLLERS)}; meta:PATH = meta with checkpoint PATH; NAME,KEY=VALUE passes a keyword (meta,sync_every=8)",
+    )
     ap.add_argument("--all", action="store_true", help="every registered controller")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--keep-denormals", action="store_true", help="do not flush denormal floats to zero (CPU)")

@@ -161,8 +161,9 @@ def host_dots(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor], b_arrays: li
 
     `b_arrays`: `b`'s numpy views when the caller has them already (`ViewCache`)."""
     xa, xb = _host_arrays(a), (b_arrays if b_arrays is not None else _host_arrays(b))
-    if xa is None or xb is None:
-        return float(global_dot(a, a)), float(global_dot(a, b)), float(global_dot(b, b))
+    if xa is None or xb is None:  # on a GPU: the three read back together, one synchronisation (cat promotes: exact)
+        aa, ab, bb = torch.cat([global_dot(a, a).reshape(1), global_dot(a, b).reshape(1), global_dot(b, b).reshape(1)]).tolist()
+        return aa, ab, bb
     vdot = np.vdot
     aa = ab = bb = 0.0
     for x, y in zip(xa, xb):

@@ -13,6 +13,7 @@ check the extra memory each tracker keeps.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -47,9 +48,29 @@ def count_host_reads() -> Iterator[list[str]]:
             setattr(torch.Tensor, name, fn)
 
 
-def _loop(name: str, optimizer: str, steps: int, **kwargs: Any) -> tuple[list[list[str]], list[list[str]], Any]:
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run on a GPU machine)")
+
+
+@contextlib.contextmanager
+def count_cuda_syncs() -> Iterator[list[str]]:
+    """Record every host-device synchronisation CUDA reports inside the block (`torch.cuda.set_sync_debug_mode`)."""
+    import warnings
+
+    seen: list[str] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            yield seen
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    seen.extend(m for m in map(str, (w.message for w in caught)) if "synchroniz" in m and "prototype" not in m)  # not the mode's own notice
+
+
+def _loop(name: str, optimizer: str, steps: int, device: str = "cpu", **kwargs: Any) -> tuple[list[list[str]], list[list[str]], Any]:
+    """A short training run; per step, the host reads (CPU) or CUDA synchronisations (`device="cuda"`) of collect and step."""
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3))
+    model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3)).to(device)
     opt: torch.optim.Optimizer
     if optimizer == "adam":
         opt = torch.optim.Adam(model.parameters(), lr=1e-2)
@@ -59,17 +80,18 @@ def _loop(name: str, optimizer: str, steps: int, **kwargs: Any) -> tuple[list[li
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
     ctrl = setup(name, model=model, optimizer=opt, total_steps=steps, controller_kwargs=kwargs).controller  # the harness's set-up path
     tracker = build_tracker(ctrl, model.parameters(), total_steps=steps, as_tensors=True if ctrl.device_signals else None)  # as on a GPU
-    x, y = torch.randn(64, 6), torch.randint(0, 3, (64,))
+    x, y = torch.randn(64, 6).to(device), torch.randint(0, 3, (64,)).to(device)
+    count = count_cuda_syncs if device == "cuda" else count_host_reads
     collect_reads, step_reads = [], []
     for _ in range(steps):
         opt.zero_grad(set_to_none=True)
         loss = torch.nn.functional.cross_entropy(model(x), y)
         loss.backward()
-        with count_host_reads() as seen:
+        with count() as seen:
             signals = tracker.collect(loss=loss)
         collect_reads.append(seen)
         opt.step()
-        with count_host_reads() as seen:
+        with count() as seen:
             ctrl.step(signals)
         step_reads.append(seen)
     return collect_reads, step_reads, tracker
@@ -97,8 +119,34 @@ def test_meta_reads_back_only_the_lr_every_sync_every_steps(optimizer: str, ever
     assert reads == {5: ["tolist"], 10: ["tolist"], 15: ["tolist"], 20: ["tolist"]}
 
 
+@CUDA
+@pytest.mark.parametrize("name", SCHEDULES)
+def test_on_cuda_schedules_synchronise_never(name: str) -> None:
+    collect_syncs, step_syncs, _ = _loop(name, "adam", 12, device="cuda")
+    assert collect_syncs == [[]] * 12 and step_syncs == [[]] * 12
+
+
+@CUDA
+@pytest.mark.parametrize(("optimizer", "every"), [("adam", 1), ("sgdm", 1), ("sgd", 1), ("adam", 8)])
+def test_on_cuda_meta_synchronises_only_to_read_the_lr_every_sync_every_steps(optimizer: str, every: int) -> None:
+    """What CUDA itself reports (not a count of Python calls): one synchronisation at each read-back of the LR, none else."""
+    collect_syncs, step_syncs, tracker = _loop("meta", optimizer, 20, device="cuda", sync_every=5, checkpoint=_shipped_every(every))
+    assert tracker.as_tensors and tracker.every == every
+    assert collect_syncs == [[]] * 20, "the tracker synchronised for meta"
+    assert [i + 1 for i, s in enumerate(step_syncs) if s] == [5, 10, 15, 20]
+    assert all(len(s) == 1 for s in step_syncs if s)
+
+
+@CUDA
+@pytest.mark.parametrize("name", ["hypergradient", "grad_variability"])
+def test_on_cuda_controllers_that_need_numbers_read_back_once_per_step(name: str) -> None:
+    """Controllers whose rule needs Python numbers every step read their statistics back together: one synchronisation."""
+    collect_syncs, step_syncs, _ = _loop(name, "adam", 12, device="cuda")
+    assert [len(s) for s in collect_syncs[1:]] == [1] * 11 and step_syncs == [[]] * 12
+
+
 def test_meta_sync_every_holds_the_lr_between_read_backs() -> None:
-    """With sync_every=k the rule steps on the device every step; the optimizer's LR is its value at every k-th step."""
+    """With sync_every=k the rule steps over every step's signals; the optimizer's LR is its value at every k-th step."""
     torch.manual_seed(0)
     model = torch.nn.Linear(5, 2)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
@@ -114,7 +162,7 @@ def test_meta_sync_every_holds_the_lr_between_read_backs() -> None:
         signals = s.tracker.collect(loss=loss)
         opt.step()
         lrs.append(s.controller.step(signals)[0])
-        device_lrs.append(0.05 * float(torch.exp(s.controller._log_rel)))  # type: ignore[attr-defined]
+        device_lrs.append(0.05 * math.exp(s.controller.log_rel))  # reads back what is kept (the rule's LR of this step); the LRs applied stay
     assert lrs[3::4] == pytest.approx(device_lrs[3::4], rel=1e-12)
     assert lrs[:3] == [0.05] * 3 and all(lrs[i] == lrs[i - 1] for i in range(4, 40) if (i + 1) % 4)
     assert len(set(device_lrs)) > 10  # the rule itself moved every step
@@ -178,3 +226,39 @@ def test_meta_device_path_gives_the_host_path_lrs(optimizer: str, every: int) ->
     dev_state, host_state = dev_ctrl.state_dict()["rule_state"], host.controller.state_dict()["rule_state"]
     assert dev_state["features"] == pytest.approx(host_state["features"], rel=1e-5, nan_ok=True)
     assert dev_state["guard_fired"] == host_state["guard_fired"]
+
+
+@CUDA
+@pytest.mark.parametrize(("optimizer", "every"), [("adam", 1), ("sgd", 1), ("adam", 8)])
+def test_on_cuda_meta_device_rule_gives_the_host_rule_lrs(optimizer: str, every: int) -> None:
+    """The rule run on the GPU (features, policy, guard as CUDA tensors) and on the host, fed the same signals, give the same LRs.
+
+    A CUDA training run driven by the device controller; every step's signals (CUDA tensors) are kept and,
+    after the run, fed as Python numbers to a host-path controller.
+    """
+    from dataclasses import replace
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3)).cuda()
+    base = 3e-2 if optimizer == "adam" else 0.5
+    opt = torch.optim.Adam(model.parameters(), lr=base) if optimizer == "adam" else torch.optim.SGD(model.parameters(), lr=base)
+    kwargs = {"checkpoint": _shipped_every(every)}
+    dev = setup("meta", model=model, optimizer=opt, total_steps=60, controller_kwargs=kwargs)
+    assert dev.tracker.as_tensors
+    x, y = torch.randn(64, 6, device="cuda"), torch.randint(0, 3, (64,), device="cuda")
+    kept, dev_lrs = [], []
+    for _ in range(60):
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        signals = dev.tracker.collect(loss=loss)
+        names = [k for k in ("loss", "grad_norm", "grad_align", "update_size") if isinstance(getattr(signals, k), torch.Tensor)]
+        kept.append((signals, {k: getattr(signals, k).clone() for k in names}))  # a clone on the device: no synchronisation
+        opt.step()
+        dev_lrs.append(dev.controller.step(signals)[0])
+    shadow = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=base)
+    host = setup("meta", model=torch.nn.Linear(1, 1), optimizer=shadow, total_steps=60, controller_kwargs=kwargs).controller
+    host_lrs = []
+    for signals, values in kept:
+        host_lrs.append(host.step(replace(signals, **{k: float(v) for k, v in values.items()}))[0])
+    assert dev_lrs == pytest.approx(host_lrs, rel=1e-5) and len(set(host_lrs)) > 5

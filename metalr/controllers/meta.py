@@ -37,7 +37,6 @@ Two paths, one rule (`metalr.meta.rule.lr_rule`), tested to give the same LRs:
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import os
@@ -49,8 +48,7 @@ import torch
 from metalr.controllers import register
 from metalr.controllers.base import Controller
 from metalr.meta.checkpoint import FrozenPolicy, cached_policy
-from metalr.meta.features import FeatureState
-from metalr.meta.policy import HostPolicy, MetaPolicy
+from metalr.meta.policy import HostPolicy
 from metalr.meta.rule import RuleConfig, RuleState, lr_rule, warmup_factor, warmup_steps
 from metalr.signals import Signals
 
@@ -88,11 +86,10 @@ class MetaController(Controller):
         self._warmup_steps = warmup_steps(self.rule, self.total_steps)
         self.sync_every = int(sync_every)
         self._phase_warned = False
-        self._host_policy = HostPolicy(self.frozen.policy)  # the CPU path: Python and numpy numbers
-        self._policy: MetaPolicy = self.frozen.policy  # the device path: a copy on the signals' device on first use there
-        self._log_rel: float | torch.Tensor = 0.0  # log(LR / base LR): a float, or a 0-d float64 tensor on the signals' device
+        self._host_policy = HostPolicy(self.frozen.policy)  # the frozen policy in numpy
+        self._log_rel = 0.0  # log(LR / base LR)
         self._rule_state = RuleState()
-        self._read = (0.0, 0.0)  # (log_rel, guard_fired) as of the last read-back (host numbers, for logs)
+        self._pending: list[tuple[int, Any, Any, Any, Any]] = []  # (step, loss, grad_norm, grad_align, update_size) not read back yet
         bases = [float(g.get("initial_lr", g["lr"])) for g in optimizer.param_groups]
         lowest = self.rule.min_factor * warmup_factor(self.rule, 1, self.total_steps)  # the LR floor times the warmup's first step
         super().__init__(optimizer, min_lr=min(bases) * lowest, max_lr=max(bases) * self.rule.max_factor)
@@ -106,32 +103,22 @@ class MetaController(Controller):
 
     @property
     def log_rel(self) -> float:
-        return float(self._log_rel)
+        self._flush()
+        return self._log_rel
 
     @log_rel.setter
     def log_rel(self, value: float) -> None:
-        self._log_rel = float(value)  # host state; moved to a device on the first device-resident signals
-        self._read = (float(value), self._read[1])
+        self._log_rel = float(value)
 
     @property
     def rule_state(self) -> dict[str, Any]:
+        self._flush()
         return self._rule_state.state_dict()
 
     @rule_state.setter
     def rule_state(self, state: dict[str, Any]) -> None:
         self._rule_state = RuleState.from_state(state)
-        self._read = (self._read[0], float(state["guard_fired"]))
-
-    def _to_device(self, device: torch.device) -> None:
-        """Move the rule's state (and a private copy of the policy) to the signals' device, once."""
-        if self._policy.feature_shift.device != device:
-            self._policy = copy.deepcopy(self.frozen.policy).to(device)
-        self._log_rel = torch.as_tensor(self._log_rel, dtype=torch.float64).to(device)
-        self._rule_state = self._rule_state.to_device(device)
-
-    def _to_host(self) -> None:
-        self._log_rel = float(self._log_rel)
-        self._rule_state = RuleState.from_state(self._rule_state.state_dict())
+        self._pending = []  # a restored state replaces whatever was not read back yet
 
     def _compute_lrs(self, signals: Signals) -> list[float]:
         if self.signal_every > 1 and signals.step and signals.step % self.signal_every != self.last_step % self.signal_every and not self._phase_warned:
@@ -143,58 +130,51 @@ class MetaController(Controller):
             )  # fmt: skip
         loss, norm, align, size = signals.loss, signals.grad_norm, signals.grad_align, signals.update_size
         tensor = torch.Tensor
-        if not (isinstance(loss, tensor) or isinstance(align, tensor) or isinstance(norm, tensor) or isinstance(size, tensor)):
-            # Python numbers (a CPU tracker): the host path, every step
-            if loss is not None and type(loss) is not float:  # a numpy scalar, an int: the number it is (the rule reads floats)
-                loss = float(loss)
-            if norm is not None and type(norm) is not float:
-                norm = float(norm)
-            if align is not None and type(align) is not float:
-                align = float(align)
-            if size is not None and type(size) is not float:
-                size = float(size)
-            state = self._rule_state
-            if type(state.features) is not FeatureState:  # the state was moved to a device before
-                self._to_host()
-                state = self._rule_state
-            log_rel = lr_rule(self._host_policy, self.rule, state, self._log_rel, loss, norm, align, self.last_step, self.total_steps, size)
-            self._log_rel = log_rel  # (`extra_logs` reads it and the guard count from the host state: no `_read` here)
-            factor = math.exp(log_rel)
-            if self.last_step < self._warmup_steps:  # the next step is still in the warmup
-                factor *= warmup_factor(self.rule, self.last_step + 1, self.total_steps)
-            return [b * factor for b in self.base_lrs]
-        device = _device_of(loss, align, norm, size)
-        assert device is not None
-        if not (self._rule_state.on_device and isinstance(self._log_rel, torch.Tensor) and self._log_rel.device == device):
-            self._to_device(device)
-        with torch.no_grad():
-            self._log_rel = lr_rule(
-                self._policy, self.rule, self._rule_state, self._log_rel, signals.loss, signals.grad_norm, signals.grad_align,
-                self.last_step, self.total_steps, signals.update_size,
-            )  # fmt: skip
-        if self.last_step % self.sync_every:
-            return list(self._last_lr)
-        # The one host read: log_rel, its exp and the guard count, together.
-        st = self._rule_state
-        assert isinstance(self._log_rel, torch.Tensor) and isinstance(st.guard_fired, torch.Tensor)
-        log_rel, factor, n_fired = torch.stack([self._log_rel, torch.exp(self._log_rel), st.guard_fired.to(torch.float64)]).tolist()
-        self._read = (log_rel, n_fired)
-        if self.last_step < self._warmup_steps:
-            factor *= warmup_factor(self.rule, self.last_step + 1, self.total_steps)  # a host number: no read
+        if isinstance(loss, tensor) or isinstance(align, tensor) or isinstance(norm, tensor) or isinstance(size, tensor):
+            # Tensors on the parameters' device (a GPU): kept as they are, no kernel and no read; every
+            # `sync_every` steps they are read back at once and the host rule runs over them, step by step.
+            self._pending.append((self.last_step, loss, norm, align, size))
+            if self.last_step % self.sync_every:
+                return list(self._last_lr)
+            self._flush()
+        else:
+            self._rule_step(self.last_step, loss, norm, align, size)
+        factor = math.exp(self._log_rel)
+        if self.last_step < self._warmup_steps:  # the next step is still in the warmup
+            factor *= warmup_factor(self.rule, self.last_step + 1, self.total_steps)
         return [b * factor for b in self.base_lrs]
+
+    def _rule_step(self, step: int, loss: Any, norm: Any, align: Any, size: Any) -> None:
+        """One step of the rule on the host (Python and numpy numbers)."""
+        if loss is not None and type(loss) is not float:  # a numpy scalar, an int: the number it is (the rule reads floats)
+            loss = float(loss)
+        if norm is not None and type(norm) is not float:
+            norm = float(norm)
+        if align is not None and type(align) is not float:
+            align = float(align)
+        if size is not None and type(size) is not float:
+            size = float(size)
+        self._log_rel = lr_rule(self._host_policy, self.rule, self._rule_state, self._log_rel, loss, norm, align, step, self.total_steps, size)
+
+    def _flush(self) -> None:
+        """Read the kept device signals back (one host-device synchronisation for all of them) and run the rule over them in order."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        kept = [v.detach().reshape(1) for row in pending for v in row[1:] if isinstance(v, torch.Tensor)]
+        values = iter(torch.cat(kept).tolist())  # exact: cat promotes to the widest dtype among them
+        for step, *signals in pending:
+            self._rule_step(step, *(next(values) if isinstance(v, torch.Tensor) else v for v in signals))
 
     def policy_features(self) -> list[float]:
         """The feature vector as of the last step, in `FEATURE_NAMES` order (what the policy reads at a decision step;
-        for inspection and research scripts: on the device path this reads the state back)."""
-        feats = self._rule_state.features
-        values = feats.features(min(1.0, self.last_step / self.total_steps), self._log_rel)  # type: ignore[arg-type]
-        return [float(v) for v in (values.tolist() if isinstance(values, torch.Tensor) else values)]
+        for inspection and research scripts: on the device path this reads the kept signals back)."""
+        self._flush()
+        return [float(v) for v in self._rule_state.features.features(min(1.0, self.last_step / self.total_steps), self._log_rel)]
 
     def extra_logs(self) -> dict[str, float]:
         """As of the last step on the host path; on the device path as of the last read-back (no extra host read)."""
-        if not self._rule_state.on_device:
-            return {"meta_lr_factor": math.exp(float(self._log_rel)), "meta_guard_fired": float(self._rule_state.guard_fired)}
-        return {"meta_lr_factor": math.exp(self._read[0]), "meta_guard_fired": self._read[1]}
+        return {"meta_lr_factor": math.exp(self._log_rel), "meta_guard_fired": float(self._rule_state.guard_fired)}
 
 
 def _narrowed(rule: RuleConfig, min_factor: float | None, max_factor: float | None) -> RuleConfig:
@@ -210,14 +190,6 @@ def _narrowed(rule: RuleConfig, min_factor: float | None, max_factor: float | No
     if not 1 < hi <= rule.max_factor:
         raise ValueError(f"max_factor must be in (1, {rule.max_factor:g}] ({own}), got {max_factor!r}")
     return replace(rule, min_factor=lo, max_factor=hi)
-
-
-def _device_of(*values: object) -> torch.device | None:
-    """The device of the first tensor among `values` (signals from an `as_tensors` tracker), else None."""
-    for v in values:
-        if isinstance(v, torch.Tensor):
-            return v.device
-    return None
 
 
 def load_pretrained(path: str | os.PathLike[str] | None = None, optimizer: torch.optim.Optimizer | None = None, **kwargs: Any) -> Any:
