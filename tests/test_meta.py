@@ -27,7 +27,7 @@ from metalr import controllers, load_pretrained  # noqa: E402
 from metalr.controllers.meta import MetaController  # noqa: E402
 from metalr.gradstats import UpdateSize  # noqa: E402
 from metalr.meta.checkpoint import CheckpointError, FrozenPolicy, read_policy, save_policy  # noqa: E402
-from metalr.meta.features import FEATURE_NAMES, N_FEATURES, STATE_NAMES, DeviceFeatureState, FeatureState  # noqa: E402
+from metalr.meta.features import FEATURE_NAMES, N_FEATURES, FeatureState  # noqa: E402
 from metalr.meta.features import SCALE as FEATURE_SCALE  # noqa: E402
 from metalr.meta.features import SHIFT as FEATURE_SHIFT  # noqa: E402
 from metalr.meta.policy import MetaPolicy  # noqa: E402
@@ -154,20 +154,18 @@ def test_rule_guard_cuts_a_blowing_up_loss_at_once() -> None:
 def _run_rule(
     pol: MetaPolicy, cfg: RuleConfig, losses: list[float], path: str, total_steps: int = 1000, align: float | None = None
 ) -> tuple[list[float], list[int], RuleState]:
-    """The rule over `losses` (and a constant `grad_align`, if given; no other gradient signal) on the torch, host or
-    device path: log(LR / base LR) after each step, the steps on which the guard fired, and the final state."""
+    """The rule over `losses` (and a constant `grad_align`, if given; no other gradient signal) on the torch or
+    host path: log(LR / base LR) after each step, the steps on which the guard fired, and the final state."""
     from metalr.meta.policy import HostPolicy
 
-    state = RuleState() if path != "device" else RuleState().to_device(torch.device("cpu"))
+    state = RuleState()
     log_rel: Any = 0.0 if path == "host" else torch.tensor(0.0, dtype=torch.float64)
     policy: Any = HostPolicy(pol) if path == "host" else pol
     lrs, fired = [], []
     for t, loss in enumerate(losses, 1):
         before = int(state.guard_fired)
-        sig: Any = torch.tensor(loss, dtype=torch.float64) if path == "device" else loss
-        al: Any = None if align is None else (torch.tensor(align, dtype=torch.float64) if path == "device" else align)
         with torch.no_grad():
-            log_rel = lr_rule(policy, cfg, state, log_rel, sig, None, al, t, total_steps)
+            log_rel = lr_rule(policy, cfg, state, log_rel, loss, None, align, t, total_steps)
         lrs.append(float(log_rel))
         if int(state.guard_fired) > before:
             fired.append(t)
@@ -247,7 +245,7 @@ def test_rise_cap_holds_the_lr_until_the_loss_has_dropped_on_every_path() -> Non
     """`rise_cap`: a policy that always raises the LR stops at rise_cap x base while the loss average is not
     `rise_drop` below the first loss (a flat loss: a fine-tune at chance level, or a run at a too-low LR), goes
     past it once the loss has dropped, and is held again (not pushed down) if the loss climbs back. Off (0) by
-    default: every earlier checkpoint's rule is unchanged. Torch, host and device paths agree."""
+    default: every earlier checkpoint's rule is unchanged. Torch and host paths agree."""
     pol = MetaPolicy().double()
     last = [m for m in pol.net if isinstance(m, torch.nn.Linear)][-1]
     with torch.no_grad():
@@ -255,19 +253,19 @@ def test_rise_cap_holds_the_lr_until_the_loss_has_dropped_on_every_path() -> Non
         last.bias.fill_(5.0)  # always the largest raise
     flat, falling = [0.69] * 200, [0.69] * 50 + [0.69 - 0.004 * i for i in range(1, 101)] + [0.69] * 50
     cap, gated = RuleConfig(max_factor=1000.0, rise_cap=3.0), RuleConfig(max_factor=1000.0)
-    lrs = {path: (_lr_path(pol, cap, flat, path), _lr_path(pol, cap, falling, path), _lr_path(pol, gated, flat, path)) for path in ("torch", "host", "device")}
+    lrs = {path: (_lr_path(pol, cap, flat, path), _lr_path(pol, cap, falling, path), _lr_path(pol, gated, flat, path)) for path in ("torch", "host")}
     held, freed, free = lrs["host"]
     assert max(held) == pytest.approx(math.log(3.0)) and held[-1] == pytest.approx(math.log(3.0))  # reached and held, never past
     assert max(free) > math.log(30.0)  # without the gate the same policy goes far past it
     drop_step = next(t for t in range(200) if freed[t] > math.log(3.0) + 1e-9)
     assert 60 < drop_step < 150  # past the cap only once the average is 10 % below the first loss
     assert max(freed) > math.log(10.0) and freed[-1] == pytest.approx(max(freed))  # loss back up: held where it was, not pulled down
-    for path in ("torch", "device"):
+    for path in ("torch",):
         for a, b in zip(lrs[path], lrs["host"]):
             assert a == pytest.approx(b, rel=1e-9, abs=1e-12), path
     # `rise_align`: gradients that agree (a run at a too-low LR) open the gate before the loss has fallen; ones that do not, do not
     by_align = RuleConfig(max_factor=1000.0, rise_cap=3.0, rise_align=0.2)
-    for path in ("torch", "host", "device"):
+    for path in ("torch", "host"):
         agree, fight = _lr_path(pol, by_align, flat, path, align=0.5), _lr_path(pol, by_align, flat, path, align=-0.3)
         assert max(agree) > math.log(30.0) and max(fight) == pytest.approx(math.log(3.0)), path
         assert _lr_path(pol, cap, flat, path, align=0.5) == pytest.approx(held), path  # rise_align 1 (default): alignment never opens it
@@ -279,7 +277,7 @@ def test_rise_cap_holds_the_lr_until_the_loss_has_dropped_on_every_path() -> Non
 def test_guard_window_takes_the_largest_early_loss_as_reference_on_every_path() -> None:
     """`guard_window` = W: the guard compares with the largest of the first W finite losses and fires on the ratio only
     from then on (a non-finite loss at any step). A run that starts low and noisy (trained weights) trips the
-    first-loss guard and not a W = 8 one; torch, host (numpy) and device paths fire on the same steps; a saved state
+    first-loss guard and not a W = 8 one; torch and host (numpy) paths fire on the same steps; a saved state
     restores the reference, and a state without one (metalr <= 0.3) reads as the first loss."""
 
     pol = MetaPolicy().double()
@@ -290,11 +288,11 @@ def test_guard_window_takes_the_largest_early_loss_as_reference_on_every_path() 
     fired = functools.partial(_guard_firings, pol)
 
     first, window = RuleConfig(guard_ratio=1.5), RuleConfig(guard_ratio=1.5, guard_window=8)  # stage 6's ratio
-    for path in ("torch", "host", "device"):
+    for path in ("torch", "host"):
         assert len(fired(first, noisy, path)[0]) >= 3, path  # the first-loss reference reads noise as a blow-up
         assert fired(window, noisy, path)[0] == [], path
     # W = 8 on a blow-up: the NaN fires at once (step 3), the ratio test waits for 8 finite losses (step 9 on), then fires
-    for path in ("torch", "host", "device"):
+    for path in ("torch", "host"):
         steps, state = fired(window, blow_up, path)
         assert steps == [3, 10], (path, steps)
         assert float(state.guard_ref) == pytest.approx(2.2) and int(state.guard_seen) == 8
@@ -313,8 +311,8 @@ def test_guard_rebase_raises_the_reference_to_the_level_that_tripped_it_on_every
     """`guard_rebase`: the first loss is the reference (no window, so an early blow-up is caught at once), and each
     ratio firing raises it to the fast loss average that tripped it. A loss that jumps to a new level and stays (a
     fresh optimizer on trained weights) trips the plain guard again after every cooldown and the rebasing guard once;
-    a loss that keeps climbing trips both again; a NaN fires without moving the reference. Torch, host (numpy) and
-    device paths fire on the same steps and end with the same reference, which a saved state restores."""
+    a loss that keeps climbing trips both again; a NaN fires without moving the reference. Torch and host (numpy)
+    paths fire on the same steps and end with the same reference, which a saved state restores."""
 
     pol = MetaPolicy().double()
     plateau = [1.0] * 5 + [2.0] * 40  # a transient level 2x the first loss
@@ -323,14 +321,14 @@ def test_guard_rebase_raises_the_reference_to_the_level_that_tripped_it_on_every
     run = functools.partial(_guard_firings, pol)
 
     plain, rebase = RuleConfig(guard_ratio=1.5), RuleConfig(guard_ratio=1.5, guard_rebase=True)
-    results = {path: (run(plain, plateau, path), run(rebase, plateau, path), run(rebase, climbing, path)) for path in ("torch", "host", "device")}
+    results = {path: (run(plain, plateau, path), run(rebase, plateau, path), run(rebase, climbing, path)) for path in ("torch", "host")}
     (p_steps, _), (r_steps, r_state), (c_steps, c_state) = results["host"]
     assert len(p_steps) >= 5 and len(r_steps) == 1 and r_steps[0] == p_steps[0]  # the same first firing, then none
     assert 1.5 < float(r_state.guard_ref) <= 2.0  # the fast average that crossed 1.5 x the first loss
     nan_step = climbing.index(math.nan) + 1
     assert len(c_steps) == 3 and c_steps[2] == nan_step and 25 < c_steps[1] < nan_step  # the climb to 4 trips it again
     assert 2.9 < float(c_state.guard_ref) <= 4.0  # just over 1.5 x the first rebase; the NaN did not move it
-    for path in ("torch", "device"):
+    for path in ("torch",):
         (ps, _), (rs, rst), (cs, cst) = results[path]
         assert (ps, rs, cs) == (p_steps, r_steps, c_steps), path
         assert float(cst.guard_ref) == pytest.approx(float(c_state.guard_ref), rel=1e-12), path
@@ -342,7 +340,7 @@ def test_guard_rebase_raises_the_reference_to_the_level_that_tripped_it_on_every
 
 def test_update_ceiling_stops_raises_and_pulls_down_on_every_path() -> None:
     """A policy that always raises the LR: below the ceiling it does; above it the change is <= -pull * excess, the same on
-    the torch (meta-training), host (numpy) and device (tensor) paths."""
+    the torch (meta-training) and host (numpy) paths."""
     from metalr.meta.policy import HostPolicy
 
     pol = MetaPolicy().double()
@@ -352,14 +350,12 @@ def test_update_ceiling_stops_raises_and_pulls_down_on_every_path() -> None:
     cfg = RuleConfig(update_ceiling=-2.0, ceiling_pull=0.1)
     sizes = [1e-4] * 5 + [1e-1] * 30  # update sizes far below, then 1 decade above, the ceiling
     runs = {}
-    for path in ("torch", "host", "device"):
-        state = RuleState() if path != "device" else RuleState().to_device(torch.device("cpu"))
+    for path in ("torch", "host"):
+        state = RuleState()
         log_rel: object = 0.0 if path == "host" else torch.tensor(0.0, dtype=torch.float64)
         seq = []
         for t, size in enumerate(sizes, 1):
-            u = torch.tensor(size, dtype=torch.float64) if path == "device" else size
-            loss = torch.tensor(1.0, dtype=torch.float64) if path == "device" else 1.0
-            log_rel = lr_rule(host if path == "host" else pol, cfg, state, log_rel, loss, 1.0, 0.5, t, 100, u)
+            log_rel = lr_rule(host if path == "host" else pol, cfg, state, log_rel, 1.0, 1.0, 0.5, t, 100, size)
             seq.append(float(log_rel.detach() if isinstance(log_rel, torch.Tensor) else log_rel))
         runs[path] = seq
     seq = runs["host"]
@@ -370,7 +366,7 @@ def test_update_ceiling_stops_raises_and_pulls_down_on_every_path() -> None:
     assert 5 + 9 <= peak <= 5 + 11 and all(b < a for a, b in zip(seq[peak:], seq[peak + 1 :]))
     u = -1.0 - 3.0 * 0.9**30
     assert seq[-1] - seq[-2] == pytest.approx(-0.1 * (u + 2.0), rel=1e-3)
-    assert runs["torch"] == pytest.approx(seq, rel=1e-9) and runs["device"] == pytest.approx(seq, rel=1e-9)
+    assert runs["torch"] == pytest.approx(seq, rel=1e-9)
     for no_ceiling in (RuleConfig(),):  # the default (0: the weights' own norm) never binds here
         state, lr = RuleState(), 0.0
         for t, size in enumerate(sizes[:15], 1):
@@ -691,9 +687,8 @@ def test_controller_is_safe_on_nan_and_inf_signals(tmp_path: Path) -> None:
         v = [math.nan, math.inf, -math.inf, 1e308, None][i % 5]
         lr = ctrl.step(Signals(step=i + 1, loss=v, grad_norm=v, grad_align=v))[0]
         assert math.isfinite(lr) and 1e-3 * 1e-3 <= lr <= 1e-3 * 20.0
-    odd = {k: math.nan for k in STATE_NAMES} | {"loss0": 1.0, "l_mid": math.inf, "l_min": 0.5}
+    odd = {k: math.nan for k in FeatureState().state_dict()} | {"loss0": 1.0, "l_mid": math.inf, "l_min": 0.5}
     assert all(math.isfinite(x) for x in FeatureState.from_state(odd).features(math.nan, math.nan))
-    assert all(math.isfinite(x) for x in DeviceFeatureState.from_state(odd).features(math.nan, math.nan).tolist())
 
 
 def test_config_refuses_held_out_data_and_bad_values() -> None:
@@ -843,41 +838,6 @@ def test_two_process_update_equals_single_process(tmp_path: Path) -> None:
     assert changed, "the meta-step did not change the policy"
 
 
-def test_device_features_equal_host_features() -> None:
-    """`DeviceFeatureState` (tensors, no host sync) and `FeatureState` (Python floats) agree on any signal stream."""
-    rng = random.Random(0)
-
-    def draw(kind: str) -> float | None:
-        r = rng.random()
-        if r < 0.05:
-            return None
-        if r < 0.1:
-            return rng.choice([math.nan, math.inf, -math.inf])
-        if kind == "loss":
-            return rng.choice([rng.lognormvariate(0, 1), -0.1, 0.0])
-        if kind == "norm":
-            return rng.choice([rng.lognormvariate(0, 2), 0.0])
-        if kind == "update":  # relative update sizes from 1e-10 (below the clip) to 100 (above it), or exactly 0
-            return rng.choice([10 ** rng.uniform(-10, 2), 0.0])
-        return rng.uniform(-1.3, 1.3)
-
-    for run in range(40):
-        host, dev = FeatureState(), DeviceFeatureState()
-        every = (1, 8, 3)[run % 3]  # a rule's decide_every: gradient-level readings enter with beta**every
-        for _ in range(40):
-            loss, norm, align, size = draw("loss"), draw("norm"), draw("align"), draw("update")
-            host.update(loss, norm, align, size, every)
-            as_t = rng.random() < 0.5  # the device state takes tensors or numbers
-            dev.update(*(None if v is None else (torch.tensor(v, dtype=torch.float64) if as_t else v) for v in (loss, norm, align, size)), every=every)
-            progress, lr_rel = rng.random(), rng.uniform(-9.0, 5.0)
-            assert dev.features(progress, torch.tensor(lr_rel, dtype=torch.float64)).tolist() == pytest.approx(
-                host.features(progress, lr_rel), rel=1e-12, abs=1e-12
-            )
-            assert bool(dev.diverging(1.5)) == host.diverging(1.5)
-        for k, v in host.state_dict().items():
-            assert dev.state_dict()[k] == pytest.approx(v, rel=1e-12, nan_ok=True)
-
-
 def test_host_policy_is_the_shipped_policy() -> None:
     """The deployed CPU path's numpy evaluation (`HostPolicy`) gives the torch module's output, float32 weights as shipped."""
     from metalr.meta.checkpoint import cached_policy
@@ -1022,7 +982,7 @@ def test_grad_align_view_cache_follows_replaced_moment_buffers() -> None:
 
 def test_host_gradient_statistics_of_an_overflowing_gradient_are_missing_without_numpy_warnings() -> None:
     """A diverging run's float32 gradient overflows the host reductions: the norm and cosine read as missing
-    (NaN / None), the same as the device path's non-finite values, and numpy raises no RuntimeWarning."""
+    (NaN / None), as the torch reductions' non-finite values do, and numpy raises no RuntimeWarning."""
     import warnings
 
     from metalr.gradstats import grad_stats, host_dot, host_grad_stats, host_norm

@@ -22,17 +22,19 @@ computes them only then); the loss and the divergence guard stay per step. Pass 
 per-step size of its changes depend on the run's length. Without it the rule
 assumes `default_total_steps` from the checkpoint and says so in the log.
 
-Two paths, one rule (`metalr.meta.rule.lr_rule`), tested to give the same LRs:
+One rule (`metalr.meta.rule.lr_rule`), always on the host, whatever the signals' device:
 - CPU (signals are Python numbers): features in Python floats, the policy in
   numpy (`HostPolicy`), the LR applied every step; a few tens of microseconds.
 - GPU (the controller declares `device_signals`, so for parameters off the CPU the
-  tracker hands it the loss and gradient statistics as device tensors): the
-  features, the policy and the guard run on the device with no host read. The
-  only read is the LR itself, which the optimizer needs as a Python number: every
-  `sync_every` steps (default 1: the exact rule, one synchronisation per step).
-  With `sync_every=k` the rule still steps every step on the device and the
-  optimizer's LR is refreshed from it every k steps (1/k synchronisations per
-  step; the LR is then piecewise constant over blocks of k steps).
+  tracker hands it the loss and gradient statistics as 0-d device tensors): each
+  step's tensors are kept as they are (no kernel, no read); every `sync_every`
+  steps they are read back together, one host-device synchronisation, and the rule
+  runs over them step by step. Default 1: the exact rule, one synchronisation per
+  step. With `sync_every=k`: 1/k synchronisations per step; the rule still takes
+  every step's signals, in order, but the optimizer's LR is refreshed only every k
+  steps (piecewise constant over blocks of k; the guard acts up to k-1 steps late).
+  Running the rule on the device instead (about a hundred tiny kernels a step) cost
+  more than the synchronisation it saved (`benchmarks/README.md`, CUDA).
 """
 
 from __future__ import annotations
@@ -168,12 +170,12 @@ class MetaController(Controller):
 
     def policy_features(self) -> list[float]:
         """The feature vector as of the last step, in `FEATURE_NAMES` order (what the policy reads at a decision step;
-        for inspection and research scripts: on the device path this reads the kept signals back)."""
+        for inspection and research scripts: with device signals this reads the kept ones back)."""
         self._flush()
         return [float(v) for v in self._rule_state.features.features(min(1.0, self.last_step / self.total_steps), self._log_rel)]
 
     def extra_logs(self) -> dict[str, float]:
-        """As of the last step on the host path; on the device path as of the last read-back (no extra host read)."""
+        """As of the last step; with device signals, as of the last read-back (no extra host read)."""
         return {"meta_lr_factor": math.exp(self._log_rel), "meta_guard_fired": float(self._rule_state.guard_fired)}
 
 

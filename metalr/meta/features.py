@@ -49,16 +49,11 @@ at k = 8 as at k = 1, from fewer, equally weighted readings.
 The policy sees `(feature - SHIFT) / SCALE` (stored in every checkpoint, so a
 checkpoint carries its own normalisation).
 
-Two implementations of the same running statistics, tested to agree
-(`tests/test_meta.py::test_device_features_equal_host_features`):
-- `FeatureState`: Python floats. On a CPU the signals are Python numbers at no
-  cost, and a dozen float operations are far cheaper than the same number of
-  tensor operations (each one a few microseconds of dispatch), so this is the
-  CPU path, of the deployed controller and of meta-training alike.
-- `DeviceFeatureState`: one float64 vector on the signals' device (a statistic not
-  yet seen is NaN), updated with a fixed sequence of tensor operations. No Python
-  branch looks at a value, so a step never synchronises host and device: the
-  path for signals that live on a GPU.
+`FeatureState` holds them as Python floats: a dozen float operations cost far less
+than the same number of tensor operations (each a few microseconds of dispatch, and on
+a GPU a kernel launch), so this is the one implementation, of the deployed controller
+(which reads a GPU's signals back in batches, `metalr.controllers.meta`) and of
+meta-training alike.
 """
 
 from __future__ import annotations
@@ -66,8 +61,6 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 from typing import Any
-
-import torch
 
 FEATURE_NAMES: tuple[str, ...] = (
     "progress",
@@ -208,142 +201,3 @@ def _clip(v: float, lo: float, hi: float) -> float:
     if not math.isfinite(v):
         v = 0.0
     return min(hi, max(lo, v))
-
-
-# The state vector: slots 0-8 are running averages of an observation (slot 0, "the first loss",
-# is an average with beta 1: set once, then kept), slots 9-10 the running min / max of slot 2.
-STATE_NAMES: tuple[str, ...] = ("loss0", "l_fast", "l_mid", "l_slow", "a_fast", "a_slow", "g_fast", "g_slow", "u_mid", "l_min", "l_max")
-_L0, _LF, _LM, _LS, _AF, _AS, _GF, _GS, _UM, _LMIN, _LMAX = range(11)
-_N_AVG = 9
-_BETA = (1.0, 0.5, 0.9, 0.99, 0.5, 0.95, 0.5, 0.95, 0.9)  # EMA_beta(x) = beta * old + (1 - beta) * x
-_OBS = (0, 0, 0, 0, 1, 1, 2, 2, 3)  # which observation (loss, grad_align, grad_norm, log10 update size) feeds each averaged slot
-# Observation bounds: the loss is floored at _EPS, the alignment clipped to [-1, 1], log10(update size) to
-# UPDATE_LOG_RANGE; a gradient norm must be > 0 (an update size too: its log is taken before the check).
-_OBS_LO, _OBS_HI = (_EPS, -1.0, -math.inf, UPDATE_LOG_RANGE[0]), (math.inf, 1.0, math.inf, UPDATE_LOG_RANGE[1])
-_OBS_FLOOR = (-math.inf, -math.inf, 0.0, -math.inf)
-# Log-ratio features: log(state[num] / state[den]), in the order trend_fast, trend_slow, above_min, vs_first, gnorm_trend.
-_NUM, _DEN = (_LF, _LM, _LM, _LM, _GF), (_LM, _LS, _LMIN, _L0, _GS)
-# The feature vector from [progress, lr_rel, log-ratios (5), minmax, align_fast, align_slow, update_size]: FEATURE_NAMES order.
-_ORDER = (0, 1, 2, 3, 4, 5, 7, 8, 9, 6, 10)
-
-
-class _Consts:
-    """Index and bound tensors of the update, made once per (device, every)."""
-
-    def __init__(self, device: torch.device, every: int = 1) -> None:
-        def f64(values: Any) -> torch.Tensor:
-            return torch.tensor(values, dtype=torch.float64, device=device)
-
-        def idx(values: Any) -> torch.Tensor:
-            return torch.tensor(values, dtype=torch.long, device=device)
-
-        self.beta = f64([b if obs == 0 else b**every for b, obs in zip(_BETA, _OBS)])  # gradient-level readings: beta**every
-        self.one_minus_beta = 1.0 - self.beta
-        self.obs = idx(_OBS)
-        self.lo, self.hi, self.floor = f64(_OBS_LO), f64(_OBS_HI), f64(_OBS_FLOOR)
-        self.num, self.den = idx(_NUM), idx(_DEN)
-        self.order = idx(_ORDER)
-        self.clip_lo = f64([c[0] for c in CLIP])
-        self.clip_hi = f64([c[1] for c in CLIP])
-        self.nan = f64(math.nan)
-        self.zero = f64(0.0)
-        self.min_first = torch.tensor([True, False], device=device)
-        self.u_unseen = f64(SHIFT[10])
-
-
-_CONSTS: dict[tuple[torch.device, int], _Consts] = {}
-
-
-def _consts(device: torch.device, every: int = 1) -> _Consts:
-    c = _CONSTS.get((device, every))
-    if c is None:
-        c = _CONSTS[(device, every)] = _Consts(device, every)
-    return c
-
-
-class DeviceFeatureState:
-    """`FeatureState` as one float64 vector (NaN = not seen yet) on the signals' device: no host synchronisation."""
-
-    def __init__(self, state: torch.Tensor | None = None) -> None:
-        self.s = state if state is not None else torch.full((len(STATE_NAMES),), math.nan, dtype=torch.float64)
-
-    def _as_tensor(self, x: Any, c: _Consts) -> torch.Tensor:
-        if x is None:
-            return c.nan
-        if isinstance(x, torch.Tensor):
-            return x.detach().reshape(()).to(dtype=torch.float64, device=self.s.device)
-        return torch.tensor(float(x), dtype=torch.float64, device=self.s.device)
-
-    def update(self, loss: Any, grad_norm: Any, grad_align: Any, update_size: Any = None, every: int = 1) -> None:
-        """Fold one step's signals in; missing (None) or non-finite ones (and a gradient norm or update size <= 0) are skipped.
-        `every`: as in `FeatureState.update`."""
-        device = next((x.device for x in (loss, grad_norm, grad_align, update_size) if isinstance(x, torch.Tensor)), self.s.device)
-        if self.s.device != device:
-            self.s = self.s.to(device)
-        c = _consts(self.s.device, every)
-        o3 = torch.stack(
-            [self._as_tensor(loss, c), self._as_tensor(grad_align, c), self._as_tensor(grad_norm, c), torch.log10(self._as_tensor(update_size, c))]
-        )
-        ok3 = torch.isfinite(o3) & (o3 > c.floor)
-        o3 = torch.clamp(o3, c.lo, c.hi)
-        obs, ok = o3[c.obs], ok3[c.obs]
-        old = self.s[:_N_AVG]
-        ema = torch.where(torch.isnan(old), obs, old * c.beta + obs * c.one_minus_beta)
-        avg = torch.where(ok, ema, old)
-        mid = avg[_LM]
-        mm = self.s[_N_AVG:]
-        new_mm = torch.where(c.min_first, torch.fmin(mm, mid), torch.fmax(mm, mid))
-        self.s = torch.cat([avg, torch.where(ok3[0], new_mm, mm)])
-
-    def features(self, progress: float, lr_rel: torch.Tensor | float) -> torch.Tensor:
-        """The raw (clipped, always finite) feature vector, float64, in `FEATURE_NAMES` order."""
-        c = _consts(self.s.device)
-        s = self.s
-        ratios = torch.log(s[c.num] / s[c.den])  # NaN where a statistic is unseen
-        span = s[_LMAX] - s[_LMIN]
-        minmax = torch.where(span > 0, (s[_LM] - s[_LMIN]) / span, c.zero)
-        if isinstance(lr_rel, torch.Tensor):
-            lr = lr_rel.detach().reshape(()).to(dtype=torch.float64, device=s.device)
-        else:
-            lr = torch.full((), float(lr_rel), dtype=torch.float64, device=s.device)
-        head = torch.stack([torch.full((), float(progress), dtype=torch.float64, device=s.device), lr])
-        u = torch.where(torch.isnan(s[_UM]), c.u_unseen, s[_UM]).reshape(1)
-        raw = torch.cat([head, ratios, minmax.reshape(1), s[_AF : _AS + 1], u])[c.order]
-        return torch.clamp(torch.nan_to_num(raw, nan=0.0, posinf=0.0, neginf=0.0), c.clip_lo, c.clip_hi)
-
-    def loss_dropped(self, fraction: float) -> torch.Tensor:
-        """`FeatureState.loss_dropped` as a 0-d bool tensor (False while no loss is seen: NaN compares False)."""
-        return self.s[_LM] < (1.0 - fraction) * self.s[_L0]
-
-    def rise_evidence(self, drop: float, align: float) -> torch.Tensor:
-        """`FeatureState.rise_evidence` as a 0-d bool tensor."""
-        return self.loss_dropped(drop) | (self.s[_AS] > align)
-
-    def update_excess(self, ceiling: float) -> torch.Tensor:
-        """Decades by which the averaged update size exceeds 10**ceiling (a 0-d tensor; NaN while unseen)."""
-        return self.s[_UM] - ceiling
-
-    @property
-    def l_fast(self) -> torch.Tensor:
-        """The fast loss average (a 0-d tensor; NaN while unseen), as `FeatureState.l_fast`."""
-        return self.s[_LF]
-
-    def diverging(self, ratio: float, reference: torch.Tensor | None = None) -> torch.Tensor:
-        """The fast loss average is more than `ratio` times `reference` (default: the first loss): blowing up (a 0-d bool tensor)."""
-        ref = self.s[_L0] if reference is None else reference
-        return self.s[_LF] > ratio * ref  # False while unseen (NaN compares False)
-
-    def state_dict(self) -> dict[str, Any]:
-        """Plain floats only (a statistic not yet seen is NaN), so any framework can checkpoint it."""
-        return dict(zip(STATE_NAMES, (float(v) for v in self.s.tolist())))
-
-    @classmethod
-    def from_state(cls, state: dict[str, Any]) -> DeviceFeatureState:
-        if set(state) - {"u_mid"} != set(STATE_NAMES) - {"u_mid"}:  # u_mid is absent from metalr <= 0.3 states (unseen)
-            raise ValueError(f"feature state has keys {sorted(state)}, expected {sorted(STATE_NAMES)}")
-        values = [math.nan if state.get(k) is None else float(state[k]) for k in STATE_NAMES]
-        return cls(torch.tensor(values, dtype=torch.float64))
-
-    @classmethod
-    def from_host(cls, host: FeatureState, device: torch.device) -> DeviceFeatureState:
-        return cls(cls.from_state(host.state_dict()).s.to(device))

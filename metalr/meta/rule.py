@@ -62,11 +62,9 @@ are ignored if given, so a tracker that computes them every step gives the same 
 computes them only when they are read (`SignalTracker(every=k)`, which is what makes k > 1
 cheap: the statistics and the policy cost 1/k per step).
 
-Signals that are Python numbers (CPU) run through `FeatureState` and a Python
-guard; signals that are device tensors (GPU, `RuleState.to_device`) through
-`DeviceFeatureState` and a guard made of `torch.where`s, so a step never
-synchronises host and device and the caller decides when to read the LR back.
-The two give the same LRs (`tests/test_meta.py`).
+The features are Python floats (`FeatureState`) on every path: meta-training differentiates
+through the policy's output and the LR, not through the features; the deployed controller
+reads a GPU's signals back in batches and runs this rule on the host (`metalr.controllers.meta`).
 """
 
 from __future__ import annotations
@@ -78,7 +76,7 @@ from typing import Any
 
 import torch
 
-from metalr.meta.features import _EPS, DeviceFeatureState, FeatureState, fold_loss
+from metalr.meta.features import _EPS, FeatureState, fold_loss
 from metalr.meta.policy import HostPolicy, MetaPolicy
 
 
@@ -154,30 +152,13 @@ def warmup_steps(cfg: RuleConfig, total_steps: int) -> int:
 
 @dataclass
 class RuleState:
-    """What the rule carries from one step to the next (plain numbers, or tensors on the signals' device after `to_device`)."""
+    """What the rule carries from one step to the next (plain numbers)."""
 
-    features: FeatureState | DeviceFeatureState = field(default_factory=FeatureState)
-    cooldown: int | torch.Tensor = 0  # steps before the guard may fire again
-    guard_fired: int | torch.Tensor = 0  # times it fired
-    guard_ref: float | torch.Tensor = math.nan  # the guard's reference loss (NaN: no finite loss yet)
-    guard_seen: int | torch.Tensor = 0  # finite losses folded into guard_ref (up to guard_window)
-
-    @property
-    def on_device(self) -> bool:
-        return isinstance(self.features, DeviceFeatureState)
-
-    def to_device(self, device: torch.device) -> RuleState:
-        """The same state as tensors on `device` (for signals that live there)."""
-        if isinstance(self.features, DeviceFeatureState):
-            feats = DeviceFeatureState(self.features.s.to(device))
-        else:
-            feats = DeviceFeatureState.from_host(self.features, device)
-
-        def i64(v: int | torch.Tensor) -> torch.Tensor:
-            return torch.as_tensor(v, dtype=torch.int64).to(device)
-
-        ref = torch.as_tensor(self.guard_ref, dtype=torch.float64).to(device)
-        return RuleState(feats, i64(self.cooldown), i64(self.guard_fired), ref, i64(self.guard_seen))
+    features: FeatureState = field(default_factory=FeatureState)
+    cooldown: int = 0  # steps before the guard may fire again
+    guard_fired: int = 0  # times it fired
+    guard_ref: float = math.nan  # the guard's reference loss (NaN: no finite loss yet)
+    guard_seen: int = 0  # finite losses folded into guard_ref (up to guard_window)
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -199,15 +180,6 @@ class RuleState:
 
     def fold_guard_loss(self, loss: Any, window: int) -> None:
         """Fold a step's loss into the guard's reference: the largest of the first `window` finite losses (floored as the features floor them)."""
-        if isinstance(self.guard_seen, torch.Tensor):
-            assert isinstance(self.guard_ref, torch.Tensor)
-            if loss is None:
-                return
-            lt = torch.as_tensor(loss, dtype=torch.float64, device=self.guard_seen.device).detach().reshape(())
-            take = torch.isfinite(lt) & (self.guard_seen < window)
-            self.guard_ref = torch.where(take, torch.fmax(self.guard_ref, torch.clamp(lt, min=_EPS)), self.guard_ref)
-            self.guard_seen = self.guard_seen + take.to(torch.int64)
-            return
         if self.guard_seen < window and isinstance(loss, (int, float)) and math.isfinite(loss):  # as FeatureState reads a loss
             v = max(float(loss), _EPS)
             self.guard_ref = v if self.guard_seen == 0 else max(float(self.guard_ref), v)
@@ -219,20 +191,19 @@ def lr_rule(
     cfg: RuleConfig,
     state: RuleState,
     log_rel: Any,
-    loss: torch.Tensor | float | None,
-    grad_norm: torch.Tensor | float | None,
-    grad_align: torch.Tensor | float | None,
+    loss: float | None,
+    grad_norm: float | None,
+    grad_align: float | None,
     step: int,
     total_steps: int,
-    update_size: torch.Tensor | float | None = None,
+    update_size: float | None = None,
 ) -> Any:
     """The next log(LR / base LR) after step `step` of `total_steps` (see module docstring).
 
     `log_rel` is the current value: a 0-d float64 tensor (it may carry gradients, and so does the
-    result) with a `MetaPolicy`, or a Python float with a `HostPolicy` (the frozen CPU path: then
-    everything is Python and numpy numbers, and so is the result).
-    The signals are Python floats (or None: missing) for a host `state`, 0-d tensors (or None) for a
-    device one (`RuleState.to_device`). `state` is updated in place.
+    result) with a `MetaPolicy` (meta-training), or a Python float with a `HostPolicy` (the frozen, deployed
+    path: then everything is Python and numpy numbers, and so is the result).
+    The signals are Python floats (or None: missing). `state` is updated in place.
     """
     feats = state.features
     decide = step % cfg.decide_every == 0
@@ -241,37 +212,8 @@ def lr_rule(
         progress = min(1.0, max(0.0, step / total_steps))
         scale = cfg.horizon_scale(total_steps) * cfg.decide_every  # the change for k steps, made at once
         feats.update(loss, grad_norm, grad_align, update_size, cfg.decide_every)  # type: ignore[arg-type]
-    elif type(feats) is FeatureState:  # a host step between decisions (7 in 8 for the shipped rule): the loss alone,
-        if loss is not None and isinstance(loss, (int, float)) and math.isfinite(loss):  # as `FeatureState.update` takes it
-            fold_loss(feats, loss)  # (one call: on this path a Python call costs more than its arithmetic)
-    else:
-        feats.update(loss, None, None, None)  # type: ignore[arg-type]
-    if isinstance(feats, DeviceFeatureState):
-        assert isinstance(policy, MetaPolicy), "device-resident signals need the torch policy"
-        if decide:
-            change = scale * policy(feats.features(progress, log_rel).to(policy.feature_shift.dtype))
-            over = feats.update_excess(cfg.update_ceiling)  # NaN while unseen: the comparison below is False
-            change = torch.where(over > 0, torch.minimum(change, (-scale * cfg.ceiling_pull * over).to(change.dtype)), change)
-            if cfg.rise_cap:
-                room = torch.clamp(math.log(cfg.rise_cap) - torch.as_tensor(log_rel, dtype=torch.float64, device=change.device), min=0.0)
-                change = torch.where(feats.rise_evidence(cfg.rise_drop, cfg.rise_align), change, torch.minimum(change, room.to(change.dtype)))
-        else:
-            change = torch.zeros((), dtype=policy.feature_shift.dtype, device=feats.s.device)
-        state.fold_guard_loss(loss, cfg.guard_window)
-        assert isinstance(state.guard_ref, torch.Tensor)
-        blowing_up = feats.diverging(cfg.guard_ratio, state.guard_ref) & (state.guard_seen >= cfg.guard_window)
-        nonfinite = None if loss is None else ~torch.isfinite(torch.as_tensor(loss, dtype=torch.float64, device=blowing_up.device))
-        if nonfinite is not None:
-            blowing_up = blowing_up | nonfinite
-        cooldown = torch.as_tensor(state.cooldown, device=blowing_up.device)
-        ready = cooldown <= 0
-        fire = ready & blowing_up
-        if cfg.guard_rebase:  # fired on the ratio (not on a non-finite loss): the tripping level is the new reference
-            state.guard_ref = torch.where(fire if nonfinite is None else fire & ~nonfinite, feats.l_fast, state.guard_ref)
-        state.cooldown = torch.where(fire, cfg.guard_cooldown, torch.where(ready, cooldown, cooldown - 1))
-        state.guard_fired = state.guard_fired + fire.to(torch.int64)
-        change = change + torch.where(fire, math.log(cfg.guard_factor), 0.0).to(change.dtype)
-        return torch.clamp(log_rel + change, lo, hi)
+    elif loss is not None and isinstance(loss, (int, float)) and math.isfinite(loss):  # between decisions (7 in 8 for the shipped
+        fold_loss(feats, loss)  # rule): the loss alone, as `FeatureState.update` takes it (one call: here a call costs more than its arithmetic)
     delta: Any = 0.0
     if decide:
         if isinstance(policy, HostPolicy):
