@@ -34,7 +34,7 @@ from metalr.meta.policy import MetaPolicy  # noqa: E402
 from metalr.meta.rule import RuleConfig, RuleState, lr_rule  # noqa: E402
 from metalr.meta.tasks import TaskSpec, materialise, sample_spec, validation_specs, with_pretraining  # noqa: E402
 from metalr.meta.trainer import MetaTrainConfig, draw_task, meta_step, run_trajectory, trajectory_weight  # noqa: E402
-from metalr.meta.unroll import start, truncation  # noqa: E402
+from metalr.meta.unroll import start, truncation, val_objective  # noqa: E402
 from metalr.meta.validate import run_spec  # noqa: E402
 from metalr.signals import Signals  # noqa: E402
 from metalr.testing import PAUSE_ENV, wait_until_paused  # noqa: E402
@@ -420,6 +420,49 @@ def test_meta_gradient_matches_finite_differences_on_last_bias() -> None:
     numeric = (up - down) / (2 * eps)
     assert analytic != 0.0
     assert abs(analytic - numeric) <= 0.03 * abs(numeric), (analytic, numeric)
+
+
+def test_lookahead_scores_each_truncation_after_more_steps_at_its_starting_lr_and_carries_nothing() -> None:
+    """`lookahead` = M: the trajectory (LRs, losses, weights carried on) is the same as without it; each truncation
+    that does not end the run gives one term, with the summed weight of the terms it replaces, taken after M more
+    steps (at most to the run's end) at the LR it started from, which the policy reaches through the weights."""
+    pol = lively_policy(std=0.05)
+    spec = teacher_spec("sgdm", 0.05, 50)
+    runs = {}
+    for m in (0, 15):
+        traj = start(materialise(spec), 64)
+        results = []
+        while not traj.done:
+            results.append(truncation(traj, pol, RuleConfig(), 20, 5, lookahead=m))
+        runs[m] = (traj, results)
+    (plain, plain_res), (ahead, ahead_res) = runs[0], runs[15]
+    assert ahead.lrs == plain.lrs and ahead.losses == plain.losses and ahead.log_rel == plain.log_rel
+    for p, q in zip(plain.task.model.parameters(), ahead.task.model.parameters()):
+        assert torch.equal(p, q)  # nothing of the look-ahead is carried on
+    assert [r.weight for r in ahead_res] == pytest.approx([r.weight for r in plain_res])
+    assert sum(r.weight for r in ahead_res) == pytest.approx(trajectory_weight(50, 5, 1.0))
+    model = ahead.task.model.eval()  # the run's last truncation: its terms are taken at the run's end (no step left)
+    with torch.no_grad():
+        end = float(val_objective(model(ahead.task.x_val[ahead.val_idx]), ahead.task.y_val[ahead.val_idx], "soft_error"))
+    assert float(ahead_res[-1].loss.detach()) == pytest.approx(ahead_res[-1].weight * end / ahead.val0, rel=1e-5)
+    assert float(ahead_res[0].loss.detach()) != pytest.approx(float(plain_res[0].loss.detach()))  # one term, 15 steps further on
+    ahead_res[0].loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in pol.parameters())
+    assert float(pol.net[-1].bias.grad.abs().sum()) > 0
+    # the term is the soft error after 15 steps from the truncation's end at the starting LR (0.05), recomputed by hand
+    traj = start(materialise(spec), 64)
+    truncation(traj, pol, RuleConfig(), 20, 5, track_higher_grads=False)
+    model, opt = traj.task.model, traj.optimizer
+    for g in opt.param_groups:
+        g["lr"] = 0.05
+    for j in range(15):
+        idx = traj.batches[traj.step + j]
+        opt.zero_grad()
+        traj.task.loss(model(traj.task.x_train[idx]), traj.task.y_train[idx]).backward()
+        opt.step()
+    model.eval()
+    val = float(val_objective(model(traj.task.x_val[traj.val_idx]), traj.task.y_val[traj.val_idx], "soft_error"))
+    assert float(ahead_res[0].loss.detach()) == pytest.approx(ahead_res[0].weight * val / traj.val0, rel=1e-4)
 
 
 def test_credit_carried_across_truncations_equals_one_long_truncation() -> None:

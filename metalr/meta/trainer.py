@@ -87,6 +87,7 @@ class MetaTrainConfig:
     end_weight: float = 4.0  # weight of the last meta-loss term relative to the first (linear in between)
     loss_from: float = 0.0  # meta-loss terms only from this fraction of each run on (0: the whole trajectory)
     credit: bool = True  # carry d(log LR)/d(policy) across truncations
+    lookahead: int = 0  # score each truncation after this many more steps at the LR it started from (metalr.meta.unroll.truncation; 0: off)
     lr_labels: str = ""  # LR-label file (scripts/meta_label_tasks.py): tasks (and their run lengths) are drawn from it, each at a random base LR
     label_weight: float = 0.0  # weight of the band penalty (metalr.meta.labels.band_penalty), per step, relative to the val-loss meta-loss
     label_window: list[float] = field(default_factory=lambda: [0.1, 0.9])  # progress range over which the band penalty counts
@@ -140,6 +141,8 @@ class MetaTrainConfig:
         self.rule_config()  # validates the rule's fields
         if self.objective not in ("soft_error", "log_val_loss"):
             raise ValueError(f"unknown objective {self.objective!r}; valid: soft_error, log_val_loss")
+        if self.lookahead < 0:
+            raise ValueError(f"lookahead must be >= 0, got {self.lookahead}")
         if self.truncation % self.val_every:
             raise ValueError(f"truncation ({self.truncation}) must be a multiple of val_every ({self.val_every})")
         unknown = sorted(set(self.data_families) - set(ALL_FAMILIES))
@@ -277,7 +280,9 @@ def run_trajectory(
     task_loss = band_loss = 0.0
     window = (cfg.label_window[0], cfg.label_window[1])
     while not traj.done:
-        res = truncation(traj, policy, rule, cfg.truncation, cfg.val_every, cfg.end_weight, loss_from=cfg.loss_from, band=band, band_window=window)
+        res = truncation(
+            traj, policy, rule, cfg.truncation, cfg.val_every, cfg.end_weight, loss_from=cfg.loss_from, band=band, band_window=window, lookahead=cfg.lookahead
+        )
         task_loss += float(res.loss.detach())
         band_loss += float(res.band_loss.detach())
         objective = res.loss / norm

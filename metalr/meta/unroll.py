@@ -120,8 +120,17 @@ def truncation(
     loss_from: float = 0.0,
     band: tuple[float, float] | None = None,
     band_window: tuple[float, float] = (0.1, 0.9),
+    lookahead: int = 0,
 ) -> TruncationResult:
     """Run up to `k` inner steps under the rule; a meta-loss term every `val_every` steps (from `loss_from` of the run on).
+
+    `lookahead` = M > 0 (against short-horizon bias): the terms of a truncation that does not end the run are not
+    taken where they fall; instead, after the truncation (its weights and state already carried on), the model
+    trains M more steps (at most to the run's end) on the run's next batches at a reference LR, the LR the
+    truncation started from (held, detached), and one term with their summed weight is taken there. A policy
+    that cuts the LR inside a truncation no longer scores the quieter weights that a lower LR gives at once
+    (the noise comes back under the reference LR), only the progress the weights made. The run's last term is
+    taken where it falls (there the lower noise is real).
 
     The term is val/val0 (soft error) or log(val/val0) (cross-entropy), see `val_objective`.
     With a `band` (the task's LR label, `metalr.meta.labels`), every step whose progress lies in
@@ -136,7 +145,7 @@ def truncation(
     log_rel = start_leaf
     terms: list[torch.Tensor] = []
     band_terms: list[torch.Tensor] = []
-    weight = 0.0
+    weight = deferred = 0.0
     with higher.innerloop_ctx(task.model, traj.optimizer, copy_initial_weights=True, track_higher_grads=track_higher_grads) as (fmodel, diffopt):
         for _ in range(k):
             if traj.done:
@@ -177,6 +186,9 @@ def truncation(
             if band is not None and in_window(traj.step, traj.total, band_window):
                 band_terms.append(band_penalty(log_rel, band, traj.step, traj.total))
             w = meta_weight(traj.step / traj.total, end_weight, loss_from) if traj.step % val_every == 0 or traj.step == traj.total else 0.0
+            if w > 0 and lookahead and traj.step < traj.total:
+                deferred += w  # scored after the look-ahead below
+                w = 0.0
             if w > 0:
                 fmodel.eval()
                 val = val_objective(fmodel(task.x_val[traj.val_idx]), task.y_val[traj.val_idx], traj.objective)
@@ -186,10 +198,36 @@ def truncation(
                     terms.append(w * (ratio if traj.objective == "soft_error" else torch.log(ratio)))
                     weight += w
         _carry(traj, fmodel, diffopt)
+        if deferred > 0 and not traj.diverged:
+            term = _lookahead(traj, fmodel, diffopt, float(start_leaf.detach()), lookahead)
+            if term is not None:
+                terms.append(deferred * term)
+                weight += deferred
     traj.log_rel = float(log_rel.detach())
     total = torch.stack(terms).sum() if terms else torch.zeros(())
     band_total = torch.stack(band_terms).sum() if band_terms else torch.zeros(())
     return TruncationResult(total, weight, start_leaf, log_rel, band_total, len(band_terms))
+
+
+def _lookahead(traj: Trajectory, fmodel: torch.nn.Module, diffopt: higher.optim.DifferentiableOptimizer, log_rel: float, m: int) -> torch.Tensor | None:
+    """M more differentiable steps from the truncation's end at base LR x exp(`log_rel`) (held), then the meta-loss term
+    (as `truncation` takes it), or None if a loss is not finite. Nothing of it is carried: the trajectory goes on from
+    the truncation's end."""
+    task = traj.task
+    lr = torch.tensor(task.spec.lr * math.exp(log_rel), dtype=torch.float64)
+    for j in range(min(m, traj.total - traj.step)):
+        idx = traj.batches[traj.step + j]
+        loss = task.loss(fmodel(task.x_train[idx]), task.y_train[idx])
+        if not math.isfinite(float(loss.detach())):
+            return None
+        diffopt.step(loss, override={"lr": [lr]})
+    fmodel.eval()
+    val = val_objective(fmodel(task.x_val[traj.val_idx]), task.y_val[traj.val_idx], traj.objective)
+    fmodel.train()
+    if not math.isfinite(float(val.detach())):
+        return None
+    ratio = val.clamp_min(1e-8) / traj.val0
+    return ratio if traj.objective == "soft_error" else torch.log(ratio)
 
 
 def _carry(traj: Trajectory, fmodel: torch.nn.Module, diffopt: higher.optim.DifferentiableOptimizer) -> None:
