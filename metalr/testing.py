@@ -18,14 +18,35 @@ an evaluation is written, by the process that ran it, i.e. with `workers=1`).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+import warnings
+from collections.abc import Iterator
 from typing import Any
 
 PAUSE_ENV = "METALR_TEST_PAUSE_AT"
+
+
+@contextlib.contextmanager
+def count_cuda_syncs() -> Iterator[list[str]]:
+    """Record every host-device synchronisation CUDA reports inside the block (`torch.cuda.set_sync_debug_mode("warn")`;
+    the mode's own one-time notice that it is a prototype is not counted)."""
+    import torch
+
+    seen: list[str] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            yield seen
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    seen.extend(m for m in map(str, (w.message for w in caught)) if "synchroniz" in m and "prototype" not in m)
+
 
 #: Rule settings that make each controller move its LR within a few steps; they do not change a
 #: step's cost, so the overhead benchmark uses them too.

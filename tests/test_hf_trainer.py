@@ -66,9 +66,10 @@ def tiny_bert() -> BertForSequenceClassification:
 def make_trainer(tmp_path, callbacks, report_to="none", optimizers=(None, None), eval_steps=None, model=None, **args_kw) -> Trainer:  # type: ignore[no-untyped-def]
     args_kw.setdefault("save_strategy", "no")
     args_kw.setdefault("max_steps", STEPS)
+    args_kw.setdefault("use_cpu", True)
     args = TrainingArguments(
         output_dir=str(tmp_path / "out"), per_device_train_batch_size=8, learning_rate=LR, logging_steps=1,
-        report_to=report_to, use_cpu=True, disable_tqdm=True, seed=0, dataloader_num_workers=0,
+        report_to=report_to, disable_tqdm=True, seed=0, dataloader_num_workers=0,
         eval_strategy="steps" if eval_steps else "no", eval_steps=eval_steps, per_device_eval_batch_size=16, **args_kw,
     )  # fmt: skip
     model = model or tiny_bert()
@@ -177,6 +178,51 @@ RESUME_CASES = {  # name: (controller, kwargs, gradient_accumulation_steps, eval
     # the evaluation at step 5 reaches the controller after the resume (mode="max": the second evaluation halves the LR)
     "plateau": ("plateau", {"patience": 0, "factor": 0.5, "mode": "max"}, 1, 5),
 }
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run on a GPU machine)")
+def test_on_cuda_the_pretrained_callback_synchronises_only_to_read_the_lr_and_resumes(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """On a GPU, `MetalrCallback("pretrained", sync_every=4)`: no host-device synchronisation in its per-step hooks
+    (the loss hook, before and after the optimizer step) except one LR read-back every 4th step, by CUDA's own
+    count; a run stopped at its step-5 checkpoint (the kept signals read back into the saved state) and resumed
+    applies the uninterrupted run's LRs."""
+    from metalr.testing import count_cuda_syncs
+
+    class Counted(MetalrCallback):
+        def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+            super().__init__(*args, **kwargs)
+            self.syncs: dict[str, list[int]] = {}
+
+        def _count(self, hook, fn, *args, **kwargs):  # type: ignore[no-untyped-def]
+            with count_cuda_syncs() as seen:
+                out = fn(*args, **kwargs)
+            self.syncs.setdefault(hook, []).append(len(seen))
+            return out
+
+        def _capture(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            return self._count("loss hook", super()._capture, *args, **kwargs)
+
+        def on_pre_optimizer_step(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            return self._count("before step", super().on_pre_optimizer_step, *args, **kwargs)
+
+        def on_step_end(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            return self._count("after step", super().on_step_end, *args, **kwargs)
+
+    common = dict(save_strategy="steps", save_steps=5, use_cpu=False)
+    full_cb, full_lrs = Counted("pretrained", sync_every=4), AppliedGroupLRs()
+    full = make_trainer(tmp_path / "full", [full_cb, full_lrs], **common)
+    full.train()
+    assert next(full.model.parameters()).is_cuda
+    assert full_cb.syncs["loss hook"] == [0] * STEPS and full_cb.syncs["before step"] == [0] * STEPS
+    assert full_cb.syncs["after step"] == [1 if t % 4 == 0 else 0 for t in range(1, STEPS + 1)]
+    first_lrs = AppliedGroupLRs()
+    make_trainer(tmp_path / "cut", [MetalrCallback("pretrained", sync_every=4), first_lrs, StopAt(5)], **common).train()
+    resumed_lrs = AppliedGroupLRs()
+    make_trainer(tmp_path / "cut", [MetalrCallback("pretrained", sync_every=4), resumed_lrs], **common).train(
+        resume_from_checkpoint=str(tmp_path / "cut" / "out" / "checkpoint-5")
+    )
+    flat = [lr for step in first_lrs.lrs + resumed_lrs.lrs for lr in step]
+    assert flat == pytest.approx([lr for step in full_lrs.lrs for lr in step], rel=1e-4, abs=0)  # (GPU kernels: not bit-exact)
 
 
 @pytest.mark.parametrize("case", list(RESUME_CASES))

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import torch
 
+from metalr.testing import count_cuda_syncs
 from metalr.train import build_tracker, setup
 
 HOST_READS = ("item", "tolist", "__float__", "__int__", "__bool__", "__index__", "numpy")
@@ -49,22 +50,6 @@ def count_host_reads() -> Iterator[list[str]]:
 
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run on a GPU machine)")
-
-
-@contextlib.contextmanager
-def count_cuda_syncs() -> Iterator[list[str]]:
-    """Record every host-device synchronisation CUDA reports inside the block (`torch.cuda.set_sync_debug_mode`)."""
-    import warnings
-
-    seen: list[str] = []
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        torch.cuda.set_sync_debug_mode("warn")
-        try:
-            yield seen
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-    seen.extend(m for m in map(str, (w.message for w in caught)) if "synchroniz" in m and "prototype" not in m)  # not the mode's own notice
 
 
 def _loop(name: str, optimizer: str, steps: int, device: str = "cpu", **kwargs: Any) -> tuple[list[list[str]], list[list[str]], Any]:

@@ -127,7 +127,8 @@ class Binding:
         s, self.pending = self.pending, None
         if loss is not None:
             if isinstance(loss, torch.Tensor):
-                loss = loss.detach().float().mean()
+                loss = loss.detach()
+                loss = (loss if loss.dtype == torch.float64 else loss.float()).mean()  # (a float64 sum stays exact)
                 s.loss = loss if self.tracker.as_tensors else float(loss)  # type: ignore[assignment]
             else:
                 s.loss = float(loss)

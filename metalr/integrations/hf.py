@@ -130,7 +130,8 @@ class MetalrCallback(TrainerCallback):
 
     # ---------------------------------------------------------------- per step
     def _reset_batch(self) -> None:
-        self._loss_sum, self._n_micro = 0.0, 0
+        self._loss_sum: torch.Tensor | float = 0.0
+        self._n_micro = 0
         self._logits: torch.Tensor | None = None
         self._labels: torch.Tensor | None = None
 
@@ -140,7 +141,9 @@ class MetalrCallback(TrainerCallback):
             return
         loss = output.get("loss") if isinstance(output, dict) else getattr(output, "loss", None)
         if loss is not None:
-            self._loss_sum += float(loss.detach().float().mean())
+            # summed as a float64 tensor on the loss's device: no host read here (the tracker reads it, or a controller with
+            # `device_signals` takes it as it is); the same number as summing Python floats
+            self._loss_sum = self._loss_sum + loss.detach().float().mean().double()
             self._n_micro += 1
         if self.binding is not None and "accuracy" in self.binding.tracker.requires:
             logits = output.get("logits") if isinstance(output, dict) else getattr(output, "logits", None)

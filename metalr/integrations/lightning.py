@@ -65,7 +65,8 @@ class MetalrCallback(pl.Callback):
         self.val_loss_key, self.val_accuracy_key = val_loss_key, val_accuracy_key
         self.binding: Binding | None = None
         self._saved: dict[str, Any] | None = None  # state from a checkpoint, loaded before the optimizer exists
-        self._loss_sum, self._n_micro = 0.0, 0
+        self._loss_sum: torch.Tensor | float = 0.0
+        self._n_micro = 0
 
     @property
     def state_key(self) -> str:
@@ -116,7 +117,8 @@ class MetalrCallback(pl.Callback):
             return
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if isinstance(loss, torch.Tensor):
-            self._loss_sum += float(loss.detach().float()) * trainer.accumulate_grad_batches  # undo Lightning's division
+            # undo Lightning's division; a float64 tensor on the loss's device, no host read (as `metalr.integrations.hf`)
+            self._loss_sum = self._loss_sum + loss.detach().float().double() * trainer.accumulate_grad_batches
             self._n_micro += 1
         if self.binding.pending is None:  # accumulating: no optimizer step in this batch
             return
