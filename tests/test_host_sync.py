@@ -247,3 +247,23 @@ def test_on_cuda_meta_device_rule_gives_the_host_rule_lrs(optimizer: str, every:
     for signals, values in kept:
         host_lrs.append(host.step(replace(signals, **{k: float(v) for k, v in values.items()}))[0])
     assert dev_lrs == pytest.approx(host_lrs, rel=1e-5) and len(set(host_lrs)) > 5
+
+
+def test_meta_kept_device_signals_are_read_in_order_with_steps_that_bring_none() -> None:
+    """With device signals kept between read-backs, a step whose signals hold no tensor (no loss given) waits behind
+    them: the LR at every read-back and the final state are the host path's, fed the same numbers in the same order."""
+    from metalr.controllers import build
+    from metalr.signals import Signals
+
+    def run(kept: bool) -> tuple[list[float], float]:
+        opt = torch.optim.SGD([torch.zeros(2, requires_grad=True)], lr=0.1)
+        ctrl = build("meta", opt, total_steps=60, sync_every=3 if kept else 1, checkpoint=_shipped_every(1))
+        lrs = []
+        for t in range(1, 61):
+            loss = None if t % 5 == 0 else 1.0 - 0.01 * t
+            lrs.append(ctrl.step(Signals(step=t, loss=torch.tensor(loss, dtype=torch.float64) if kept and loss is not None else loss))[0])
+        return lrs, ctrl.log_rel
+
+    (kept, kept_end), (host, host_end) = run(True), run(False)
+    assert kept[2::3] == pytest.approx(host[2::3], rel=1e-12) and kept_end == pytest.approx(host_end, rel=1e-12)
+    assert len(set(host)) > 10

@@ -132,9 +132,10 @@ class MetaController(Controller):
             )  # fmt: skip
         loss, norm, align, size = signals.loss, signals.grad_norm, signals.grad_align, signals.update_size
         tensor = torch.Tensor
-        if isinstance(loss, tensor) or isinstance(align, tensor) or isinstance(norm, tensor) or isinstance(size, tensor):
+        if isinstance(loss, tensor) or isinstance(align, tensor) or isinstance(norm, tensor) or isinstance(size, tensor) or self._pending:
             # Tensors on the parameters' device (a GPU): kept as they are, no kernel and no read; every
-            # `sync_every` steps they are read back at once and the host rule runs over them, step by step.
+            # `sync_every` steps they are read back at once and the host rule runs over them, step by step
+            # (a step without tensors while some are kept waits its turn behind them).
             self._pending.append((self.last_step, loss, norm, align, size))
             if self.last_step % self.sync_every:
                 return list(self._last_lr)
