@@ -16,7 +16,7 @@ Consecutive gradients that agree raise the LR; ones that disagree lower it.
 
 Cost: the tracker keeps the previous parameters (one model-sized buffer, updated in
 place) and reads g_t . u_{t-1} and two norms as Python floats every step: on a GPU,
-host-device synchronisations every step (`benchmarks/README.md`). On the CPU the
+one host-device synchronisation per step, the three read together (`benchmarks/README.md`). On the CPU the
 difference, the three sums and the new copy take one pass over memory
 (`metalr.gradstats.host_step_dots`).
 """
