@@ -36,11 +36,11 @@ and the table's `syncs/step` column counts the synchronisations it reports
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import platform
 import statistics
 import time
-import warnings
 from typing import Any
 
 import torch
@@ -48,7 +48,7 @@ import yaml
 
 from metalr import controllers, tasks
 from metalr.tasks.base import to_device
-from metalr.testing import smoke_kwargs
+from metalr.testing import count_cuda_syncs, smoke_kwargs
 from metalr.train import setup
 
 DEFAULT_TASKS = ("digits_mlp", "mnist1d_cnn", "rt_bilstm", "rt_minilm")
@@ -75,24 +75,20 @@ def time_steps(task: tasks.Task, name: str, batches: list[Any], device: torch.de
         optimizer.zero_grad(set_to_none=True)
         out = task.forward(model, batch)
         out.loss.backward()
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            if watch:
-                torch.cuda.set_sync_debug_mode("warn")
+
+        def watching() -> contextlib.AbstractContextManager[list[str]]:
+            return count_cuda_syncs() if watch else contextlib.nullcontext([])
+
+        with watching() as in_collect:
             t0 = time.perf_counter()
             signals = tracker.collect(loss=out.loss, logits=out.logits, targets=out.targets, batch_size=out.batch_size)
             t1 = time.perf_counter()
-            if watch:
-                torch.cuda.set_sync_debug_mode("default")
-            optimizer.step()
-            if watch:
-                torch.cuda.set_sync_debug_mode("warn")
+        optimizer.step()
+        with watching() as in_step:
             t2 = time.perf_counter()
             ctrl.step(signals)
             own += time.perf_counter() - t2 + t1 - t0
-            if watch:
-                torch.cuda.set_sync_debug_mode("default")
-        syncs += sum("synchroniz" in m and "prototype" not in m for m in map(str, (w.message for w in caught)))  # not the mode's own notice
+        syncs += len(in_collect) + len(in_step)
 
     for b in batches[:warmup]:
         step(b)
