@@ -267,3 +267,41 @@ def test_meta_kept_device_signals_are_read_in_order_with_steps_that_bring_none()
     (kept, kept_end), (host, host_end) = run(True), run(False)
     assert kept[2::3] == pytest.approx(host[2::3], rel=1e-12) and kept_end == pytest.approx(host_end, rel=1e-12)
     assert len(set(host)) > 10
+
+
+def test_meta_sync_every_on_the_policy_steps_follows_the_warmup_and_only_a_guard_cut_waits() -> None:
+    """`sync_every` = the rule's `decide_every` (8, shipped): device signals are read back only on the policy's steps,
+    so the warmup and every decision give the host path's LRs on the same steps; a guard cut between two decisions
+    takes effect at the next read-back, after which the two paths agree again (`scripts/meta_sync_probe.py` measures
+    what that delay costs: too much for a default)."""
+    from metalr.controllers import build
+    from metalr.signals import Signals
+
+    spike = (20, 21)  # a loss 10x the first: the guard (ratio 1.5 of the first loss) fires at step 20
+
+    def run(device: bool) -> tuple[list[float], list[int], int]:
+        opt = torch.optim.SGD([torch.zeros(2, requires_grad=True)], lr=0.1)
+        ctrl = build("meta", opt, total_steps=400, sync_every=8)  # the shipped checkpoint: decide_every 8, warmup over 8 steps
+        lrs, read_steps = [], []
+        for t in range(1, 61):
+            loss = 10.0 if t in spike else 1.0 - 0.005 * t
+            with count_host_reads() as seen:
+                lrs.append(ctrl.step(Signals(step=t, loss=torch.tensor(loss, dtype=torch.float64) if device else loss))[0])
+            read_steps += [t] if seen else []
+        return lrs, read_steps, ctrl.state_dict()["rule_state"]["guard_fired"]
+
+    (dev, dev_reads, dev_fired), (host, _, host_fired) = run(True), run(False)
+    assert dev_reads == list(range(8, 61, 8)) and dev_fired == host_fired == 1
+    assert len(set(host[:8])) == 8  # the warmup moves the LR every step, on both paths
+    assert dev[:19] == pytest.approx(host[:19], rel=1e-12)  # steps 1-19: warmup, the decisions at 8 and 16
+    assert host[19] == pytest.approx(0.3 * host[18], rel=0.05)  # the host path cuts at step 20 ...
+    assert dev[19:23] == [dev[18]] * 4  # ... the device path holds its LR until the read-back at step 24 ...
+    assert dev[23:] == pytest.approx(host[23:], rel=1e-12)  # ... and from there on the two agree
+
+
+@pytest.mark.parametrize("bad", [0, -2, True, 2.5, "8"])
+def test_meta_refuses_a_sync_every_that_is_not_a_positive_int(bad: Any) -> None:
+    from metalr.controllers import build
+
+    with pytest.raises(ValueError, match="sync_every must be an int >= 1"):
+        build("meta", torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1), total_steps=10, sync_every=bad)

@@ -31,8 +31,11 @@ One rule (`metalr.meta.rule.lr_rule`), always on the host, whatever the signals'
   steps they are read back together, one host-device synchronisation, and the rule
   runs over them step by step. Default 1: the exact rule, one synchronisation per
   step. With `sync_every=k`: 1/k synchronisations per step; the rule still takes
-  every step's signals, in order, but the optimizer's LR is refreshed only every k
-  steps (piecewise constant over blocks of k; the guard acts up to k-1 steps late).
+  every step's signals, in order, but the optimizer's LR takes the rule's changes only
+  every k steps (held over blocks of k, following the warmup; the guard acts up to k-1
+  steps late). That delay is why the default stays 1: with k = 8 (the read-backs on the
+  policy's own steps, so only the guard waits) the selection tasks lose 1.7 points from
+  a 10^1.5x LR (`scripts/meta_sync_probe.py`, docs/meta_training/README.md, session 20).
   Running the rule on the device instead (about a hundred tiny kernels a step) cost
   more than the synchronisation it saved (`benchmarks/README.md`, CUDA).
 """
@@ -41,6 +44,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 import os
 from dataclasses import replace
 from typing import Any
@@ -80,8 +84,8 @@ class MetaController(Controller):
         self.signal_every = self.rule.decide_every  # the tracker computes the gradient statistics only on the policy's steps
         if total_steps is not None and total_steps < 1:
             raise ValueError(f"total_steps must be >= 1, got {total_steps}")
-        if int(sync_every) < 1:
-            raise ValueError(f"sync_every must be >= 1, got {sync_every}")
+        if isinstance(sync_every, bool) or not isinstance(sync_every, (int, numbers.Integral)) or sync_every < 1:
+            raise ValueError(f"sync_every must be an int >= 1, got {sync_every!r}")
         if total_steps is None:
             log.warning("meta controller: total_steps not given; assuming a %d-step run (pass total_steps=...)", self.rule.default_total_steps)
         self.total_steps = int(total_steps or self.rule.default_total_steps)
@@ -138,7 +142,12 @@ class MetaController(Controller):
             # (a step without tensors while some are kept waits its turn behind them).
             self._pending.append((self.last_step, loss, norm, align, size))
             if self.last_step % self.sync_every:
-                return list(self._last_lr)
+                # Between read-backs the multiplier of the last one is held (the policy's and the guard's changes wait
+                # for the next; a read for inspection, `log_rel`, changes nothing here), under this step's warmup.
+                if self.last_step > self._warmup_steps:
+                    return list(self._last_lr)
+                ratio = self._warmup(self.last_step) / self._warmup(self.last_step - 1)
+                return [lr * ratio for lr in self._last_lr]
             self._flush()
         else:
             self._rule_step(self.last_step, loss, norm, align, size)
@@ -146,6 +155,10 @@ class MetaController(Controller):
         if self.last_step < self._warmup_steps:  # the next step is still in the warmup
             factor *= warmup_factor(self.rule, self.last_step + 1, self.total_steps)
         return [b * factor for b in self.base_lrs]
+
+    def _warmup(self, step: int) -> float:
+        """The warmup envelope of the LR set after controller step `step` (that of step `step` + 1; 1 once it is over)."""
+        return warmup_factor(self.rule, step + 1, self.total_steps) if step < self._warmup_steps else 1.0
 
     def _rule_step(self, step: int, loss: Any, norm: Any, align: Any, size: Any) -> None:
         """One step of the rule on the host (Python and numpy numbers)."""
