@@ -8,7 +8,8 @@ Record under each of two commits (e.g. worktrees imported in turn, as `overhead_
 `PYTHONPATH=<worktree> python <worktree>/benchmarks/lr_sequences.py before.json`), then compare: every run's LR
 sequence must be equal bit for bit. The runs: `meta` on digits_mlp, mnist1d_cnn and digits_cnn (also from base
 LR x30 and x0.03, where its divergence guard and its LR floor act), `hypergradient` on digits_mlp and digits_cnn,
-`grad_variability` on digits_mlp and mnist1d_cnn and with `measure="direction"` on digits_cnn; 300 steps each, seed
+`grad_variability` on digits_mlp and mnist1d_cnn and with `measure="direction"` on digits_cnn, `grad_variability_relative`,
+`loss_patterns` (per epoch and every 10 steps) and `loss_patterns_relative`; 300 steps each, seed
 0, CPU, one thread, the harness's call order (backward, `collect`, `optimizer.step`, `controller.step`).
 """
 
@@ -30,6 +31,10 @@ RUNS: tuple[tuple[str, str, dict[str, Any], float], ...] = (
     ("mnist1d_cnn", "grad_variability", {}, 1.0),
     ("digits_mlp", "meta", {}, 30.0),
     ("digits_cnn", "meta", {}, 0.03),
+    ("digits_mlp", "grad_variability_relative", {}, 1.0),
+    ("digits_mlp", "loss_patterns", {}, 1.0),  # a period per epoch
+    ("mnist1d_cnn", "loss_patterns", {"interval_steps": 10}, 1.0),
+    ("digits_cnn", "loss_patterns_relative", {"interval_steps": 10}, 1.0),
 )
 STEPS = 300
 
@@ -54,6 +59,7 @@ def record() -> dict[str, Any]:
         model.train()
         lrs: list[float] = []
         while len(lrs) < STEPS:
+            tracker.epoch = len(lrs) // len(loader)  # a new epoch at each pass over the loader
             for batch in loader:
                 opt.zero_grad(set_to_none=True)
                 o = task.forward(model, batch)

@@ -19,7 +19,8 @@ tracker hands controllers Python floats, which on a GPU costs one host-device
 synchronisation per converted value. A tracker built with `as_tensors=True`
 (`metalr.train.build_tracker` does so when the controller declares
 `device_signals`) leaves `loss`, `grad_norm` and `grad_align` as 0-d tensors on
-the device and converts nothing: its `collect` never synchronises.
+the device and converts them not: its `collect` never synchronises for them
+(`grad_cos` and `hypergrad`, and `grad_norm` beside them, stay Python numbers).
 
 Validation results are attached with `tracker.record_eval(val_loss, val_accuracy)`;
 they appear in the *next* `collect` only (`signals.val_loss` is None otherwise),
@@ -44,7 +45,19 @@ from typing import Any, Protocol, cast
 
 import torch
 
-from metalr.gradstats import GradAlign, KeptCopy, UpdateSize, ViewCache, _host_arrays, finite_or_nan, host_dot, host_dots, host_norm, host_step_dots
+from metalr.gradstats import (
+    GradAlign,
+    KeptCopy,
+    UpdateSize,
+    ViewCache,
+    _host_arrays,
+    finite_or_nan,
+    global_norm,
+    host_dot,
+    host_dots,
+    host_norm,
+    host_step_dots,
+)
 
 #: Every signal a controller may list in `requires`.
 SIGNAL_NAMES = frozenset(
@@ -118,7 +131,8 @@ class SignalTracker:
         sources: estimators for signals that need one (uncertainty, resources).
         as_tensors: leave `loss`, `grad_norm` and `grad_align` as 0-d tensors on the parameters'
             device instead of Python floats (no host synchronisation; for controllers that
-            declare `device_signals`).
+            declare `device_signals`). `grad_cos` and `hypergrad` stay Python numbers, and so
+            does `grad_norm` when either is required.
         every: compute the gradient-level signals (`GRADIENT_SIGNALS`) only on steps that are
             multiples of `every` (None on the others), for a controller that reads them only then
             (`Controller.signal_every`). On the step before such a step the tracker keeps what the
@@ -271,6 +285,9 @@ class SignalTracker:
             denom = s.grad_norm * math.sqrt(step_sq)
             s.hypergrad = finite_or_nan(dot / self._prev_lr)  # g_t . u_{t-1}
             s.hypergrad_cos = finite_or_nan(dot / denom) if denom > 0 else 0.0
+        elif self.as_tensors and "grad_cos" not in self.requires:  # the norm alone, for a reader of device tensors: no read
+            norm: Any = global_norm(present)  # a 0-d tensor where `Signals` says float: `as_tensors`' contract
+            s.grad_norm = norm
         else:
             s.grad_norm = host_norm(present)
         if "grad_cos" in self.requires:

@@ -305,3 +305,83 @@ def test_meta_refuses_a_sync_every_that_is_not_a_positive_int(bad: Any) -> None:
 
     with pytest.raises(ValueError, match="sync_every must be an int >= 1"):
         build("meta", torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1), total_steps=10, sync_every=bad)
+
+
+KEPT_UNTIL_DECISION = [
+    ("grad_variability", {}, 5),  # decides every `interval` (5) steps
+    ("grad_variability_relative", {"interval": 4}, 4),
+    ("loss_patterns", {"interval_steps": 3, "window": 3}, 3),  # a period closes every 3 steps
+    ("loss_patterns_relative", {"interval_steps": 4, "window": 3}, 4),
+]
+
+
+@pytest.mark.parametrize(("name", "kwargs", "every"), KEPT_UNTIL_DECISION)
+def test_controllers_that_decide_every_k_steps_read_back_only_then(name: str, kwargs: dict[str, Any], every: int) -> None:
+    """With device signals they keep each step's tensor and read them back together on their decision steps."""
+    collect_reads, step_reads, tracker = _loop(name, "adam", 20, **kwargs)
+    assert tracker.as_tensors and collect_reads == [[]] * 20
+    assert [i + 1 for i, seen in enumerate(step_reads) if seen] == list(range(every, 21, every))
+    assert all(seen == ["tolist"] for seen in step_reads if seen)  # one read for all the kept values
+
+
+@pytest.mark.parametrize(("name", "kwargs", "every"), [*KEPT_UNTIL_DECISION, ("loss_patterns", {"window": 3}, 0)])
+def test_kept_device_signals_give_the_host_path_lrs_and_state(name: str, kwargs: dict[str, Any], every: int) -> None:
+    """One training run, two trackers reading the same gradients (Python numbers; device tensors) and two controllers:
+    the same LRs, and a state saved between two decisions (kept values folded in) that resumes to the same LRs.
+    `every` 0: loss_patterns' default periods, one per epoch (here 7 steps)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3))
+    opt = torch.optim.Adam(model.parameters(), lr=3e-2)
+    host = setup(name, model=model, optimizer=opt, total_steps=60, controller_kwargs=kwargs)
+
+    def device_controller() -> Any:
+        shadow = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=3e-2)  # the device controller's LR goes here
+        return setup(name, model=torch.nn.Linear(1, 1), optimizer=shadow, total_steps=60, controller_kwargs=kwargs).controller
+
+    dev = device_controller()
+    dev_tracker = build_tracker(dev, model.parameters(), total_steps=60, as_tensors=True)
+    dev_tracker.optimizer = opt
+    x, y = torch.randn(64, 6), torch.randint(0, 3, (64,))
+    host_lrs, dev_lrs, saved = [], [], None
+    for t in range(1, 61):
+        host.tracker.epoch = dev_tracker.epoch = (t - 1) // 7
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        signals, dev_signals = host.tracker.collect(loss=loss), dev_tracker.collect(loss=loss)
+        assert isinstance(dev_signals.loss if "loss" in dev.requires else dev_signals.grad_norm, torch.Tensor)
+        opt.step()
+        host_lrs.append(host.controller.step(signals)[0])
+        dev_lrs.append(dev.step(dev_signals)[0])
+        if t == 34:  # between two decisions (34 is no multiple of 3, 4, 5 or 7): values are kept
+            assert dev._pending
+            saved = (dev.state_dict(), host.controller.state_dict(), len(dev_lrs))
+            assert not dev._pending
+            resumed = device_controller()
+            resumed.load_state_dict(saved[0])
+            resumed_lrs: list[float] = []
+        elif t > 34:
+            resumed_lrs.append(resumed.step(dev_signals)[0])
+    assert dev_lrs == pytest.approx(host_lrs, rel=1e-9) and len(set(host_lrs)) > 2
+    assert saved is not None
+    for key in host.controller._state_keys:
+        assert saved[0][key] == pytest.approx(saved[1][key], rel=1e-6, nan_ok=True), key  # norms: torch against numpy rounding
+    assert resumed_lrs == pytest.approx(dev_lrs[34:], rel=1e-12)
+
+
+def test_a_binding_reads_the_loss_only_for_a_controller_that_reads_it() -> None:
+    """The integrations hand the step's loss to `after_step`; a controller that does not require it (a schedule,
+    plateau on the validation loss) never has it read (on a GPU: no synchronisation per step)."""
+    from metalr.integrations.base import Binding
+    from metalr.train import build_controller
+
+    model = torch.nn.Linear(3, 1)
+    for name, reads in (("cosine", 0), ("plateau", 0), ("loss_patterns", 1), ("plateau", 1)):  # (on a CPU a reader gets a Python number)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        kwargs = {"metric": "loss"} if (name, reads) == ("plateau", 1) else {}
+        binding = Binding(build_controller(name, opt, total_steps=10, **kwargs), params=model.parameters(), total_steps=10)
+        loss = torch.tensor(0.5)
+        binding.before_step()
+        with count_host_reads() as seen:
+            binding.after_step(loss)
+        assert len(seen) == reads, (name, seen)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -229,6 +230,24 @@ class MultiplicativeController(Controller):
     def _compute_lrs(self, signals: Signals) -> list[float]:
         factor = self._factor(signals)
         return [lr * factor for lr in self._last_lr]
+
+
+#: A controller that keeps device signals until its next decision reads them back early once it holds this many
+#: (bounded memory for a long interval or epoch; the LRs are the same either way).
+MAX_PENDING = 256
+
+
+def read_back(values: Sequence[Any]) -> list[Any]:
+    """`values` (0-d tensors, Python numbers or None) as Python numbers and None, in order, the tensors read back
+    together: one host-device synchronisation for all of them (exact: `torch.cat` promotes to the widest dtype).
+
+    For controllers with `device_signals` that keep a step's tensors until they decide (`meta`, `grad_variability`,
+    `loss_patterns`): on a GPU a step that reads nothing back does not stall the step pipeline."""
+    kept = [v.detach().reshape(1) for v in values if isinstance(v, torch.Tensor)]
+    if not kept:
+        return list(values)
+    read = iter(torch.cat(kept).tolist())
+    return [next(read) if isinstance(v, torch.Tensor) else v for v in values]
 
 
 def _copy(value: Any) -> Any:

@@ -15,22 +15,31 @@ the gradient per step). With interval == window the windows compared do not
 overlap. Non-finite readings are skipped. `extra_logs` gives v and the factor
 applied at each step. Default bounds: [base/100, 10 * base].
 
-Cost: the gradient norm is read as a Python float every step (per-tensor reductions,
-no copy; on a GPU one host-device synchronisation per step); measure="direction" also
-keeps the previous gradient (one model-sized buffer).
+Cost: the gradient norm of every step (per-tensor reductions, no copy). On a CPU it is
+read as a Python float every step. On a GPU (`device_signals`) it stays a device tensor
+and the readings since the last decision are read back together on the decision step:
+one host-device synchronisation per `interval` steps (at most 256 readings are kept),
+the same LRs. measure="direction" reads its cosine every step (one synchronisation per
+step on a GPU) and keeps the previous gradient (one model-sized buffer).
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
 from metalr.controllers import register
-from metalr.controllers.base import MultiplicativeController, relative_lr_bounds
+from metalr.controllers.base import MAX_PENDING, MultiplicativeController, read_back, relative_lr_bounds
 from metalr.signals import Signals
 
 MEASURES = ("norm_cv", "direction")
+
+
+def _finite(value: Any) -> float | None:
+    """A reading as a Python float, or None when it is missing or not finite."""
+    return float(value) if value is not None and math.isfinite(value) else None
 
 
 def coefficient_of_variation(values: list[float]) -> float:
@@ -49,6 +58,7 @@ def coefficient_of_variation(values: list[float]) -> float:
 class GradVariability(MultiplicativeController):
     """LR *= 0.9 when gradient variability over the last 5 batches rises, *= 1.1 when it falls."""
 
+    device_signals = True  # the gradient norm may stay on the device until a decision step (measure="norm_cv")
     _state_keys = ("window_values", "prev_variability", "variability", "last_factor")
 
     def __init__(
@@ -72,30 +82,61 @@ class GradVariability(MultiplicativeController):
         self.window, self.adjustment, self.interval, self.measure, self.tolerance = int(window), float(adjustment), int(interval), measure, float(tolerance)
         self.requires = frozenset({"grad_norm", "grad_cos"} if measure == "direction" else {"grad_norm"})  # type: ignore[misc]
         self.window_values: list[float] = []
+        self._pending: list[Any] = []  # device readings not read back yet (`device_signals`)
         self.prev_variability = math.nan
         self.variability = math.nan
         self.last_factor = 1.0
         lo, hi = relative_lr_bounds(optimizer, min_lr, max_lr)
         super().__init__(optimizer, min_lr=lo, max_lr=hi)
 
-    def _reading(self, signals: Signals) -> float | None:
+    def _compute_lrs(self, signals: Signals) -> list[float]:
         value = signals.grad_cos if self.measure == "direction" else signals.grad_norm
-        return float(value) if value is not None and math.isfinite(value) else None
+        if isinstance(value, torch.Tensor) or self._pending:
+            # A device tensor (a GPU): kept, not read; the LR moves only on decision steps, so the readings are read back
+            # together there (one synchronisation per `interval` steps) and folded in order: the host path's LRs.
+            self._pending.append(value)
+            decide = self.last_step % self.interval == 0
+            if decide or len(self._pending) >= MAX_PENDING:
+                *before, last = read_back(self._pending)
+                self._pending = []
+                for v in before:
+                    self._on_reading(_finite(v), decide=False)
+                self._on_reading(_finite(last), decide=decide)
+            else:
+                self.last_factor = 1.0
+            return [lr * self.last_factor for lr in self._last_lr]
+        factor = self._on_reading(_finite(value), decide=self.last_step % self.interval == 0)  # `_factor`, one call fewer
+        return [lr * factor for lr in self._last_lr]
+
+    def _factor(self, signals: Signals) -> float:
+        value = signals.grad_cos if self.measure == "direction" else signals.grad_norm
+        return self._on_reading(_finite(value), decide=self.last_step % self.interval == 0)
+
+    def state_dict(self) -> dict[str, Any]:
+        if self._pending:  # readings kept on the device: folded in first (no decision), so the state is the host path's
+            before, self._pending = read_back(self._pending), []
+            for v in before:
+                self._on_reading(_finite(v), decide=False)
+        return super().state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self._pending = []
 
     def _variability(self) -> float:
         if self.measure == "direction":
             return (1.0 - sum(self.window_values) / len(self.window_values)) / 2.0
         return coefficient_of_variation(self.window_values)
 
-    def _factor(self, signals: Signals) -> float:
+    def _on_reading(self, reading: float | None, decide: bool) -> float:
+        """Fold one step's reading (None: missing) into the window and, on a decision step, decide: the LR factor."""
         self.last_factor = 1.0
-        reading = self._reading(signals)
         values = self.window_values
         if reading is not None:
             values.append(reading)
             if len(values) > self.window:
                 del values[0]  # the last `window` readings, kept in place
-        if self.last_step % self.interval or len(values) < self.window:
+        if not decide or len(values) < self.window:
             return 1.0
         v = self._variability()
         if not math.isfinite(v):

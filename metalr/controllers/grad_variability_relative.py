@@ -32,7 +32,6 @@ import torch
 from metalr.controllers import register
 from metalr.controllers.grad_variability import GradVariability
 from metalr.controllers.relative import RelativeLevel
-from metalr.signals import Signals
 
 
 @register("grad_variability_relative")
@@ -58,13 +57,12 @@ class GradVariabilityRelative(RelativeLevel, GradVariability):
         self._init_level(band, history, confirm)
         super().__init__(optimizer, window=window, adjustment=adjustment, interval=interval, measure=measure, min_lr=min_lr, max_lr=max_lr)
 
-    def _factor(self, signals: Signals) -> float:
+    def _on_reading(self, reading: float | None, decide: bool) -> float:
         self.last_factor = 1.0
-        reading = self._reading(signals)
         if reading is None:  # a non-finite gradient norm: no new information, so no decision this step
             return 1.0
         self.window_values = (self.window_values + [reading])[-self.window :]
-        if self.last_step % self.interval or len(self.window_values) < self.window:
+        if not decide or len(self.window_values) < self.window:
             return 1.0
         v = self._variability()
         if not math.isfinite(v):

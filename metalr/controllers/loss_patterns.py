@@ -19,16 +19,22 @@ the first matching pattern sets the LR (code logged as `loss_pattern`):
     0 none            anything else, or fewer than `window` periods yet: LR kept
 
 Non-finite losses are left out of the period mean. Default bounds: [base/100, 10 * base].
+
+Cost: on a CPU the loss is read as a Python float every step. On a GPU (`device_signals`) each
+step's loss stays a device tensor and a period's losses are read back together when it closes
+(one host-device synchronisation per period, or per 256 steps if a period is longer), summed in
+the same order: the same LRs.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
 from metalr.controllers import register
-from metalr.controllers.base import MultiplicativeController, relative_lr_bounds
+from metalr.controllers.base import MAX_PENDING, MultiplicativeController, read_back, relative_lr_bounds
 from metalr.signals import Signals
 
 PATTERNS = {"none": 0, "plateau": 1, "sharp_drop": 2, "oscillation": 3, "steady_decline": 4, "rise": 5}
@@ -62,6 +68,7 @@ class LossPatterns(MultiplicativeController):
     """Plateau or oscillation -> LR *= 0.8; steady decline -> LR *= 1.2; per epoch or every N steps."""
 
     requires = frozenset({"loss"})
+    device_signals = True  # the loss may stay on the device until its period closes
     _state_keys = ("period_losses", "period_sum", "period_count", "period_epoch", "pattern", "last_factor", "moving_average")
 
     def __init__(
@@ -90,6 +97,7 @@ class LossPatterns(MultiplicativeController):
         self.plateau_variance, self.plateau_rate, self.sharp_drop = float(plateau_variance), float(plateau_rate), float(sharp_drop)
         self.period_losses: list[float] = []
         self.period_sum, self.period_count, self.period_epoch = 0.0, 0, -1
+        self._pending: list[Any] = []  # this period's losses kept on the device, not read back yet (`device_signals`)
         self.pattern, self.last_factor, self.moving_average = PATTERNS["none"], 1.0, math.nan
         lo, hi = relative_lr_bounds(optimizer, min_lr, max_lr)
         super().__init__(optimizer, min_lr=lo, max_lr=hi)
@@ -100,14 +108,41 @@ class LossPatterns(MultiplicativeController):
         if by_epoch and signals.epoch != self.period_epoch:  # the first step of a new epoch closes the last one
             self._close_period()
             self.period_epoch = signals.epoch
-        if signals.loss is not None and math.isfinite(signals.loss):
-            self.period_sum += float(signals.loss)
+        loss = signals.loss
+        if isinstance(loss, torch.Tensor) or self._pending:
+            # A device tensor (a GPU): kept, not read; the LR moves only when a period closes, so the period's losses are
+            # read back together then (one synchronisation per period) and summed in order: the host path's sums.
+            if loss is not None:
+                self._pending.append(loss)
+            if len(self._pending) >= MAX_PENDING:
+                self._fold_pending()
+        elif loss is not None and math.isfinite(loss):
+            self.period_sum += float(loss)
             self.period_count += 1
         if not by_epoch and self.last_step % int(self.interval_steps or 1) == 0:
             self._close_period()
         return self.last_factor
 
+    def _fold_pending(self) -> None:
+        """Add the losses kept on the device to the period's sum, in order (one host-device synchronisation)."""
+        pending, self._pending = self._pending, []
+        for v in read_back(pending):
+            if math.isfinite(v):
+                self.period_sum += float(v)
+                self.period_count += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        if self._pending:  # the state is the host path's: kept losses folded in first
+            self._fold_pending()
+        return super().state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self._pending = []
+
     def _close_period(self) -> None:
+        if self._pending:
+            self._fold_pending()
         if self.period_count == 0:
             return
         self.period_losses = (self.period_losses + [self.period_sum / self.period_count])[-self.window :]

@@ -52,7 +52,7 @@ from typing import Any
 import torch
 
 from metalr.controllers import register
-from metalr.controllers.base import Controller
+from metalr.controllers.base import Controller, read_back
 from metalr.meta.checkpoint import FrozenPolicy, cached_policy
 from metalr.meta.policy import HostPolicy
 from metalr.meta.rule import RuleConfig, RuleState, lr_rule, warmup_factor, warmup_steps
@@ -177,10 +177,9 @@ class MetaController(Controller):
         if not self._pending:
             return
         pending, self._pending = self._pending, []
-        kept = [v.detach().reshape(1) for row in pending for v in row[1:] if isinstance(v, torch.Tensor)]
-        values = iter(torch.cat(kept).tolist())  # exact: cat promotes to the widest dtype among them
+        values = iter(read_back([v for row in pending for v in row[1:]]))
         for step, *signals in pending:
-            self._rule_step(step, *(next(values) if isinstance(v, torch.Tensor) else v for v in signals))
+            self._rule_step(step, *(next(values) for _ in signals))
 
     def policy_features(self) -> list[float]:
         """The feature vector as of the last step, in `FEATURE_NAMES` order (what the policy reads at a decision step;

@@ -2,6 +2,8 @@
 
 It reacts only when a new metric arrives: by default `signals.val_loss`, which the
 tracker sets on the step after each evaluation (`metric="loss"` reacts every step).
+It requires only its metric: the training loss is read (on a GPU, a host-device
+synchronisation per step) only with `metric="loss"`.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from metalr.signals import Signals
 class ReduceOnPlateau(Controller):
     """LR *= factor after `patience` evaluations without improvement of `metric`."""
 
-    requires = frozenset({"val_loss", "loss"})
+    requires = frozenset({"val_loss"})  # the default metric's; an instance reads only its own metric
     _state_keys = ("best", "num_bad_epochs", "cooldown_counter")
 
     def __init__(
@@ -46,6 +48,8 @@ class ReduceOnPlateau(Controller):
         if patience < 0 or cooldown < 0:
             raise ValueError("patience and cooldown must be >= 0")
         self.metric, self.mode, self.factor, self.patience = metric, mode, float(factor), int(patience)
+        # only the metric it reacts to: the training loss is read (on a GPU, one synchronisation per step) only for metric="loss"
+        self.requires = frozenset({metric})  # type: ignore[misc]
         self.threshold, self.threshold_mode, self.cooldown, self.eps = float(threshold), threshold_mode, int(cooldown), float(eps)
         self.best = math.inf if mode == "min" else -math.inf
         self.num_bad_epochs = 0

@@ -125,7 +125,7 @@ class Binding:
         if self.pending is None:
             raise RuntimeError("after_step without before_step: no optimizer step to account for")
         s, self.pending = self.pending, None
-        if loss is not None:
+        if loss is not None and "loss" in self.tracker.requires:  # read only for a controller that reads it (on a GPU a read is a synchronisation)
             if isinstance(loss, torch.Tensor):
                 loss = loss.detach()
                 loss = (loss if loss.dtype == torch.float64 else loss.float()).mean()  # (a float64 sum stays exact)
