@@ -385,3 +385,14 @@ def test_a_binding_reads_the_loss_only_for_a_controller_that_reads_it() -> None:
         with count_host_reads() as seen:
             binding.after_step(loss)
         assert len(seen) == reads, (name, seen)
+
+
+def test_read_back_keeps_the_order_of_tensors_numbers_and_none_exactly() -> None:
+    from metalr.controllers.base import read_back
+
+    values = [torch.tensor(0.1, dtype=torch.float32), None, 2.5, torch.tensor(1 / 3, dtype=torch.float64), torch.tensor(float("nan"))]
+    with count_host_reads() as seen:
+        out = read_back(values)
+    assert seen == ["tolist"]  # one read for every tensor
+    assert out[:4] == [float(torch.tensor(0.1, dtype=torch.float32)), None, 2.5, 1 / 3] and math.isnan(out[4])
+    assert read_back([1.0, None]) == [1.0, None]

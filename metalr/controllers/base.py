@@ -246,7 +246,10 @@ def read_back(values: Sequence[Any]) -> list[Any]:
     kept = [v.detach().reshape(1) for v in values if isinstance(v, torch.Tensor)]
     if not kept:
         return list(values)
-    read = iter(torch.cat(kept).tolist())
+    if len({t.device for t in kept}) == 1:
+        read = iter(torch.cat(kept).tolist())
+    else:  # tensors on two devices (a statistic of no gradient at all is a CPU NaN): read one by one, a rare step
+        read = iter([t.item() for t in kept])
     return [next(read) if isinstance(v, torch.Tensor) else v for v in values]
 
 
