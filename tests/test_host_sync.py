@@ -324,6 +324,15 @@ def test_controllers_that_decide_every_k_steps_read_back_only_then(name: str, kw
     assert all(seen == ["tolist"] for seen in step_reads if seen)  # one read for all the kept values
 
 
+@CUDA
+@pytest.mark.parametrize(("name", "kwargs", "every"), KEPT_UNTIL_DECISION)
+def test_on_cuda_controllers_that_decide_every_k_steps_synchronise_only_then(name: str, kwargs: dict[str, Any], every: int) -> None:
+    """CUDA's own count (`count_cuda_syncs`): one synchronisation on each decision step, none on the others."""
+    collect_syncs, step_syncs, tracker = _loop(name, "adam", 20, device="cuda", **kwargs)
+    assert tracker.as_tensors and collect_syncs == [[]] * 20
+    assert [i + 1 for i, seen in enumerate(step_syncs) if seen] == list(range(every, 21, every))
+
+
 @pytest.mark.parametrize(("name", "kwargs", "every"), [*KEPT_UNTIL_DECISION, ("loss_patterns", {"window": 3}, 0)])
 def test_kept_device_signals_give_the_host_path_lrs_and_state(name: str, kwargs: dict[str, Any], every: int) -> None:
     """One training run, two trackers reading the same gradients (Python numbers; device tensors) and two controllers:
