@@ -16,7 +16,6 @@ Prints each F's cells beside the shipped checkpoint's (measured afresh here when
 
 from __future__ import annotations
 
-import argparse
 import functools
 import math
 import sys
@@ -29,6 +28,8 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import meta_select as ms  # noqa: E402
 
 from metalr.controllers.meta import MetaController  # noqa: E402
+
+PATCHES = ms.Patches()
 
 
 def patch(floor: float) -> None:
@@ -50,21 +51,11 @@ def patch(floor: float) -> None:
         lowest = floor * self._floor_peak
         return [lr * lowest / factor for lr in lrs] if factor < lowest else lrs
 
-    MetaController.__init__, MetaController._compute_lrs = __init__, _compute_lrs  # type: ignore[method-assign]
-    MetaController._floor_original = (init, compute)  # type: ignore[attr-defined]
+    PATCHES.set(MetaController, "__init__", __init__)
+    PATCHES.set(MetaController, "_compute_lrs", _compute_lrs)
 
 
-def unpatch() -> None:
-    MetaController.__init__, MetaController._compute_lrs = MetaController._floor_original  # type: ignore[attr-defined,method-assign]
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("floors", nargs="+", type=float)
-    ap.add_argument("--workers", type=int, default=2)
-    args = ap.parse_args()
-    ms.probe_patched({f"floor {v:g}": v for v in args.floors}, patch, unpatch, args.workers)
-
+unpatch = PATCHES.undo
 
 if __name__ == "__main__":
-    main()
+    ms.probe_main(__doc__, patch, unpatch, "floor {:g}")

@@ -19,7 +19,6 @@ measuring: beat the shipped checkpoint under `scripts/meta_select.py --rule v2`.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,9 @@ from metalr.meta.policy import HostPolicy  # noqa: E402
 TREND_SLOW = FEATURE_NAMES.index("trend_slow")
 
 
+PATCHES = ms.Patches()
+
+
 def patch(threshold: float) -> None:
     """Make every frozen policy's proposal at least 0 (no cut) while the raw `trend_slow` feature is below -threshold."""
     call = HostPolicy.__call__
@@ -43,21 +45,10 @@ def patch(threshold: float) -> None:
         out = call(self, features)
         return max(out, 0.0) if features[TREND_SLOW] < -threshold else out
 
-    HostPolicy.__call__ = __call__  # type: ignore[method-assign]
-    HostPolicy._gate_original = call  # type: ignore[attr-defined]
+    PATCHES.set(HostPolicy, "__call__", __call__)
 
 
-def unpatch() -> None:
-    HostPolicy.__call__ = HostPolicy._gate_original  # type: ignore[attr-defined,method-assign]
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("thresholds", nargs="+", type=float)
-    ap.add_argument("--workers", type=int, default=2)
-    args = ap.parse_args()
-    ms.probe_patched({f"gate {v:g}": v for v in args.thresholds}, patch, unpatch, args.workers)
-
+unpatch = PATCHES.undo
 
 if __name__ == "__main__":
-    main()
+    ms.probe_main(__doc__, patch, unpatch, "gate {:g}")

@@ -15,7 +15,6 @@ checkpoint under `scripts/meta_select.py --rule v2`. Prints each C's cells besid
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,8 @@ import meta_select as ms  # noqa: E402
 
 from metalr.meta.policy import HostPolicy  # noqa: E402
 
+PATCHES = ms.Patches()
+
 
 def patch(drift: float) -> None:
     """Make every frozen policy's proposal `drift` higher (log-LR change per 1/horizon of the run)."""
@@ -35,21 +36,10 @@ def patch(drift: float) -> None:
     def __call__(self: Any, features: Any) -> float:
         return call(self, features) + drift
 
-    HostPolicy.__call__ = __call__  # type: ignore[method-assign]
-    HostPolicy._drift_original = call  # type: ignore[attr-defined]
+    PATCHES.set(HostPolicy, "__call__", __call__)
 
 
-def unpatch() -> None:
-    HostPolicy.__call__ = HostPolicy._drift_original  # type: ignore[attr-defined,method-assign]
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("drifts", nargs="+", type=float)
-    ap.add_argument("--workers", type=int, default=2)
-    args = ap.parse_args()
-    ms.probe_patched({f"drift {v:g}": v for v in args.drifts}, patch, unpatch, args.workers)
-
+unpatch = PATCHES.undo
 
 if __name__ == "__main__":
-    main()
+    ms.probe_main(__doc__, patch, unpatch, "drift {:g}")

@@ -145,6 +145,35 @@ def beats(cand: dict[str, float], ref: dict[str, float], cells: tuple[str, ...] 
     return True, mean, f"mean gain {mean:+.4f}, worst cell {worst} {diffs[worst]:+.4f}"
 
 
+class Patches:
+    """The attributes a probe replaces (a method of `MetaController` or `HostPolicy`), put back by `undo`."""
+
+    def __init__(self) -> None:
+        self._saved: list[tuple[Any, str, Any]] = []
+
+    def set(self, owner: Any, name: str, value: Any) -> Any:
+        """`owner.name = value`; returns the original (which the replacement usually calls)."""
+        original = getattr(owner, name)
+        self._saved.append((owner, name, original))
+        setattr(owner, name, value)
+        return original
+
+    def undo(self) -> None:
+        while self._saved:
+            owner, name, original = self._saved.pop()
+            setattr(owner, name, original)
+
+
+def probe_main(doc: str, patch: Callable[[Any], None], unpatch: Callable[[], None], label: str) -> dict[str, dict[str, float]]:
+    """A probe's command line, `SCRIPT VALUE [VALUE ...] [--workers N]`: each VALUE (a number) measured by
+    `probe_patched` under the name `label.format(VALUE)`."""
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
+    ap.add_argument("values", nargs="+", type=float)
+    ap.add_argument("--workers", type=int, default=2)
+    args = ap.parse_args()
+    return probe_patched({label.format(v): v for v in args.values}, patch, unpatch, args.workers)
+
+
 def probe_patched(settings: dict[str, Any], patch: Callable[[Any], None], unpatch: Callable[[], None], workers: int = 2) -> dict[str, dict[str, float]]:
     """The research probes' measurement (scripts/meta_*_probe.py): the shipped checkpoint's cells under rule v2
     with the controller patched by each setting (`patch(setting)` ... `unpatch()`; worker processes fork from this

@@ -33,6 +33,8 @@ import meta_select as ms  # noqa: E402
 from metalr.controllers.meta import MetaController  # noqa: E402
 from metalr.signals import SignalTracker  # noqa: E402
 
+PATCHES = ms.Patches()
+
 
 def patch(sync_every: int) -> None:
     """Every tracker hands over tensors (as for parameters on a GPU); every `MetaController` reads them back every `sync_every` steps."""
@@ -46,13 +48,11 @@ def patch(sync_every: int) -> None:
     def meta(self: Any, optimizer: Any, **kwargs: Any) -> None:
         meta_init(self, optimizer, **{**kwargs, "sync_every": sync_every})
 
-    SignalTracker.__init__, MetaController.__init__ = tracker, meta  # type: ignore[method-assign]
-    SignalTracker._sync_original, MetaController._sync_original = tracker_init, meta_init  # type: ignore[attr-defined]
+    PATCHES.set(SignalTracker, "__init__", tracker)
+    PATCHES.set(MetaController, "__init__", meta)
 
 
-def unpatch() -> None:
-    SignalTracker.__init__ = SignalTracker._sync_original  # type: ignore[attr-defined,method-assign]
-    MetaController.__init__ = MetaController._sync_original  # type: ignore[attr-defined,method-assign]
+unpatch = PATCHES.undo
 
 
 def main() -> None:

@@ -17,7 +17,6 @@ processes, which fork from it). Acceptance, declared before measuring: beat the 
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 from pathlib import Path
@@ -29,6 +28,8 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import meta_select as ms  # noqa: E402
 
 from metalr.controllers.meta import MetaController  # noqa: E402
+
+PATCHES = ms.Patches()
 
 
 def patch(start: float) -> None:
@@ -43,21 +44,10 @@ def patch(start: float) -> None:
         tail = 0.5 * (1.0 + math.cos(math.pi * min(1.0, (p - start) / (1.0 - start))))
         return [lr * tail for lr in lrs]
 
-    MetaController._compute_lrs = _compute_lrs  # type: ignore[method-assign]
-    MetaController._tail_original = compute  # type: ignore[attr-defined]
+    PATCHES.set(MetaController, "_compute_lrs", _compute_lrs)
 
 
-def unpatch() -> None:
-    MetaController._compute_lrs = MetaController._tail_original  # type: ignore[attr-defined,method-assign]
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("starts", nargs="+", type=float)
-    ap.add_argument("--workers", type=int, default=2)
-    args = ap.parse_args()
-    ms.probe_patched({f"tail from {v:g}": v for v in args.starts}, patch, unpatch, args.workers)
-
+unpatch = PATCHES.undo
 
 if __name__ == "__main__":
-    main()
+    ms.probe_main(__doc__, patch, unpatch, "tail from {:g}")

@@ -89,3 +89,76 @@ def test_drift_probe_adds_its_constant_to_the_policy_and_unpatches() -> None:
     finally:
         drift.unpatch()
     assert policy(features) == before and HostPolicy.__call__ is original
+
+
+def test_gate_probe_stops_only_cuts_and_only_while_the_loss_falls_fast() -> None:
+    gate = _script("meta_decay_gate_probe")
+    policy = MetaController(torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1), total_steps=10)._host_policy
+    original = HostPolicy.__call__
+    calm = [0.5, 0.0, 0.0, 0.0, 0.2, -1.0, 0.3, 0.0, 0.0, 0.0, -2.5]
+    falling = [*calm[:3], -0.3, *calm[4:]]  # trend_slow -0.3
+    raw = {name: original(policy, f) for name, f in (("calm", calm), ("falling", falling))}
+    gate.patch(0.1)
+    try:
+        assert policy(calm) == raw["calm"]  # trend above -T: the policy's own proposal, cut or rise
+        assert policy(falling) == max(raw["falling"], 0.0)
+    finally:
+        gate.unpatch()
+    assert HostPolicy.__call__ is original
+
+
+def test_tail_probe_scales_only_the_tail_by_a_cosine_to_zero_and_unpatches() -> None:
+    tail = _script("meta_tail_probe")
+    original = MetaController._compute_lrs
+
+    def lrs(patched: bool) -> list[float]:
+        if patched:
+            tail.patch(0.8)
+        try:
+            ctrl = controllers.build("meta", torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1), total_steps=50)
+            return [ctrl.step(Signals(step=t, loss=1.0 - 0.01 * t))[0] for t in range(1, 50)]
+        finally:
+            if patched:
+                tail.unpatch()
+
+    plain, tailed = lrs(False), lrs(True)
+    assert tailed[:39] == plain[:39]  # up to progress 0.8 (the LR for step 40 of 50)
+    for t in range(40, 50):  # the LR set after step t is for step t + 1, at progress (t + 1) / 50
+        p = (t + 1) / 50
+        assert math.isclose(tailed[t - 1], max(plain[t - 1] * 0.5 * (1 + math.cos(math.pi * (p - 0.8) / 0.2)), 0.1 * 1e-3 / 1), rel_tol=1e-9)
+    assert MetaController._compute_lrs is original
+
+
+def test_sync_probe_hands_tensors_and_sets_sync_every_then_unpatches() -> None:
+    from metalr.signals import SignalTracker
+    from metalr.train import build_tracker
+
+    sync = _script("meta_sync_probe")
+    originals = (SignalTracker.__init__, MetaController.__init__)
+    sync.patch(8)
+    try:
+        ctrl = controllers.build("meta", torch.optim.SGD([nn.Parameter(torch.zeros(2))], lr=0.1), total_steps=40)
+        tracker = build_tracker(ctrl, ctrl.optimizer.param_groups[0]["params"], total_steps=40)
+        assert ctrl.sync_every == 8 and tracker.as_tensors
+    finally:
+        sync.unpatch()
+    assert (SignalTracker.__init__, MetaController.__init__) == originals
+
+
+def test_decay_floor_probe_keeps_the_lr_at_its_floor_and_unpatches() -> None:
+    floor = _script("meta_decay_floor_probe")
+    originals = (MetaController.__init__, MetaController._compute_lrs)
+
+    def lrs() -> list[float]:
+        ctrl = controllers.build("meta", torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1), total_steps=400)
+        return [ctrl.step(Signals(step=t, loss=1.0 / t**0.5))[0] for t in range(1, 400)]
+
+    plain = lrs()
+    floor.patch(1.0)  # never below its peak: the LR can only rise (no guard firing here)
+    try:
+        held = lrs()
+    finally:
+        floor.unpatch()
+    assert any(b < a for a, b in zip(plain, plain[1:]))  # the shipped controller decays on this run ...
+    assert all(b >= a * (1 - 1e-12) for a, b in zip(held, held[1:]))  # ... the floored one does not
+    assert (MetaController.__init__, MetaController._compute_lrs) == originals
