@@ -89,34 +89,31 @@ class GradVariability(MultiplicativeController):
         lo, hi = relative_lr_bounds(optimizer, min_lr, max_lr)
         super().__init__(optimizer, min_lr=lo, max_lr=hi)
 
-    def _compute_lrs(self, signals: Signals) -> list[float]:
+    def _factor(self, signals: Signals) -> float:
         value = signals.grad_cos if self.measure == "direction" else signals.grad_norm
+        decide = self.last_step % self.interval == 0
         if isinstance(value, torch.Tensor) or self._pending:
             # A device tensor (a GPU): kept, not read; the LR moves only on decision steps, so the readings are read back
             # together there (one synchronisation per `interval` steps) and folded in order: the host path's LRs.
             self._pending.append(value)
-            decide = self.last_step % self.interval == 0
             if decide or len(self._pending) >= MAX_PENDING:
-                *before, last = read_back(self._pending)
-                self._pending = []
-                for v in before:
-                    self._on_reading(_finite(v), decide=False)
-                self._on_reading(_finite(last), decide=decide)
-            else:
-                self.last_factor = 1.0
-            return [lr * self.last_factor for lr in self._last_lr]
-        factor = self._on_reading(_finite(value), decide=self.last_step % self.interval == 0)  # `_factor`, one call fewer
-        return [lr * factor for lr in self._last_lr]
+                return self._fold_kept(decide)
+            self.last_factor = 1.0
+            return 1.0
+        return self._on_reading(float(value) if value is not None and math.isfinite(value) else None, decide)
 
-    def _factor(self, signals: Signals) -> float:
-        value = signals.grad_cos if self.measure == "direction" else signals.grad_norm
-        return self._on_reading(_finite(value), decide=self.last_step % self.interval == 0)
+    def _fold_kept(self, decide: bool) -> float:
+        """Read the kept readings back (one host-device synchronisation) and fold them in, in order; the last one
+        decides if `decide`. The LR factor."""
+        *before, last = read_back(self._pending)
+        self._pending = []
+        for v in before:
+            self._on_reading(_finite(v), decide=False)
+        return self._on_reading(_finite(last), decide=decide)
 
     def state_dict(self) -> dict[str, Any]:
         if self._pending:  # readings kept on the device: folded in first (no decision), so the state is the host path's
-            before, self._pending = read_back(self._pending), []
-            for v in before:
-                self._on_reading(_finite(v), decide=False)
+            self._fold_kept(decide=False)
         return super().state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

@@ -190,12 +190,9 @@ def truncation(
                 deferred += w  # scored after the look-ahead below
                 w = 0.0
             if w > 0:
-                fmodel.eval()
-                val = val_objective(fmodel(task.x_val[traj.val_idx]), task.y_val[traj.val_idx], traj.objective)
-                fmodel.train()
-                if math.isfinite(float(val.detach())):
-                    ratio = val.clamp_min(1e-8) / traj.val0
-                    terms.append(w * (ratio if traj.objective == "soft_error" else torch.log(ratio)))
+                term = _val_term(traj, fmodel)
+                if term is not None:
+                    terms.append(w * term)
                     weight += w
         _carry(traj, fmodel, diffopt)
         if deferred > 0 and not traj.diverged:
@@ -221,6 +218,13 @@ def _lookahead(traj: Trajectory, fmodel: torch.nn.Module, diffopt: higher.optim.
         if not math.isfinite(float(loss.detach())):
             return None
         diffopt.step(loss, override={"lr": [lr]})
+    return _val_term(traj, fmodel)
+
+
+def _val_term(traj: Trajectory, fmodel: torch.nn.Module) -> torch.Tensor | None:
+    """The meta-loss term of the fast weights now: val/val0 (soft error) or log(val/val0) on the run's validation
+    batch, or None if the validation objective is not finite."""
+    task = traj.task
     fmodel.eval()
     val = val_objective(fmodel(task.x_val[traj.val_idx]), task.y_val[traj.val_idx], traj.objective)
     fmodel.train()
