@@ -5,14 +5,18 @@ from __future__ import annotations
 import importlib.util
 import math
 import sys
+from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
 
+import pytest
 import torch
 from torch import nn
 
 from metalr import controllers
 from metalr.controllers.meta import MetaController
+from metalr.meta.checkpoint import CheckpointError, read_policy, save_policy
+from metalr.meta.features import SHIFT
 from metalr.meta.policy import HostPolicy
 from metalr.signals import Signals
 
@@ -107,6 +111,58 @@ def test_gate_probe_stops_only_cuts_and_only_while_the_loss_falls_fast() -> None
     assert HostPolicy.__call__ is original
 
 
+def test_align_gate_probe_stops_only_cuts_and_only_while_the_gradients_agree() -> None:
+    gate = _script("meta_align_gate_probe")
+    policy = MetaController(torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1), total_steps=10)._host_policy
+    original = HostPolicy.__call__
+    agree = [0.9, 0.0, 0.0, -0.05, 0.2, -1.0, 0.3, -0.5, 0.6, 0.0, -2.5]  # align_slow 0.6 (align_fast -0.5: the policy cuts)
+    noise = [*agree[:8], 0.1, *agree[9:]]  # align_slow 0.1
+    raw = {name: original(policy, f) for name, f in (("agree", agree), ("noise", noise))}
+    assert raw["agree"] < 0 and raw["noise"] < 0  # both cuts unpatched: the gate is what differs
+    gate.patch(0.3)
+    try:
+        assert policy(agree) == 0.0  # the cut is held off
+        assert policy(noise) == raw["noise"]  # noise-level agreement: the policy's own cut
+    finally:
+        gate.unpatch()
+    assert HostPolicy.__call__ is original
+
+
+def test_anchor_probe_scales_only_what_the_policy_reads_of_lr_rel_and_unpatches() -> None:
+    probe = _script("meta_anchor_probe")
+    policy = MetaController(torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1), total_steps=10)._host_policy
+    original = HostPolicy.__call__
+    moved = [0.5, 2.0, 0.0, -0.05, 0.2, -1.0, 0.3, 0.0, 0.0, 0.0, -2.5]  # lr_rel 2: the LR is e^2 x the base LR
+    half, blind = [*moved[:1], 1.0, *moved[2:]], [*moved[:1], 0.0, *moved[2:]]
+    want = {s: original(policy, f) for s, f in ((0.5, half), (0.0, blind))}
+    assert want[0.5] != want[0.0] != original(policy, moved)  # the input matters to this policy
+    for scale in (0.5, 0.0):
+        probe.patch(scale)
+        try:
+            assert policy(moved) == want[scale]
+            assert moved[1] == 2.0  # the caller's features are not changed
+        finally:
+            probe.unpatch()
+    assert HostPolicy.__call__ is original
+
+
+def test_ablation_probe_hands_the_policy_neutral_values_for_one_group_only() -> None:
+    probe = _script("meta_ablation_probe")
+    policy = MetaController(torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1), total_steps=10)._host_policy
+    original = HostPolicy.__call__
+    features = [0.9, 1.0, 0.2, -0.3, 1.0, -2.0, 0.8, 0.6, 0.5, 0.4, -1.0]  # nothing neutral
+    for group, names in probe.GROUPS.items():
+        idx = [probe.FEATURE_NAMES.index(n) for n in names]
+        want = original(policy, [SHIFT[i] if i in idx else v for i, v in enumerate(features)])
+        probe.patch(group)
+        try:
+            assert policy(list(features)) == want, group
+        finally:
+            probe.unpatch()
+        assert HostPolicy.__call__ is original
+    assert sorted(n for names in probe.GROUPS.values() for n in names) == sorted(set(probe.FEATURE_NAMES) - {"lr_rel"})
+
+
 def test_tail_probe_scales_only_the_tail_by_a_cosine_to_zero_and_unpatches() -> None:
     tail = _script("meta_tail_probe")
     original = MetaController._compute_lrs
@@ -162,3 +218,49 @@ def test_decay_floor_probe_keeps_the_lr_at_its_floor_and_unpatches() -> None:
     assert any(b < a for a, b in zip(plain, plain[1:]))  # the shipped controller decays on this run ...
     assert all(b >= a * (1 - 1e-12) for a, b in zip(held, held[1:]))  # ... the floored one does not
     assert (MetaController.__init__, MetaController._compute_lrs) == originals
+
+
+def test_soup_averages_the_policies_under_one_rule_and_refuses_other_feature_scalings(tmp_path: Path) -> None:
+
+    m = _script("meta_soup")
+    shipped = read_policy()
+    other = read_policy()
+    with torch.no_grad():
+        for p in other.policy.net.parameters():
+            p.add_(1.0)
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    save_policy(a, shipped.policy, rule=shipped.rule, config={})
+    save_policy(b, other.policy, rule=replace(shipped.rule, guard_ratio=2.0), config={})  # another rule: the soup takes the reference's
+    policy, meta = m.soup([str(a), str(b)], weights=[3.0, 1.0])
+    for (name, t), t0 in zip(policy.state_dict().items(), shipped.policy.state_dict().values()):
+        want = t0 + (0.25 if name.startswith("net.") else 0.0)  # 3/4 of the first + 1/4 of (the first + 1)
+        assert torch.allclose(t, want, atol=1e-6), name
+    assert meta["rule"] == shipped.rule and [i["weight"] for i in meta["extra"]["soup"]] == [3.0, 1.0]
+    assert meta["extra"]["soup"][1]["rule"]["guard_ratio"] == 2.0
+    out = tmp_path / "soup.safetensors"
+    save_policy(out, policy, rule=meta["rule"], config=meta["config"], extra=meta["extra"])
+    assert read_policy(out).rule == shipped.rule  # a loadable checkpoint
+    with torch.no_grad():
+        other.policy.feature_scale.mul_(2.0)
+    save_policy(b, other.policy, rule=shipped.rule, config={})
+    with pytest.raises(CheckpointError, match="feature_scale"):
+        m.soup([str(a), str(b)])
+    with pytest.raises(ValueError, match="two ingredients"):
+        m.soup([str(a)])
+
+
+def test_select_noise_writes_seeded_null_copies_of_the_shipped_policy(tmp_path: Path) -> None:
+    m = _script("meta_select_noise")
+    shipped = read_policy()
+    a = m.null_copies(tmp_path / "a", 2, 1e-3)
+    b = m.null_copies(tmp_path / "b", 2, 1e-3)
+    state0 = shipped.policy.state_dict()
+    for pa, pb in zip(a, b):
+        fa, fb = read_policy(pa), read_policy(pb)
+        assert fa.rule == shipped.rule
+        for name, t in fa.policy.state_dict().items():
+            assert torch.equal(t, fb.policy.state_dict()[name])  # seeded: the same copy twice
+            rel = ((t - state0[name]).abs() / state0[name].abs().clamp_min(1e-12)).max().item()
+            assert (rel == 0.0) if not name.startswith("net.") else (0.0 < rel < 1e-2), name
+    w = [read_policy(p).policy.state_dict()["net.0.weight"] for p in a]
+    assert not torch.equal(w[0], w[1])  # two different copies
