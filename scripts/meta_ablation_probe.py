@@ -23,7 +23,6 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import meta_select as ms  # noqa: E402
 
 from metalr.meta.features import FEATURE_NAMES, SHIFT  # noqa: E402
-from metalr.meta.policy import HostPolicy  # noqa: E402
 
 GROUPS = {
     "progress": ("progress",),
@@ -39,15 +38,14 @@ PATCHES = ms.Patches()
 def patch(group: str) -> None:
     """Make every frozen policy read the neutral value in place of each feature of `group`."""
     idx = [FEATURE_NAMES.index(n) for n in GROUPS[group]]
-    call = HostPolicy.__call__
 
-    def __call__(self: Any, features: Any) -> float:
+    def neutral(own: Any, features: list[float]) -> float:
         seen = list(features)
         for i in idx:
             seen[i] = SHIFT[i]
-        return call(self, seen)
+        return own(seen)
 
-    PATCHES.set(HostPolicy, "__call__", __call__)
+    PATCHES.policy(neutral)
 
 
 unpatch = PATCHES.undo

@@ -29,7 +29,6 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import meta_select as ms  # noqa: E402
 
 from metalr.meta.features import FEATURE_NAMES  # noqa: E402
-from metalr.meta.policy import HostPolicy  # noqa: E402
 
 LR_REL = FEATURE_NAMES.index("lr_rel")
 
@@ -39,14 +38,13 @@ PATCHES = ms.Patches()
 
 def patch(scale: float) -> None:
     """Make every frozen policy read `scale` x its `lr_rel` feature."""
-    call = HostPolicy.__call__
 
-    def __call__(self: Any, features: Any) -> float:
+    def scaled(own: Any, features: list[float]) -> float:
         seen = list(features)
         seen[LR_REL] = scale * seen[LR_REL]
-        return call(self, seen)
+        return own(seen)
 
-    PATCHES.set(HostPolicy, "__call__", __call__)
+    PATCHES.policy(scaled)
 
 
 unpatch = PATCHES.undo

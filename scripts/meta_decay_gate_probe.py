@@ -29,7 +29,6 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import meta_select as ms  # noqa: E402
 
 from metalr.meta.features import FEATURE_NAMES  # noqa: E402
-from metalr.meta.policy import HostPolicy  # noqa: E402
 
 TREND_SLOW = FEATURE_NAMES.index("trend_slow")
 
@@ -39,13 +38,12 @@ PATCHES = ms.Patches()
 
 def patch(threshold: float) -> None:
     """Make every frozen policy's proposal at least 0 (no cut) while the raw `trend_slow` feature is below -threshold."""
-    call = HostPolicy.__call__
 
-    def __call__(self: Any, features: Any) -> float:
-        out = call(self, features)
+    def gated(own: Any, features: list[float]) -> float:
+        out = own(features)
         return max(out, 0.0) if features[TREND_SLOW] < -threshold else out
 
-    PATCHES.set(HostPolicy, "__call__", __call__)
+    PATCHES.policy(gated)
 
 
 unpatch = PATCHES.undo

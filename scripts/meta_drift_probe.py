@@ -17,26 +17,18 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import meta_select as ms  # noqa: E402
 
-from metalr.meta.policy import HostPolicy  # noqa: E402
-
 PATCHES = ms.Patches()
 
 
 def patch(drift: float) -> None:
     """Make every frozen policy's proposal `drift` higher (log-LR change per 1/horizon of the run)."""
-    call = HostPolicy.__call__
-
-    def __call__(self: Any, features: Any) -> float:
-        return call(self, features) + drift
-
-    PATCHES.set(HostPolicy, "__call__", __call__)
+    PATCHES.policy(lambda own, features: own(features) + drift)
 
 
 unpatch = PATCHES.undo

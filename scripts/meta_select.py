@@ -158,6 +158,18 @@ class Patches:
         setattr(owner, name, value)
         return original
 
+    def policy(self, wrap: Callable[[Callable[[Any], float], list[float]], float]) -> None:
+        """Make every frozen policy's proposal (`HostPolicy.__call__`, its numpy evaluation, which reads the feature
+        vector) `wrap(own, features)`, where `own(features)` is the policy's own proposal for any feature vector."""
+        from metalr.meta.policy import HostPolicy
+
+        call = HostPolicy.__call__
+
+        def __call__(host: Any, features: Any) -> float:
+            return wrap(lambda f: call(host, f), features)
+
+        self.set(HostPolicy, "__call__", __call__)
+
     def undo(self) -> None:
         while self._saved:
             owner, name, original = self._saved.pop()

@@ -95,71 +95,54 @@ def test_drift_probe_adds_its_constant_to_the_policy_and_unpatches() -> None:
     assert policy(features) == before and HostPolicy.__call__ is original
 
 
-def test_gate_probe_stops_only_cuts_and_only_while_the_loss_falls_fast() -> None:
-    gate = _script("meta_decay_gate_probe")
-    policy = MetaController(torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1), total_steps=10)._host_policy
-    original = HostPolicy.__call__
-    calm = [0.5, 0.0, 0.0, 0.0, 0.2, -1.0, 0.3, 0.0, 0.0, 0.0, -2.5]
-    falling = [*calm[:3], -0.3, *calm[4:]]  # trend_slow -0.3
-    raw = {name: original(policy, f) for name, f in (("calm", calm), ("falling", falling))}
-    gate.patch(0.1)
-    try:
-        assert policy(calm) == raw["calm"]  # trend above -T: the policy's own proposal, cut or rise
-        assert policy(falling) == max(raw["falling"], 0.0)
-    finally:
-        gate.unpatch()
-    assert HostPolicy.__call__ is original
+def _host_policy() -> HostPolicy:
+    return MetaController(torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1), total_steps=10)._host_policy
 
 
-def test_align_gate_probe_stops_only_cuts_and_only_while_the_gradients_agree() -> None:
-    gate = _script("meta_align_gate_probe")
-    policy = MetaController(torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1), total_steps=10)._host_policy
+def _patched_proposal(probe: ModuleType, setting: object, features: list[float]) -> float:
+    """The shipped policy's proposal for `features` with `probe` patched by `setting`; checks the patch is undone."""
     original = HostPolicy.__call__
-    agree = [0.9, 0.0, 0.0, -0.05, 0.2, -1.0, 0.3, -0.5, 0.6, 0.0, -2.5]  # align_slow 0.6 (align_fast -0.5: the policy cuts)
-    noise = [*agree[:8], 0.1, *agree[9:]]  # align_slow 0.1
-    raw = {name: original(policy, f) for name, f in (("agree", agree), ("noise", noise))}
-    assert raw["agree"] < 0 and raw["noise"] < 0  # both cuts unpatched: the gate is what differs
-    gate.patch(0.3)
+    probe.patch(setting)
     try:
-        assert policy(agree) == 0.0  # the cut is held off
-        assert policy(noise) == raw["noise"]  # noise-level agreement: the policy's own cut
+        return _host_policy()(features)
     finally:
-        gate.unpatch()
-    assert HostPolicy.__call__ is original
+        probe.unpatch()
+        assert HostPolicy.__call__ is original
+
+
+CUTTING = [0.9, 0.0, 0.0, -0.05, 0.2, -1.0, 0.3, -0.5, 0.1, 0.0, -2.5]  # late in the run, align_fast -0.5: the policy cuts
+
+
+@pytest.mark.parametrize(
+    "script, threshold, index, gated_value",
+    [("meta_decay_gate_probe", 0.1, 3, -0.3), ("meta_align_gate_probe", 0.3, 8, 0.6)],  # trend_slow -0.3; align_slow 0.6
+)
+def test_gate_probes_stop_only_cuts_and_only_past_their_threshold(script: str, threshold: float, index: int, gated_value: float) -> None:
+    gate = _script(script)
+    gated = [*CUTTING[:index], gated_value, *CUTTING[index + 1 :]]
+    raw = {name: _host_policy()(f) for name, f in (("open", CUTTING), ("gated", gated))}
+    assert raw["open"] < 0 and raw["gated"] < 0  # both cuts unpatched: the gate is what differs
+    assert _patched_proposal(gate, threshold, gated) == 0.0  # the cut is held off
+    assert _patched_proposal(gate, threshold, CUTTING) == raw["open"]  # short of the threshold: the policy's own cut
 
 
 def test_anchor_probe_scales_only_what_the_policy_reads_of_lr_rel_and_unpatches() -> None:
     probe = _script("meta_anchor_probe")
-    policy = MetaController(torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1), total_steps=10)._host_policy
-    original = HostPolicy.__call__
     moved = [0.5, 2.0, 0.0, -0.05, 0.2, -1.0, 0.3, 0.0, 0.0, 0.0, -2.5]  # lr_rel 2: the LR is e^2 x the base LR
-    half, blind = [*moved[:1], 1.0, *moved[2:]], [*moved[:1], 0.0, *moved[2:]]
-    want = {s: original(policy, f) for s, f in ((0.5, half), (0.0, blind))}
-    assert want[0.5] != want[0.0] != original(policy, moved)  # the input matters to this policy
+    want = {scale: _host_policy()([*moved[:1], 2.0 * scale, *moved[2:]]) for scale in (0.5, 0.0)}
+    assert want[0.5] != want[0.0] != _host_policy()(moved)  # the input matters to this policy
     for scale in (0.5, 0.0):
-        probe.patch(scale)
-        try:
-            assert policy(moved) == want[scale]
-            assert moved[1] == 2.0  # the caller's features are not changed
-        finally:
-            probe.unpatch()
-    assert HostPolicy.__call__ is original
+        assert _patched_proposal(probe, scale, moved) == want[scale]
+        assert moved[1] == 2.0  # the caller's features are not changed
 
 
 def test_ablation_probe_hands_the_policy_neutral_values_for_one_group_only() -> None:
     probe = _script("meta_ablation_probe")
-    policy = MetaController(torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1), total_steps=10)._host_policy
-    original = HostPolicy.__call__
     features = [0.9, 1.0, 0.2, -0.3, 1.0, -2.0, 0.8, 0.6, 0.5, 0.4, -1.0]  # nothing neutral
     for group, names in probe.GROUPS.items():
         idx = [probe.FEATURE_NAMES.index(n) for n in names]
-        want = original(policy, [SHIFT[i] if i in idx else v for i, v in enumerate(features)])
-        probe.patch(group)
-        try:
-            assert policy(list(features)) == want, group
-        finally:
-            probe.unpatch()
-        assert HostPolicy.__call__ is original
+        want = _host_policy()([SHIFT[i] if i in idx else v for i, v in enumerate(features)])
+        assert _patched_proposal(probe, group, list(features)) == want, group
     assert sorted(n for names in probe.GROUPS.values() for n in names) == sorted(set(probe.FEATURE_NAMES) - {"lr_rel"})
 
 
