@@ -58,7 +58,7 @@ def soup(paths: list[str], weights: list[float] | None = None, rule_from: str | 
         ],
         "rule_from": str(rule_from or DEFAULT_PATH),
     }
-    return policy, {"rule": base.rule, "config": base.metadata.get("config", {}), "extra": info}
+    return policy, {"rule": base.rule, "config": {}, "extra": info}  # no training config: the soup was never trained as such
 
 
 def main() -> None:
