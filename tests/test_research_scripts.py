@@ -126,6 +126,15 @@ def test_gate_probes_stop_only_cuts_and_only_past_their_threshold(script: str, t
     assert _patched_proposal(gate, threshold, CUTTING) == raw["open"]  # short of the threshold: the policy's own cut
 
 
+def test_rise_gain_probe_speeds_up_rises_only() -> None:
+    probe = _script("meta_rise_gain_probe")
+    rising = [*CUTTING[:7], 0.6, 0.6, *CUTTING[9:]]  # successive gradients agree: the policy raises the LR
+    up, down = _host_policy()(rising), _host_policy()(CUTTING)
+    assert up > 0 > down
+    assert _patched_proposal(probe, 2.0, rising) == 2.0 * up
+    assert _patched_proposal(probe, 2.0, CUTTING) == down  # a cut is left as it is
+
+
 def test_anchor_probe_scales_only_what_the_policy_reads_of_lr_rel_and_unpatches() -> None:
     probe = _script("meta_anchor_probe")
     moved = [0.5, 2.0, 0.0, -0.05, 0.2, -1.0, 0.3, 0.0, 0.0, 0.0, -2.5]  # lr_rel 2: the LR is e^2 x the base LR
