@@ -1,6 +1,7 @@
 """Is the meta-controller too slow to raise a too-low LR? (research; issue 13, session 21)
 
     python scripts/meta_rise_gain_probe.py 1.5 2 [--workers 2]
+    python scripts/meta_rise_gain_probe.py -3 -2.5 --small-steps [--workers 2]
 
 From a base LR 10x too low the shipped controller raises the LR to 3-6x by a quarter of the run, then turns to decay
 (held-out Rotten Tomatoes; the plain-loop GRU of session 18; the labelled tasks from 10^-1.5x are its worst cells after
@@ -13,6 +14,13 @@ A probe, not a rule setting: the frozen policy's numpy evaluation (`HostPolicy`)
 selection's worker processes (which fork from it). Acceptance, declared before measuring: beat the shipped checkpoint
 under `scripts/meta_select.py --rule v2` (and, read beside the null copies of `scripts/meta_select_noise.py`, by more
 than their spread).
+
+`--small-steps` (the second probe, declared after the first was measured): G x1.5 and x2 gained from too-low LRs and
+lost more from too-high ones, where the policy also rises early. The one input that sees the LR's level itself is the
+relative size of the last update (`update_size`, log10 |dtheta| / |theta|, about -2.5 at a usual LR: the feature's
+centre; a too-high LR meets the update-size ceiling at -1.5). With `--small-steps` the values are thresholds U, and
+rises are doubled only while the `update_size` feature is below U (the weights move less than 10**U of their norm per
+step: an LR that is likely too low); U = -3 and -2.5, fixed before measuring.
 """
 
 from __future__ import annotations
@@ -26,7 +34,13 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import meta_select as ms  # noqa: E402
 
+from metalr.meta.features import FEATURE_NAMES  # noqa: E402
+
 PATCHES = ms.Patches()
+
+
+UPDATE_SIZE = FEATURE_NAMES.index("update_size")
+SMALL_STEP_GAIN = 2.0
 
 
 def patch(gain: float) -> None:
@@ -39,7 +53,21 @@ def patch(gain: float) -> None:
     PATCHES.policy(faster)
 
 
+def patch_small_steps(threshold: float) -> None:
+    """Make every frozen policy's positive proposals SMALL_STEP_GAIN times larger while the `update_size` feature < threshold."""
+
+    def faster(own: Any, features: list[float]) -> float:
+        out = own(features)
+        return SMALL_STEP_GAIN * out if out > 0 and features[UPDATE_SIZE] < threshold else out
+
+    PATCHES.policy(faster)
+
+
 unpatch = PATCHES.undo
 
 if __name__ == "__main__":
-    ms.probe_main(__doc__, patch, unpatch, "rises x{:g}")
+    if "--small-steps" in sys.argv:
+        sys.argv.remove("--small-steps")
+        ms.probe_main(__doc__, patch_small_steps, unpatch, "rises x2 below update size {:g}")
+    else:
+        ms.probe_main(__doc__, patch, unpatch, "rises x{:g}")

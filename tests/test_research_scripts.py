@@ -133,6 +133,10 @@ def test_rise_gain_probe_speeds_up_rises_only() -> None:
     assert up > 0 > down
     assert _patched_proposal(probe, 2.0, rising) == 2.0 * up
     assert _patched_proposal(probe, 2.0, CUTTING) == down  # a cut is left as it is
+    small = [*rising[:10], -3.5]  # the weights move 10**-3.5 of their norm per step
+    probe.patch = probe.patch_small_steps  # (the module object is this test's own)
+    assert _patched_proposal(probe, -3.0, small) == probe.SMALL_STEP_GAIN * _host_policy()(small)
+    assert _patched_proposal(probe, -3.0, rising) == up  # update size -2.5: above the threshold, the policy's own rise
 
 
 def test_anchor_probe_scales_only_what_the_policy_reads_of_lr_rel_and_unpatches() -> None:
