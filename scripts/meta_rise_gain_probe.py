@@ -2,6 +2,7 @@
 
     python scripts/meta_rise_gain_probe.py 1.5 2 [--workers 2]
     python scripts/meta_rise_gain_probe.py -3 -2.5 --small-steps [--workers 2]
+    python scripts/meta_rise_gain_probe.py --continue-check -3 [--n 16] [--workers 2]
 
 From a base LR 10x too low the shipped controller raises the LR to 3-6x by a quarter of the run, then turns to decay
 (held-out Rotten Tomatoes; the plain-loop GRU of session 18; the labelled tasks from 10^-1.5x are its worst cells after
@@ -21,6 +22,10 @@ relative size of the last update (`update_size`, log10 |dtheta| / |theta|, about
 centre; a too-high LR meets the update-size ceiling at -1.5). With `--small-steps` the values are thresholds U, and
 rises are doubled only while the `update_size` feature is below U (the weights move less than 10**U of their norm per
 step: an LR that is likely too low); U = -3 and -2.5, fixed before measuring.
+
+`--continue-check U`: the shipped controller with the small-step rise at U on `scripts/meta_continue_probe.py`'s
+runs that start from trained weights (a second stage, a new head: small updates at a sound LR, where a faster rise
+could do harm), printed like that script (compare with `python scripts/meta_continue_probe.py --candidates shipped`).
 """
 
 from __future__ import annotations
@@ -66,7 +71,15 @@ def patch_small_steps(threshold: float) -> None:
 unpatch = PATCHES.undo
 
 if __name__ == "__main__":
-    if "--small-steps" in sys.argv:
+    if "--continue-check" in sys.argv:
+        at = sys.argv.index("--continue-check")
+        patch_small_steps(float(sys.argv[at + 1]))
+        del sys.argv[at : at + 2]
+        import meta_continue_probe
+
+        sys.argv += ["--candidates", "shipped"]
+        meta_continue_probe.main()
+    elif "--small-steps" in sys.argv:
         sys.argv.remove("--small-steps")
         ms.probe_main(__doc__, patch_small_steps, unpatch, "rises x2 below update size {:g}")
     else:
