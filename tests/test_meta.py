@@ -274,6 +274,40 @@ def test_rise_cap_holds_the_lr_until_the_loss_has_dropped_on_every_path() -> Non
             RuleConfig(**bad)
 
 
+def test_small_step_gain_speeds_up_rises_only_while_the_updates_are_small_on_every_path() -> None:
+    """`small_step_gain` = G: a rise the policy proposes is G times larger while the `update_size` feature is below
+    `small_step_below`; with larger updates, and for cuts, the rule is unchanged. Off (1) by default; torch and host
+    paths agree."""
+    from metalr.meta.policy import HostPolicy
+
+    def path_of(bias: float, cfg: RuleConfig, size: float, path: str) -> list[float]:
+        pol = MetaPolicy().double()
+        last = [m for m in pol.net if isinstance(m, torch.nn.Linear)][-1]
+        with torch.no_grad():
+            last.weight.zero_()
+            last.bias.fill_(bias)  # a constant proposal: a rise (> 0) or a cut (< 0)
+        state, log_rel = RuleState(), (0.0 if path == "host" else torch.tensor(0.0, dtype=torch.float64))
+        policy: Any = HostPolicy(pol) if path == "host" else pol
+        out = []
+        for t in range(1, 41):
+            with torch.no_grad():
+                log_rel = lr_rule(policy, cfg, state, log_rel, 1.0, 1.0, 0.0, t, 1000, size)
+            out.append(float(log_rel))
+        return out
+
+    off, on = RuleConfig(max_factor=1000.0), RuleConfig(max_factor=1000.0, small_step_gain=2.0, small_step_below=-3.0)
+    for path in ("host", "torch"):
+        rise_off, rise_on = path_of(0.3, off, 1e-4, path), path_of(0.3, on, 1e-4, path)  # updates 10**-4 of the weights
+        assert rise_off[-1] > 0.1 and rise_on == pytest.approx([2.0 * v for v in rise_off], rel=1e-9), path
+        assert path_of(0.3, on, 1e-2, path) == pytest.approx(rise_off, rel=1e-12), path  # updates 10**-2: above the threshold
+        assert path_of(-0.3, on, 1e-4, path) == pytest.approx(path_of(-0.3, off, 1e-4, path), rel=1e-12), path  # cuts unchanged
+    assert path_of(0.3, on, 1e-4, "torch") == pytest.approx(path_of(0.3, on, 1e-4, "host"), rel=1e-9)
+    assert RuleConfig().small_step_gain == 1.0
+    for bad in ({"small_step_gain": 0.5}, {"small_step_gain": math.inf}, {"small_step_below": 1.0}, {"small_step_below": -7.0}):
+        with pytest.raises(ValueError, match="small_step"):
+            RuleConfig(**bad)
+
+
 def test_guard_window_takes_the_largest_early_loss_as_reference_on_every_path() -> None:
     """`guard_window` = W: the guard compares with the largest of the first W finite losses and fires on the ratio only
     from then on (a non-finite loss at any step). A run that starts low and noisy (trained weights) trips the

@@ -52,6 +52,12 @@ Per step:
    loss 1.5x the first; a linear warmup, the practitioner's usual protection, keeps those steps small. The
    policy does not see the envelope: its `lr_rel` is the LR it would set without it.
 
+8. an optional faster rise while the steps are small (`small_step_gain` > 1, off in every checkpoint before it): at a
+   decision step a positive proposal of the policy is multiplied by `small_step_gain` while the `update_size` feature
+   (log10 of the last update's size relative to the weights) is below `small_step_below`: the weights move so little
+   that the LR is likely too low. From a too-high LR the updates are large and the rises keep their pace (a faster rise
+   everywhere overshoots there: `scripts/meta_rise_gain_probe.py`, docs/meta_training/README.md, session 21).
+
 Decision interval (`decide_every` = k, a rule setting stored in the checkpoint; 1 when absent). The loss is
 folded in and the guard checked every step; the gradient statistics and the update size
 (steps 1 and 3) and the policy (step 2) only on steps t with t % k == 0, where the change is
@@ -76,8 +82,10 @@ from typing import Any
 
 import torch
 
-from metalr.meta.features import _EPS, FeatureState, fold_loss
+from metalr.meta.features import _EPS, FEATURE_NAMES, FeatureState, fold_loss
 from metalr.meta.policy import HostPolicy, MetaPolicy
+
+_UPDATE_SIZE = FEATURE_NAMES.index("update_size")
 
 
 @dataclass(frozen=True)
@@ -101,6 +109,8 @@ class RuleConfig:
     rise_drop: float = 0.1  # ... i.e. until the loss average (EMA 0.9) is this fraction below the first loss
     rise_align: float = 1.0  # ... or the slow gradient-alignment average exceeds this (1: never, only the loss drop opens the gate)
     warmup: float = 0.0  # > 0: the LR rises linearly over this share of the run (`warmup_factor`), outside the policy (0: off)
+    small_step_gain: float = 1.0  # > 1: the policy's rises are this many times larger while the update size is small (1: off)
+    small_step_below: float = -3.0  # ... i.e. while the `update_size` feature (log10 |dtheta| / |theta|) is below this
 
     def __post_init__(self) -> None:
         if isinstance(self.decide_every, bool) or not isinstance(self.decide_every, int) or self.decide_every < 1:
@@ -121,6 +131,8 @@ class RuleConfig:
             )
         if not (isinstance(self.warmup, (int, float)) and not isinstance(self.warmup, bool) and 0 <= self.warmup < 1):
             raise ValueError(f"warmup must be a share of the run in [0, 1), got {self.warmup!r}")
+        if not (math.isfinite(self.small_step_gain) and self.small_step_gain >= 1 and -6 <= self.small_step_below <= 0):
+            raise ValueError(f"need small_step_gain >= 1 and -6 <= small_step_below <= 0, got {self.small_step_gain}, {self.small_step_below}")
         if not (self.guard_ratio > 1 and 0 < self.guard_factor < 1):
             raise ValueError(f"need guard_ratio > 1 and 0 < guard_factor < 1, got {self.guard_ratio}, {self.guard_factor}")
 
@@ -216,10 +228,12 @@ def lr_rule(
         fold_loss(feats, loss)  # rule): the loss alone, as `FeatureState.update` takes it (one call: here a call costs more than its arithmetic)
     delta: Any = 0.0
     if decide:
-        if isinstance(policy, HostPolicy):
-            delta = scale * policy(feats.features(progress, float(log_rel)))
-        else:
-            delta = scale * policy(torch.tensor(feats.features(progress, float(log_rel.detach())), dtype=policy.feature_shift.dtype))
+        host = isinstance(policy, HostPolicy)
+        x = feats.features(progress, float(log_rel if host else log_rel.detach()))
+        out: Any = policy(x) if isinstance(policy, HostPolicy) else policy(torch.tensor(x, dtype=policy.feature_shift.dtype))
+        if cfg.small_step_gain != 1.0 and x[_UPDATE_SIZE] < cfg.small_step_below and float(out if host else out.detach()) > 0:
+            out = cfg.small_step_gain * out  # the weights move little (an LR that is likely too low): the rise is taken faster
+        delta = scale * out
         excess = float(feats.update_excess(cfg.update_ceiling))  # a Python float here (host features)
         if excess > 0:  # the weights already move fast: no raise (and a pull down, if configured)
             cap = -scale * cfg.ceiling_pull * excess
