@@ -53,6 +53,7 @@ import meta_rnn_probe as rnn  # noqa: E402
 
 from metalr.io import atomic_write_json  # noqa: E402
 from metalr.meta.labels import read_labels  # noqa: E402
+from metalr.meta.policy import HostPolicy  # noqa: E402
 from metalr.meta.tasks import validation_specs  # noqa: E402
 from metalr.meta.validate import run_spec  # noqa: E402
 
@@ -161,8 +162,6 @@ class Patches:
     def policy(self, wrap: Callable[[Callable[[Any], float], list[float]], float]) -> None:
         """Make every frozen policy's proposal (`HostPolicy.__call__`, its numpy evaluation, which reads the feature
         vector) `wrap(own, features)`, where `own(features)` is the policy's own proposal for any feature vector."""
-        from metalr.meta.policy import HostPolicy
-
         call = HostPolicy.__call__
 
         def __call__(host: Any, features: Any) -> float:

@@ -48,7 +48,7 @@ def soup(paths: list[str], weights: list[float] | None = None, rule_from: str | 
                 raise CheckpointError(f"{p}: {k} differs from {paths[0]}'s: these policies read their features on different scales")
     total = sum(weights)
     mean = {k: sum(w * s[k].double() for w, s in zip(weights, states)) / total for k in states[0]}
-    policy = frozen[0].policy.__class__(**frozen[0].policy.model_args)
+    policy = MetaPolicy(**frozen[0].policy.model_args)
     policy.load_state_dict({k: v.to(states[0][k].dtype) for k, v in mean.items()}, strict=True)
     base = read_policy(rule_from)
     info = {
