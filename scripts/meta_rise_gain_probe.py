@@ -1,7 +1,7 @@
 """Is the meta-controller too slow to raise a too-low LR? (research; issue 13, session 21)
 
     python scripts/meta_rise_gain_probe.py 1.5 2 [--workers 2]
-    python scripts/meta_rise_gain_probe.py -3 -2.5 --small-steps [--workers 2]
+    python scripts/meta_rise_gain_probe.py -3 -2.5 --small-steps [--gain 2] [--workers 2]
     python scripts/meta_rise_gain_probe.py --continue-check -3 [--n 16] [--workers 2]
 
 From a base LR 10x too low the shipped controller raises the LR to 3-6x by a quarter of the run, then turns to decay
@@ -22,6 +22,11 @@ relative size of the last update (`update_size`, log10 |dtheta| / |theta|, about
 centre; a too-high LR meets the update-size ceiling at -1.5). With `--small-steps` the values are thresholds U, and
 rises are doubled only while the `update_size` feature is below U (the weights move less than 10**U of their norm per
 step: an LR that is likely too low); U = -3 and -2.5, fixed before measuring.
+
+`--gain G` (session 22, declared before measuring; with `--small-steps`): the rise's factor below U (default 2). The
+small-step rise at x2 left the too-high cells untouched to the fourth decimal and gained from too-low LRs (lab-1.5
++0.4 points), so a larger factor may gain more there at no cost above: G = 3 and 4 at U = -3, fixed before measuring,
+same acceptance.
 
 `--continue-check U`: the shipped controller with the small-step rise at U on `scripts/meta_continue_probe.py`'s
 runs that start from trained weights (a second stage, a new head: small updates at a sound LR, where a faster rise
@@ -58,12 +63,14 @@ def patch(gain: float) -> None:
     PATCHES.policy(faster)
 
 
-def patch_small_steps(threshold: float) -> None:
-    """Make every frozen policy's positive proposals SMALL_STEP_GAIN times larger while the `update_size` feature < threshold."""
+def patch_small_steps(threshold: float, gain: float | None = None) -> None:
+    """Make every frozen policy's positive proposals `gain` (default SMALL_STEP_GAIN) times larger while the
+    `update_size` feature < threshold."""
+    g = SMALL_STEP_GAIN if gain is None else gain
 
     def faster(own: Any, features: list[float]) -> float:
         out = own(features)
-        return SMALL_STEP_GAIN * out if out > 0 and features[UPDATE_SIZE] < threshold else out
+        return g * out if out > 0 and features[UPDATE_SIZE] < threshold else out
 
     PATCHES.policy(faster)
 
@@ -81,6 +88,13 @@ if __name__ == "__main__":
         meta_continue_probe.main()
     elif "--small-steps" in sys.argv:
         sys.argv.remove("--small-steps")
-        ms.probe_main(__doc__, patch_small_steps, unpatch, "rises x2 below update size {:g}")
+        gain = SMALL_STEP_GAIN
+        if "--gain" in sys.argv:
+            at = sys.argv.index("--gain")
+            gain = float(sys.argv[at + 1])
+            del sys.argv[at : at + 2]
+        if not gain >= 1:
+            raise SystemExit(f"--gain must be >= 1, got {gain}")
+        ms.probe_main(__doc__, lambda u: patch_small_steps(u, gain), unpatch, f"rises x{gain:g} below update size {{:g}}")
     else:
         ms.probe_main(__doc__, patch, unpatch, "rises x{:g}")

@@ -20,7 +20,15 @@ plainly: stage 6 and `meta_stage6_x1000_guard12_pull05` had been run on those do
 (docs/meta_training/README.md). A candidate **beats** the reference when both hold:
 1. the mean of its differences to the reference (candidate - reference, one per cell) is at least MIN_GAIN;
 2. no cell is lower than the reference's by more than MAX_LOSS (the cells' noise: single-seed runs).
-Among candidates that beat the reference, the one with the largest mean difference is chosen. The
+Among candidates that beat the reference, the one with the largest mean difference is chosen.
+
+Rule v3 (`--rule v3`; fixed in session 22, after the small-step x4 probe passed v2 and before any checkpoint was
+measured under it): v2's 12 cells, with the recurrent and real-text cells on 24 tasks each instead of 8
+(`meta_rnn_probe.specs(24)`: the first 8 are v2's), and a per-cell tolerance of MAX_LOSS_SEQ = 0.01 on those five
+cells. Why: six null copies of the shipped policy (`scripts/meta_select_noise.py`, session 21) moved those 8-task
+cells by up to 1.5 points (sd 0.002-0.0055), so v2's 0.5-point veto there is noise, and a single unlucky cell of the
+reference (its txt1, below all six nulls) lends every candidate about +0.07 points of mean difference. Three times
+the tasks cut that sd by about sqrt(3); 0.01 is about three of the reduced sds. MIN_GAIN and the other cells as v2. The
 held-out evaluation (`configs/eval_full.yaml`, `configs/meta_heldout.yaml`) plays no part.
 
 Results are cached per checkpoint sha256 and rule in runs/meta_select/ (delete to re-measure).
@@ -59,8 +67,10 @@ from metalr.meta.validate import run_spec  # noqa: E402
 
 MIN_GAIN = 0.002
 MAX_LOSS = 0.005
+MAX_LOSS_SEQ = 0.01  # rule v3: the tolerance on the recurrent and real-text cells (24 tasks each)
 CELLS = ("val", "lab-1.5", "lab0", "lab+1.5", "dev0.1", "dev1", "dev10", "rnn10", "rnn31.6")  # rule v1
-RULES = {"v1": CELLS, "v2": (*CELLS, "txt1", "txt10", "txt31.6")}
+RULES = {"v1": CELLS, "v2": (*CELLS, "txt1", "txt10", "txt31.6"), "v3": (*CELLS, "txt1", "txt10", "txt31.6")}
+SEQ_TASKS = {"v1": 8, "v2": 8, "v3": 24}  # tasks in each recurrent and real-text cell
 LABELS = ROOT / "configs" / "meta_labels_check.json"
 VAL_TASKS, VAL_LARGE, VAL_MAX_STEPS = 8, 4, 1000  # configs/meta_train_stage6.yaml's validation set
 RNN_MULTS = (10.0, 31.6)
@@ -86,8 +96,8 @@ def _cosine_key(spec: Any) -> str:
     return "cosine|" + json.dumps(spec.to_dict(), sort_keys=True)
 
 
-def measure(ckpt: str, workers: int, dev_cache: dict[str, float], cells: tuple[str, ...] = CELLS) -> dict[str, float]:
-    """The cells of one checkpoint (`cells`: a rule's, `RULES`)."""
+def measure(ckpt: str, workers: int, dev_cache: dict[str, float], cells: tuple[str, ...] = CELLS, n_seq: int = 8) -> dict[str, float]:
+    """The cells of one checkpoint (`cells`: a rule's, `RULES`; `n_seq`: tasks per recurrent / real-text cell)."""
     labels = read_labels(str(LABELS))[:80]
     best_of_sweep = {str(e["index"]): max(e["acc"]) for e in labels}
     bases = dev.dev_bases()
@@ -104,11 +114,11 @@ def measure(ckpt: str, workers: int, dev_cache: dict[str, float], cells: tuple[s
         for f in dev.GRID:  # the tuned cosine (cached across checkpoints)
             if _cosine_key(dev._at(b, f)) not in dev_cache:
                 jobs.append(("cosine", _cosine_key(dev._at(b, f)), dev._at(b, f), "cosine"))
-    for i, s in enumerate(rnn.specs(8)):
+    for i, s in enumerate(rnn.specs(n_seq)):
         for m in RNN_MULTS:
             jobs.append((f"rnn{m:g}", str(i), replace(s, lr=s.lr * m), ckpt))
     if "txt1" in cells:
-        for i, s in enumerate(rnn.specs(8, "doctext")):
+        for i, s in enumerate(rnn.specs(n_seq, "doctext")):
             for m in TXT_MULTS:
                 jobs.append((f"txt{m:g}", str(i), replace(s, lr=s.lr * m), ckpt))
     accs: dict[str, list[tuple[str, float]]] = {c: [] for c in cells}
@@ -134,13 +144,15 @@ def measure(ckpt: str, workers: int, dev_cache: dict[str, float], cells: tuple[s
     return out
 
 
-def beats(cand: dict[str, float], ref: dict[str, float], cells: tuple[str, ...] = CELLS) -> tuple[bool, float, str]:
-    """The rule over `cells`: (beats the reference?, mean difference, the reason)."""
+def beats(cand: dict[str, float], ref: dict[str, float], cells: tuple[str, ...] = CELLS, seq_loss: float = MAX_LOSS) -> tuple[bool, float, str]:
+    """The rule over `cells`: (beats the reference?, mean difference, the reason). `seq_loss`: the tolerance on the
+    recurrent and real-text cells (rule v3: MAX_LOSS_SEQ; MAX_LOSS on every cell before it)."""
     diffs = {c: cand[c] - ref[c] for c in cells}
     mean = sum(diffs.values()) / len(diffs)
-    worst = min(diffs, key=diffs.__getitem__)
-    if diffs[worst] < -MAX_LOSS:
-        return False, mean, f"{worst} lower by {-diffs[worst]:.4f} > {MAX_LOSS}"
+    tol = {c: seq_loss if c.startswith(("rnn", "txt")) else MAX_LOSS for c in cells}
+    worst = min(diffs, key=lambda c: diffs[c] + tol[c])  # the cell furthest below its tolerance
+    if diffs[worst] < -tol[worst]:
+        return False, mean, f"{worst} lower by {-diffs[worst]:.4f} > {tol[worst]}"
     if mean < MIN_GAIN:
         return False, mean, f"mean gain {mean:+.4f} < {MIN_GAIN}"
     return True, mean, f"mean gain {mean:+.4f}, worst cell {worst} {diffs[worst]:+.4f}"
@@ -222,9 +234,10 @@ def main() -> None:
     ap.add_argument("--reference", default="checkpoints/metalr_default.safetensors")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--cache", default=str(ROOT / "runs" / "meta_select"))
-    ap.add_argument("--rule", default="v2", choices=sorted(RULES), help="v1: the 9 cells of session 11; v2: and 3 real-text cells")
+    ap.add_argument("--rule", default="v2", choices=sorted(RULES), help="v1: the 9 cells of session 11; v2: and 3 real-text cells; v3: v2 on 24 sequence tasks")
     args = ap.parse_args()
-    cells = RULES[args.rule]
+    cells, n_seq = RULES[args.rule], SEQ_TASKS[args.rule]
+    seq_loss = MAX_LOSS_SEQ if args.rule == "v3" else MAX_LOSS
     cache_dir = Path(args.cache)
     dev_cache_path = cache_dir / "dev_cosine.json"
     dev_cache = json.loads(dev_cache_path.read_text()) if dev_cache_path.exists() else {}
@@ -234,6 +247,8 @@ def main() -> None:
     key_parts: list[Any] = [cells, VAL_TASKS, VAL_LARGE, VAL_MAX_STEPS, RNN_MULTS, str(LABELS.name)]  # v1's key as before
     if "txt1" in cells:
         key_parts.append(TXT_MULTS)
+    if n_seq != 8:
+        key_parts.append(n_seq)
     rule_key = hashlib.sha256(json.dumps(key_parts).encode()).hexdigest()[:8]
     table: dict[str, dict[str, float]] = {}
     for path in [args.reference, *args.candidates]:
@@ -243,7 +258,7 @@ def main() -> None:
             table[path] = json.loads(cached.read_text())["cells"]
             continue
         t0 = time.perf_counter()
-        table[path] = measure(path, args.workers, dev_cache, cells)
+        table[path] = measure(path, args.workers, dev_cache, cells, n_seq)
         cache_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(dev_cache_path, dev_cache)
         atomic_write_json(cached, {"checkpoint": path, "sha256": sha, "cells": table[path], "seconds": time.perf_counter() - t0})
@@ -257,7 +272,7 @@ def main() -> None:
         if path == args.reference:
             verdict, mean = "(reference)", 0.0
         else:
-            ok, mean, why = beats(row, ref, cells)
+            ok, mean, why = beats(row, ref, cells, seq_loss)
             verdict = ("yes: " if ok else "no: ") + why
             if ok and (best is None or mean > best[0]):
                 best = (mean, path)

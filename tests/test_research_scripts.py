@@ -260,3 +260,21 @@ def test_select_noise_writes_seeded_null_copies_of_the_shipped_policy(tmp_path: 
             assert (rel == 0.0) if not name.startswith("net.") else (0.0 < rel < 1e-2), name
     w = [read_policy(p).policy.state_dict()["net.0.weight"] for p in a]
     assert not torch.equal(w[0], w[1])  # two different copies
+
+
+def test_selection_rule_v3_tolerates_more_on_the_sequence_cells_only() -> None:
+    m = _script("meta_select")
+    cells = m.RULES["v3"]
+    ref = {c: 0.5 for c in cells}
+    up = {c: 0.5 + 0.003 for c in cells}  # +0.003 everywhere: a gain above MIN_GAIN
+    ok, mean, _ = m.beats(up, ref, cells, m.MAX_LOSS_SEQ)
+    assert ok and mean == pytest.approx(0.003)
+    seq_drop = {**up, "txt10": 0.5 - 0.008}  # 0.8 points down on a 24-task real-text cell: within v3's tolerance
+    assert m.beats(seq_drop, ref, cells, m.MAX_LOSS_SEQ)[0]
+    assert not m.beats(seq_drop, ref, cells)[0]  # v2's tolerance (0.005 on every cell) vetoes it
+    lab_drop = {**up, "lab0": 0.5 - 0.008}  # the same drop on a many-task cell: vetoed under both
+    ok, _, why = m.beats(lab_drop, ref, cells, m.MAX_LOSS_SEQ)
+    assert not ok and why.startswith("lab0")
+    far = {**up, "rnn10": 0.5 - 0.02}
+    assert not m.beats(far, ref, cells, m.MAX_LOSS_SEQ)[0]
+    assert m.SEQ_TASKS["v3"] == 24 and m.SEQ_TASKS["v2"] == 8
