@@ -144,6 +144,17 @@ def measure(ckpt: str, workers: int, dev_cache: dict[str, float], cells: tuple[s
     return out
 
 
+def rule_key(rule: str) -> str:
+    """The cache files' key of a rule's cells (`runs/meta_select/<sha256[:16]>_<key>.json`)."""
+    cells = RULES[rule]
+    key_parts: list[Any] = [cells, VAL_TASKS, VAL_LARGE, VAL_MAX_STEPS, RNN_MULTS, str(LABELS.name)]  # v1's key as before
+    if "txt1" in cells:
+        key_parts.append(TXT_MULTS)
+    if SEQ_TASKS[rule] != 8:
+        key_parts.append(SEQ_TASKS[rule])
+    return hashlib.sha256(json.dumps(key_parts).encode()).hexdigest()[:8]
+
+
 def beats(cand: dict[str, float], ref: dict[str, float], cells: tuple[str, ...] = CELLS, seq_loss: float = MAX_LOSS) -> tuple[bool, float, str]:
     """The rule over `cells`: (beats the reference?, mean difference, the reason). `seq_loss`: the tolerance on the
     recurrent and real-text cells (rule v3: MAX_LOSS_SEQ; MAX_LOSS on every cell before it)."""
@@ -197,25 +208,27 @@ def probe_main(doc: str, patch: Callable[[Any], None], unpatch: Callable[[], Non
     return probe_patched({label.format(v): v for v in args.values}, patch, unpatch, args.workers)
 
 
-def probe_patched(settings: dict[str, Any], patch: Callable[[Any], None], unpatch: Callable[[], None], workers: int = 2) -> dict[str, dict[str, float]]:
-    """The research probes' measurement (scripts/meta_*_probe.py): the shipped checkpoint's cells under rule v2
+def probe_patched(
+    settings: dict[str, Any], patch: Callable[[Any], None], unpatch: Callable[[], None], workers: int = 2, rule: str = "v2"
+) -> dict[str, dict[str, float]]:
+    """The research probes' measurement (scripts/meta_*_probe.py): the shipped checkpoint's cells under `rule`
     with the controller patched by each setting (`patch(setting)` ... `unpatch()`; worker processes fork from this
     one, so they run the patched code), printed beside the unpatched checkpoint's (its cached cells when
     runs/meta_select holds them). Returns {name: cells}."""
-    cells = RULES["v2"]
+    cells, n_seq = RULES[rule], SEQ_TASKS[rule]
     cache = ROOT / "runs" / "meta_select"
     dev_path = cache / "dev_cosine.json"
     dev_cache = json.loads(dev_path.read_text()) if dev_path.exists() else {}
     shipped = ROOT / "checkpoints" / "metalr_default.safetensors"
     sha = hashlib.sha256(shipped.read_bytes()).hexdigest()
-    cached = (json.loads(p.read_text())["cells"] for p in sorted(cache.glob(f"{sha[:16]}_*.json")))
-    ref = next((c for c in cached if set(cells) <= set(c)), None) or measure(str(shipped), workers, dev_cache, cells)
+    cached = cache / f"{sha[:16]}_{rule_key(rule)}.json"
+    ref = json.loads(cached.read_text())["cells"] if cached.exists() else measure(str(shipped), workers, dev_cache, cells, n_seq)
     rows = {}
     for name, setting in settings.items():
         t0 = time.perf_counter()
         patch(setting)
         try:
-            rows[name] = measure(str(shipped), workers, dev_cache, cells)
+            rows[name] = measure(str(shipped), workers, dev_cache, cells, n_seq)
         finally:
             unpatch()
         print(f"{name}: {time.perf_counter() - t0:.0f} s", flush=True)
@@ -224,7 +237,7 @@ def probe_patched(settings: dict[str, Any], patch: Callable[[Any], None], unpatc
     for c in cells:
         print(f"| {c} | {ref[c]:+.4f} | " + " | ".join(f"{row[c]:+.4f}" for row in rows.values()) + " |")
     for name, row in rows.items():
-        print(f"{name}: beats the shipped checkpoint? {beats(row, ref, cells)}")
+        print(f"{name}: beats the shipped checkpoint? {beats(row, ref, cells, MAX_LOSS_SEQ if rule == 'v3' else MAX_LOSS)}")
     return rows
 
 
@@ -244,16 +257,11 @@ def main() -> None:
     dev_runs = ROOT / "runs" / "meta_dev" / "cache.json"  # scripts/meta_dev_tasks.py's runs: the same cosine runs, same keys
     if dev_runs.exists():
         dev_cache = {**{k: v for k, v in json.loads(dev_runs.read_text()).items() if k.startswith("cosine|")}, **dev_cache}
-    key_parts: list[Any] = [cells, VAL_TASKS, VAL_LARGE, VAL_MAX_STEPS, RNN_MULTS, str(LABELS.name)]  # v1's key as before
-    if "txt1" in cells:
-        key_parts.append(TXT_MULTS)
-    if n_seq != 8:
-        key_parts.append(n_seq)
-    rule_key = hashlib.sha256(json.dumps(key_parts).encode()).hexdigest()[:8]
+    key = rule_key(args.rule)
     table: dict[str, dict[str, float]] = {}
     for path in [args.reference, *args.candidates]:
         sha = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-        cached = cache_dir / f"{sha[:16]}_{rule_key}.json"
+        cached = cache_dir / f"{sha[:16]}_{key}.json"
         if cached.exists():
             table[path] = json.loads(cached.read_text())["cells"]
             continue

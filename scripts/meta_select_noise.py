@@ -1,6 +1,6 @@
 """How large are the selection rule's differences between two controllers that are the same? (research; issue 13, session 21)
 
-    python scripts/meta_select_noise.py [--copies 2] [--scale 1e-3] [--workers 2]
+    python scripts/meta_select_noise.py [--copies 2] [--scale 1e-3] [--workers 2] [--rule v2]
 
 `scripts/meta_select.py` judges a candidate by its differences to the shipped checkpoint over 12 cells of single-seed
 runs. A run is chaotic in its LR sequence: a change of the LR by a part in a thousand at one step sends the weights,
@@ -52,9 +52,10 @@ def main() -> None:
     ap.add_argument("--copies", type=int, default=2)
     ap.add_argument("--scale", type=float, default=1e-3)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--rule", default="v2", help="the selection rule whose cells to measure (scripts/meta_select.py --rule)")
     a = ap.parse_args()
     paths = null_copies(ROOT / "runs" / "meta_select_noise", a.copies, a.scale)
-    cmd = [sys.executable, str(ROOT / "scripts" / "meta_select.py"), *map(str, paths), "--workers", str(a.workers)]
+    cmd = [sys.executable, str(ROOT / "scripts" / "meta_select.py"), *map(str, paths), "--workers", str(a.workers), "--rule", a.rule]
     sys.exit(subprocess.call(cmd, cwd=ROOT))
 
 

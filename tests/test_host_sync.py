@@ -405,3 +405,93 @@ def test_read_back_keeps_the_order_of_tensors_numbers_and_none_exactly() -> None
     assert seen == ["tolist"]  # one read for every tensor
     assert out[:4] == [float(torch.tensor(0.1, dtype=torch.float32)), None, 2.5, 1 / 3] and math.isnan(out[4])
     assert read_back([1.0, None]) == [1.0, None]
+
+
+def _signal_stream(steps: int, tensors: bool) -> list[Any]:
+    """A fixed stream of signals (no training): a falling loss with a 10x spike at steps 20-21 (the guard fires),
+    gradient statistics that change sign, as Python numbers or as 0-d tensors (as a tracker hands them on a GPU)."""
+    from metalr.signals import Signals
+
+    out = []
+    for t in range(1, steps + 1):
+        vals = {
+            "loss": 10.0 if t in (20, 21) else 2.0 - 0.01 * t,
+            "grad_norm": 1.0 + 0.1 * math.sin(t),
+            "grad_align": 0.5 * math.cos(t / 7),
+            "update_size": 1e-3 * (1 + 0.5 * math.sin(t / 5)),
+        }
+        out.append(Signals(step=t, **{k: torch.tensor(v, dtype=torch.float64) if tensors else v for k, v in vals.items()}))
+    return out
+
+
+def _run_meta(stream: list[Any], **kwargs: Any) -> tuple[list[float], Any]:
+    from metalr.controllers import build
+
+    opt = torch.optim.SGD([torch.zeros(2, requires_grad=True)], lr=0.1)
+    ctrl = build("meta", opt, total_steps=400, **kwargs)  # the shipped checkpoint: decide_every 8, warmup over 8 steps
+    return [ctrl.step(s)[0] for s in stream], ctrl
+
+
+@pytest.mark.parametrize("tensors", [False, True])
+def test_meta_read_lag_runs_the_exact_rule_one_step_late(tensors: bool) -> None:
+    """`read_lag=1`: the LR set after step t is the exact rule's after step t - 1 (its signals up to t - 1), under step
+    t + 1's warmup; the guard's cut (spike at step 20) and every decision come one step later, on both paths."""
+    from metalr.meta.rule import warmup_factor
+
+    exact, ref = _run_meta(_signal_stream(80, tensors=False))
+    lagged, ctrl = _run_meta(_signal_stream(80, tensors=tensors), read_lag=1)
+    rule = ref.rule
+    w = [warmup_factor(rule, t + 1, 400) for t in range(1, 81)]  # the warmup of the step each LR is for
+    assert lagged[0] == pytest.approx(0.1 * w[0], rel=1e-12)  # nothing read yet: the base LR under the warmup
+    for t in range(1, 80):  # LR set after step t+1 (lagged) = exact LR after step t, re-enveloped
+        assert lagged[t] == pytest.approx(exact[t - 1] / w[t - 1] * w[t], rel=1e-12), t
+    assert exact[19] == pytest.approx(0.3 * exact[18], rel=0.05) and lagged[20] == pytest.approx(0.3 * lagged[19], rel=0.05)
+    assert len(set(exact[8:])) > 10  # decisions moved it
+    assert ctrl.log_rel == pytest.approx(ref.log_rel, rel=1e-12)  # read for inspection: the rule's state is the exact one
+
+
+def test_meta_read_lag_reads_each_step_once_and_inspection_or_resume_changes_no_lr() -> None:
+    """With tensors, each step reads back one step's copy (the last step's), never more; reading `log_rel` mid-run or
+    saving and restoring the controller's state (a resume) gives the same LRs as an uninterrupted run."""
+    from metalr.controllers import build
+
+    stream = _signal_stream(60, tensors=True)
+    opt = torch.optim.SGD([torch.zeros(2, requires_grad=True)], lr=0.1)
+    ctrl = build("meta", opt, total_steps=400, read_lag=1)
+    plain, reads = [], []
+    for s in stream:
+        with count_host_reads() as seen:
+            plain.append(ctrl.step(s)[0])
+        reads.append(len(seen))
+    assert reads[0] == 0 and set(reads[1:]) == {1}  # step 1 has nothing to read; from step 2 on, the one copy (`tolist`)
+    opt = torch.optim.SGD([torch.zeros(2, requires_grad=True)], lr=0.1)
+    ctrl = build("meta", opt, total_steps=400, read_lag=1)
+    seen_lrs = []
+    for s in stream[:30]:
+        seen_lrs.append(ctrl.step(s)[0])
+        _ = ctrl.log_rel  # an inspection: reads this step early
+    state = ctrl.state_dict()
+    resumed = build("meta", opt, total_steps=400, read_lag=1)  # a new process: the optimizer's LR restored with it
+    resumed.load_state_dict(state)
+    seen_lrs += [resumed.step(s)[0] for s in stream[30:]]
+    assert seen_lrs == pytest.approx(plain, rel=1e-12)
+
+
+@pytest.mark.parametrize("bad", [2, -1, True, 0.5])
+def test_meta_refuses_a_read_lag_other_than_0_or_1_and_with_sync_every(bad: Any) -> None:
+    from metalr.controllers import build
+
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    with pytest.raises(ValueError, match="read_lag must be 0"):
+        build("meta", opt, total_steps=10, read_lag=bad)
+    with pytest.raises(ValueError, match="does not combine with sync_every"):
+        build("meta", opt, total_steps=10, read_lag=1, sync_every=8)
+
+
+@CUDA
+@pytest.mark.parametrize("optimizer", ["sgdm", "adam"])
+def test_on_cuda_meta_with_read_lag_synchronises_never(optimizer: str) -> None:
+    """CUDA's own count: with `read_lag=1` no step synchronises (the copies are non-blocking into pinned memory; the
+    host waits on the last step's event, which the sync debug mode does not count)."""
+    collect_syncs, step_syncs, _ = _loop("meta", optimizer, 20, device="cuda", read_lag=1, checkpoint=_shipped_every(8))
+    assert all(not s for s in collect_syncs) and all(not s for s in step_syncs), (collect_syncs, step_syncs)

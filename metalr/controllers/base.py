@@ -253,6 +253,42 @@ def read_back(values: Sequence[Any]) -> list[Any]:
     return [next(read) if isinstance(v, torch.Tensor) else v for v in values]
 
 
+class StagedRead:
+    """`read_back(values)` split in two: the constructor starts copying the tensors among `values` to the host and
+    returns at once; `get()` gives what `read_back` would (Python numbers and None, in order).
+
+    On a CUDA device the copy goes into pinned host memory without blocking, and an event is recorded behind it on
+    the current stream: `get()` waits for that event only, i.e. for the work queued up to the copy, not for what was
+    queued after it. Read one step later (`MetaController(read_lag=1)`), by which time the device has usually
+    finished that step, no wait is left on the host's side of the step pipeline. On a CPU the copy is the read."""
+
+    __slots__ = ("_values", "_host", "_event")
+
+    def __init__(self, values: Sequence[Any]) -> None:
+        self._values = list(values)
+        self._host: torch.Tensor | None = None
+        self._event: Any = None
+        kept = [v.detach().reshape(1) for v in self._values if isinstance(v, torch.Tensor)]
+        if not kept or len({t.device for t in kept}) != 1:
+            return  # nothing to copy (or tensors on two devices, a rare step: `get` reads them as `read_back` does)
+        flat = torch.cat(kept)
+        if flat.device.type == "cuda":
+            self._host = torch.empty(flat.shape, dtype=flat.dtype, pin_memory=True)
+            self._host.copy_(flat, non_blocking=True)
+            self._event = torch.cuda.Event()
+            self._event.record()
+        else:
+            self._host = flat.cpu()
+
+    def get(self) -> list[Any]:
+        if self._host is None:
+            return read_back(self._values)
+        if self._event is not None:
+            self._event.synchronize()  # the copy's own event: the work queued before it, nothing after
+        read = iter(self._host.tolist())
+        return [next(read) if isinstance(v, torch.Tensor) else v for v in self._values]
+
+
 def _copy(value: Any) -> Any:
     if isinstance(value, list):
         return [_copy(v) for v in value]

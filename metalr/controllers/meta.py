@@ -38,6 +38,12 @@ One rule (`metalr.meta.rule.lr_rule`), always on the host, whatever the signals'
   a 10^1.5x LR (`scripts/meta_sync_probe.py`, docs/meta_training/README.md, session 20).
   Running the rule on the device instead (about a hundred tiny kernels a step) cost
   more than the synchronisation it saved (`benchmarks/README.md`, CUDA).
+- `read_lag=1` (option, default 0): the rule runs every step, one step late. Each step's signals are copied to the
+  host without waiting (`StagedRead`: pinned memory and an event on CUDA) and read at the next step, so the LR of
+  step t + 1 comes from the signals up to step t - 1 (the warmup still follows the step). Every decision and every
+  guard cut takes effect one step later than with the exact rule; on a GPU the host waits only for a step the
+  device has usually finished. The same LRs on every device (tested on the CPU; `scripts/meta_sync_probe.py --lag`
+  measures its cost in quality). Not the default: its CUDA synchronisation count is still to be measured on a GPU.
 """
 
 from __future__ import annotations
@@ -52,7 +58,7 @@ from typing import Any
 import torch
 
 from metalr.controllers import register
-from metalr.controllers.base import Controller, read_back
+from metalr.controllers.base import Controller, StagedRead, read_back
 from metalr.meta.checkpoint import FrozenPolicy, cached_policy
 from metalr.meta.policy import HostPolicy
 from metalr.meta.rule import RuleConfig, RuleState, lr_rule, warmup_factor, warmup_steps
@@ -76,6 +82,7 @@ class MetaController(Controller):
         checkpoint: str | os.PathLike[str] | FrozenPolicy | None = None,
         total_steps: int | None = None,
         sync_every: int = 1,
+        read_lag: int = 0,
         min_factor: float | None = None,
         max_factor: float | None = None,
     ) -> None:
@@ -86,11 +93,17 @@ class MetaController(Controller):
             raise ValueError(f"total_steps must be >= 1, got {total_steps}")
         if isinstance(sync_every, bool) or not isinstance(sync_every, (int, numbers.Integral)) or sync_every < 1:
             raise ValueError(f"sync_every must be an int >= 1, got {sync_every!r}")
+        if isinstance(read_lag, bool) or read_lag not in (0, 1):
+            raise ValueError(f"read_lag must be 0 (the exact rule) or 1 (the rule one step late), got {read_lag!r}")
+        if read_lag and sync_every != 1:
+            raise ValueError(f"read_lag=1 reads every step's signals one step late; it does not combine with sync_every={sync_every}")
         if total_steps is None:
             log.warning("meta controller: total_steps not given; assuming a %d-step run (pass total_steps=...)", self.rule.default_total_steps)
         self.total_steps = int(total_steps or self.rule.default_total_steps)
         self._warmup_steps = warmup_steps(self.rule, self.total_steps)
         self.sync_every = int(sync_every)
+        self.read_lag = int(read_lag)
+        self._staged: list[tuple[int, StagedRead]] = []  # read_lag=1: (step, its signals on their way to the host)
         self._phase_warned = False
         self._host_policy = HostPolicy(self.frozen.policy)  # the frozen policy in numpy
         self._log_rel = 0.0  # log(LR / base LR)
@@ -125,6 +138,7 @@ class MetaController(Controller):
     def rule_state(self, state: dict[str, Any]) -> None:
         self._rule_state = RuleState.from_state(state)
         self._pending = []  # a restored state replaces whatever was not read back yet
+        self._staged = []
 
     def _compute_lrs(self, signals: Signals) -> list[float]:
         if self.signal_every > 1 and signals.step and signals.step % self.signal_every != self.last_step % self.signal_every and not self._phase_warned:
@@ -136,7 +150,10 @@ class MetaController(Controller):
             )  # fmt: skip
         loss, norm, align, size = signals.loss, signals.grad_norm, signals.grad_align, signals.update_size
         tensor = torch.Tensor
-        if isinstance(loss, tensor) or isinstance(align, tensor) or isinstance(norm, tensor) or isinstance(size, tensor) or self._pending:
+        if self.read_lag:  # the last step's signals (read now, their copy long done) into the rule; this step's on their way
+            self._read_staged()
+            self._staged.append((self.last_step, StagedRead((loss, norm, align, size))))
+        elif isinstance(loss, tensor) or isinstance(align, tensor) or isinstance(norm, tensor) or isinstance(size, tensor) or self._pending:
             # Tensors on the parameters' device (a GPU): kept as they are, no kernel and no read; every
             # `sync_every` steps they are read back at once and the host rule runs over them, step by step
             # (a step without tensors while some are kept waits its turn behind them).
@@ -172,8 +189,16 @@ class MetaController(Controller):
             size = float(size)
         self._log_rel = lr_rule(self._host_policy, self.rule, self._rule_state, self._log_rel, loss, norm, align, step, self.total_steps, size)
 
+    def _read_staged(self) -> None:
+        """read_lag=1: run the rule over the staged steps, in order."""
+        staged, self._staged = self._staged, []
+        for step, signals in staged:
+            self._rule_step(step, *signals.get())
+
     def _flush(self) -> None:
         """Read the kept device signals back (one host-device synchronisation for all of them) and run the rule over them in order."""
+        if self._staged:  # (read_lag=1: reading one step early changes no LR: the next step reads up to this one anyway)
+            self._read_staged()
         if not self._pending:
             return
         pending, self._pending = self._pending, []
