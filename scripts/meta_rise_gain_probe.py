@@ -26,7 +26,8 @@ step: an LR that is likely too low); U = -3 and -2.5, fixed before measuring.
 `--gain G` (session 22, declared before measuring; with `--small-steps`): the rise's factor below U (default 2). The
 small-step rise at x2 left the too-high cells untouched to the fourth decimal and gained from too-low LRs (lab-1.5
 +0.4 points), so a larger factor may gain more there at no cost above: G = 3 and 4 at U = -3, fixed before measuring,
-same acceptance.
+same acceptance. Session 22: +0.0020 / +0.0022 (x4 passes v2; as `configs/meta_train_stage22.yaml` it fails the
+confirmation under rule v3, +0.0002: docs/meta_training/README.md, "Session 22").
 
 `--continue-check U`: the shipped controller with the small-step rise at U on `scripts/meta_continue_probe.py`'s
 runs that start from trained weights (a second stage, a new head: small updates at a sound LR, where a faster rise

@@ -23,7 +23,7 @@ signals are copied to the host without waiting and read one step later, so the r
 `sync_every` 1, under rule v3's cells (`scripts/meta_select.py`: the sequence cells on 24 tasks, since a change that
 perturbs every run reads on the 8-task cells like the null copies, up to 1.5 points). Acceptance, declared before
 measuring: mean difference >= -MIN_GAIN and no cell lower than its v3 tolerance allows (0.005; 0.01 on the sequence
-cells).
+cells). Session 22: it failed (lab+1.5 -0.0213, val -0.0083, mean -0.0013).
 """
 
 from __future__ import annotations

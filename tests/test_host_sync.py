@@ -491,7 +491,7 @@ def test_meta_refuses_a_read_lag_other_than_0_or_1_and_with_sync_every(bad: Any)
 @CUDA
 @pytest.mark.parametrize("optimizer", ["sgdm", "adam"])
 def test_on_cuda_meta_with_read_lag_synchronises_never(optimizer: str) -> None:
-    """CUDA's own count: with `read_lag=1` no step synchronises (the copies are non-blocking into pinned memory; the
-    host waits on the last step's event, which the sync debug mode does not count)."""
+    """CUDA's own count: with `read_lag=1` no step synchronises: the copies are non-blocking into pinned memory, and
+    the host waits only on the last step's copy event (written in session 22 without a GPU: not yet run)."""
     collect_syncs, step_syncs, _ = _loop("meta", optimizer, 20, device="cuda", read_lag=1, checkpoint=_shipped_every(8))
     assert all(not s for s in collect_syncs) and all(not s for s in step_syncs), (collect_syncs, step_syncs)

@@ -42,8 +42,10 @@ One rule (`metalr.meta.rule.lr_rule`), always on the host, whatever the signals'
   host without waiting (`StagedRead`: pinned memory and an event on CUDA) and read at the next step, so the LR of
   step t + 1 comes from the signals up to step t - 1 (the warmup still follows the step). Every decision and every
   guard cut takes effect one step later than with the exact rule; on a GPU the host waits only for a step the
-  device has usually finished. The same LRs on every device (tested on the CPU; `scripts/meta_sync_probe.py --lag`
-  measures its cost in quality). Not the default: its CUDA synchronisation count is still to be measured on a GPU.
+  device has usually finished. The same LRs on every device (tested on the CPU). Not the default, and not advised:
+  one step of delay costs as much as `sync_every=8` (`scripts/meta_sync_probe.py --lag`, session 22: 2.1 points on
+  the selection tasks from a 10^1.5x LR, where the guard's first cut must come at once), and its CUDA
+  synchronisation count is still to be measured on a GPU.
 """
 
 from __future__ import annotations
