@@ -294,7 +294,9 @@ def test_meta_sync_every_on_the_policy_steps_follows_the_warmup_and_only_a_guard
     assert dev_reads == list(range(8, 61, 8)) and dev_fired == host_fired == 1
     assert len(set(host[:8])) == 8  # the warmup moves the LR every step, on both paths
     assert dev[:19] == pytest.approx(host[:19], rel=1e-12)  # steps 1-19: warmup, the decisions at 8 and 16
-    assert host[19] == pytest.approx(0.3 * host[18], rel=0.05)  # the host path cuts at step 20 ...
+    from metalr.meta.checkpoint import cached_policy
+
+    assert host[19] == pytest.approx(cached_policy().rule.guard_factor * host[18], rel=0.05)  # the host path cuts at step 20 ...
     assert dev[19:23] == [dev[18]] * 4  # ... the device path holds its LR until the read-back at step 24 ...
     assert dev[23:] == pytest.approx(host[23:], rel=1e-12)  # ... and from there on the two agree
 
@@ -445,7 +447,8 @@ def test_meta_read_lag_runs_the_exact_rule_one_step_late(tensors: bool) -> None:
     assert lagged[0] == pytest.approx(0.1 * w[0], rel=1e-12)  # nothing read yet: the base LR under the warmup
     for t in range(1, 80):  # LR set after step t+1 (lagged) = exact LR after step t, re-enveloped
         assert lagged[t] == pytest.approx(exact[t - 1] / w[t - 1] * w[t], rel=1e-12), t
-    assert exact[19] == pytest.approx(0.3 * exact[18], rel=0.05) and lagged[20] == pytest.approx(0.3 * lagged[19], rel=0.05)
+    cut = rule.guard_factor  # the guard's cut (spike at step 20): one step later
+    assert exact[19] == pytest.approx(cut * exact[18], rel=0.05) and lagged[20] == pytest.approx(cut * lagged[19], rel=0.05)
     assert len(set(exact[8:])) > 10  # decisions moved it
     assert ctrl.log_rel == pytest.approx(ref.log_rel, rel=1e-12)  # read for inspection: the rule's state is the exact one
 
