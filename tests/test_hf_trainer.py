@@ -146,6 +146,25 @@ def test_pretrained_is_the_shipped_meta_controller(tmp_path) -> None:  # type: i
         make_trainer(tmp_path, [MetalrCallback("pretrained", path=str(missing))]).train()
 
 
+def test_pretrained_warns_on_a_pretrained_model_without_max_factor(tmp_path, caplog) -> None:  # type: ignore[no-untyped-def]
+    """A model loaded from pretrained weights (`config._name_or_path` set, as `from_pretrained` does) with the meta-controller
+    and no `max_factor`: one logged warning that points to `max_factor` (the uncapped controller collapses such
+    fine-tunes). None with `max_factor`, and none for a model built from a config."""
+
+    def run(model, **kwargs) -> list[str]:  # type: ignore[no-untyped-def]
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="metalr.integrations.hf"):
+            make_trainer(tmp_path, [MetalrCallback("pretrained", **kwargs)], max_steps=2, model=model).train()
+        return [r.getMessage() for r in caplog.records if "max_factor" in r.getMessage()]
+
+    loaded = tiny_bert()
+    loaded.config._name_or_path = "sentence-transformers/all-MiniLM-L6-v2"
+    warned = run(loaded)
+    assert len(warned) == 1 and "all-MiniLM-L6-v2" in warned[0] and "max_factor=2" in warned[0]
+    assert run(loaded, max_factor=2.0) == []
+    assert run(tiny_bert()) == []
+
+
 def test_unknown_controller_name_lists_valid_ones() -> None:
     with pytest.raises(KeyError, match="valid:.*cosine"):
         MetalrCallback("cosin")
