@@ -71,6 +71,7 @@ MAX_LOSS_SEQ = 0.01  # rule v3: the tolerance on the recurrent and real-text cel
 CELLS = ("val", "lab-1.5", "lab0", "lab+1.5", "dev0.1", "dev1", "dev10", "rnn10", "rnn31.6")  # rule v1
 RULES = {"v1": CELLS, "v2": (*CELLS, "txt1", "txt10", "txt31.6"), "v3": (*CELLS, "txt1", "txt10", "txt31.6")}
 SEQ_TASKS = {"v1": 8, "v2": 8, "v3": 24}  # tasks in each recurrent and real-text cell
+SEQ_LOSS = {"v1": MAX_LOSS, "v2": MAX_LOSS, "v3": MAX_LOSS_SEQ}  # the tolerance on those cells
 LABELS = ROOT / "configs" / "meta_labels_check.json"
 VAL_TASKS, VAL_LARGE, VAL_MAX_STEPS = 8, 4, 1000  # configs/meta_train_stage6.yaml's validation set
 RNN_MULTS = (10.0, 31.6)
@@ -155,12 +156,18 @@ def rule_key(rule: str) -> str:
     return hashlib.sha256(json.dumps(key_parts).encode()).hexdigest()[:8]
 
 
+def tolerances(cells: tuple[str, ...], seq_loss: float = MAX_LOSS) -> dict[str, float]:
+    """How far each cell may fall below the reference's: `seq_loss` on the recurrent and real-text cells (a rule's:
+    `SEQ_LOSS`), MAX_LOSS on the others."""
+    return {c: seq_loss if c.startswith(("rnn", "txt")) else MAX_LOSS for c in cells}
+
+
 def beats(cand: dict[str, float], ref: dict[str, float], cells: tuple[str, ...] = CELLS, seq_loss: float = MAX_LOSS) -> tuple[bool, float, str]:
     """The rule over `cells`: (beats the reference?, mean difference, the reason). `seq_loss`: the tolerance on the
     recurrent and real-text cells (rule v3: MAX_LOSS_SEQ; MAX_LOSS on every cell before it)."""
     diffs = {c: cand[c] - ref[c] for c in cells}
     mean = sum(diffs.values()) / len(diffs)
-    tol = {c: seq_loss if c.startswith(("rnn", "txt")) else MAX_LOSS for c in cells}
+    tol = tolerances(cells, seq_loss)
     worst = min(diffs, key=lambda c: diffs[c] + tol[c])  # the cell furthest below its tolerance
     if diffs[worst] < -tol[worst]:
         return False, mean, f"{worst} lower by {-diffs[worst]:.4f} > {tol[worst]}"
@@ -237,7 +244,7 @@ def probe_patched(
     for c in cells:
         print(f"| {c} | {ref[c]:+.4f} | " + " | ".join(f"{row[c]:+.4f}" for row in rows.values()) + " |")
     for name, row in rows.items():
-        print(f"{name}: beats the shipped checkpoint? {beats(row, ref, cells, MAX_LOSS_SEQ if rule == 'v3' else MAX_LOSS)}")
+        print(f"{name}: beats the shipped checkpoint? {beats(row, ref, cells, SEQ_LOSS[rule])}")
     return rows
 
 
@@ -250,7 +257,7 @@ def main() -> None:
     ap.add_argument("--rule", default="v2", choices=sorted(RULES), help="v1: the 9 cells of session 11; v2: and 3 real-text cells; v3: v2 on 24 sequence tasks")
     args = ap.parse_args()
     cells, n_seq = RULES[args.rule], SEQ_TASKS[args.rule]
-    seq_loss = MAX_LOSS_SEQ if args.rule == "v3" else MAX_LOSS
+    seq_loss = SEQ_LOSS[args.rule]
     cache_dir = Path(args.cache)
     dev_cache_path = cache_dir / "dev_cosine.json"
     dev_cache = json.loads(dev_cache_path.read_text()) if dev_cache_path.exists() else {}

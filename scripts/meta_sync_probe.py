@@ -75,7 +75,7 @@ def main() -> None:
         rows = ms.probe_patched({"device, sync_every 1": 1, "device, read_lag 1": {"read_lag": 1}}, patch, unpatch, args.workers, rule="v3")
         exact, lag = rows["device, sync_every 1"], rows["device, read_lag 1"]
         diffs = {c: lag[c] - exact[c] for c in ms.RULES["v3"]}
-        tol = {c: ms.MAX_LOSS_SEQ if c.startswith(("rnn", "txt")) else ms.MAX_LOSS for c in diffs}
+        tol = ms.tolerances(ms.RULES["v3"], ms.SEQ_LOSS["v3"])
         ok = sum(diffs.values()) / len(diffs) >= -ms.MIN_GAIN and all(diffs[c] >= -tol[c] for c in diffs)
         worst = min(diffs, key=lambda c: diffs[c] + tol[c])
         print(
