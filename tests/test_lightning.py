@@ -165,3 +165,31 @@ def test_refusals(tmp_path: Path) -> None:
 
     with pytest.raises(ValueError, match="not an LR scheduler"):
         fit(tmp_path / "s", [MetalrCallback("cosine")], module=WithScheduler())
+
+
+def test_a_module_holding_a_pretrained_model_gets_the_meta_controllers_lr_cap(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A LightningModule that holds a model loaded with transformers' `from_pretrained` (seen by `config._name_or_path`
+    on any submodule) gets the meta-controller under the same default cap as the HF callback, logged; `max_factor`
+    given is used as given; a module without one is left alone."""
+    import types
+
+    from metalr.integrations.base import PRETRAINED_MAX_FACTOR
+
+    class Holder(Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net.config = types.SimpleNamespace(_name_or_path="org/pretrained-model")  # what from_pretrained leaves on a model
+
+    def run(module: Module, **kwargs: Any) -> tuple[Any, list[str]]:
+        caplog.clear()
+        cb = MetalrCallback("pretrained", **kwargs)
+        with caplog.at_level("WARNING", logger="metalr.integrations.base"):
+            fit(tmp_path / str(len(kwargs)) / type(module).__name__, [cb], module=module)
+        return cb.controller, [r.getMessage() for r in caplog.records if "max_factor" in r.getMessage()]
+
+    ctrl, warned = run(Holder())
+    assert ctrl.rule.max_factor == PRETRAINED_MAX_FACTOR and len(warned) == 1 and "org/pretrained-model" in warned[0]  # type: ignore[attr-defined]
+    ctrl, warned = run(Holder(), max_factor=5.0)
+    assert ctrl.rule.max_factor == 5.0 and warned == []  # type: ignore[attr-defined]
+    ctrl, warned = run(Module())
+    assert ctrl.rule.max_factor > PRETRAINED_MAX_FACTOR and warned == []  # type: ignore[attr-defined]

@@ -28,11 +28,68 @@ from metalr.controllers.base import Controller
 from metalr.signals import Signals, batch_accuracy
 from metalr.train import ControllerSpec, build_controller, build_tracker
 
-__all__ = ["Binding", "ControllerSpec", "build_controller", "check_spec"]
+__all__ = ["PRETRAINED_MAX_FACTOR", "Binding", "ControllerSpec", "build_controller", "build_for_model", "check_spec", "pretrained_source"]
 
 log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
+
+#: The LR cap (x the base LR) the framework callbacks give the meta-controller when the model was loaded from pretrained
+#: weights and no `max_factor` is given. Uncapped, the shipped controller collapses fine-tunes of pretrained transformers
+#: (README, "Use with HF Trainer": the MiniLM example, 3 of 3 runs); with this cap it matched or beat the Trainer's schedule.
+PRETRAINED_MAX_FACTOR = 2.0
+
+
+def pretrained_source(model: torch.nn.Module | None) -> str:
+    """Where `model`, or a module inside it, was loaded from with transformers' `from_pretrained`, or "".
+
+    Read from `config._name_or_path`, which `from_pretrained` sets (so does a model built from a config that was
+    itself loaded by name: then the cap below is a logged, overridable default on a model that did not need it).
+    """
+    if model is None:
+        return ""
+    for m in model.modules():
+        name = getattr(getattr(m, "config", None), "_name_or_path", "")
+        if isinstance(name, str) and name:
+            return name
+    return ""
+
+
+def build_for_model(
+    spec: ControllerSpec, optimizer: torch.optim.Optimizer, total_steps: int | None, model: torch.nn.Module | None, where: str, **kwargs: Any
+) -> Controller:
+    """`build_controller`, with one safe default for the framework callbacks: the meta-controller ("pretrained" or
+    "meta") on a model loaded from pretrained weights gets `max_factor=PRETRAINED_MAX_FACTOR` unless `max_factor` is
+    given (logged). `max_factor=None` keeps the checkpoint's whole range (logged as a warning: it collapses such fine-tunes).
+    """
+    meta = isinstance(spec, str) and spec in ("pretrained", "meta")
+    source = pretrained_source(model) if meta else ""
+    if not source:
+        return build_controller(spec, optimizer, total_steps, **kwargs)
+    if "max_factor" in kwargs:
+        ctrl = build_controller(spec, optimizer, total_steps, **kwargs)
+        if kwargs["max_factor"] is None:
+            log.warning(
+                "%s: the model was loaded from %r (pretrained) and max_factor=None keeps the meta-controller's whole range (up to x%g "
+                "of the base LR), which collapses fine-tunes of pretrained models (README, \"Use with HF Trainer\").",
+                where, source, getattr(getattr(ctrl, "rule", None), "max_factor", float("nan")),
+            )  # fmt: skip
+        return ctrl
+    from metalr.meta.checkpoint import FrozenPolicy, cached_policy
+
+    source_file = kwargs.get("path" if spec == "pretrained" else "checkpoint")
+    with torch.random.fork_rng(devices=[]):  # a first read of the checkpoint builds a network: not from the run's random stream
+        frozen = source_file if isinstance(source_file, FrozenPolicy) else cached_policy(source_file)
+    ceiling = frozen.rule.max_factor
+    if ceiling <= PRETRAINED_MAX_FACTOR:  # the checkpoint's own range is already this narrow
+        return build_controller(spec, optimizer, total_steps, **kwargs)
+    log.warning(
+        "%s: the model was loaded from %r (pretrained), so the meta-controller keeps the LR at most x%g of the base LR "
+        "(max_factor=%g; its checkpoint allows x%g, which collapses fine-tunes of pretrained models). Pass max_factor=... to "
+        "choose the cap, max_factor=None for the checkpoint's whole range.",
+        where, source, PRETRAINED_MAX_FACTOR, PRETRAINED_MAX_FACTOR, ceiling,
+    )  # fmt: skip
+    return build_controller(spec, optimizer, total_steps, **kwargs, max_factor=PRETRAINED_MAX_FACTOR)
 
 
 def check_spec(spec: ControllerSpec | Controller, where: str) -> None:

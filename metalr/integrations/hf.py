@@ -48,7 +48,7 @@ import torch
 from transformers import TrainerCallback
 
 from metalr.controllers.base import Controller
-from metalr.integrations.base import Binding, ControllerSpec, build_controller, check_spec
+from metalr.integrations.base import Binding, ControllerSpec, build_for_model, check_spec
 
 log = logging.getLogger(__name__)
 
@@ -94,19 +94,11 @@ class MetalrCallback(TrainerCallback):
         opt = getattr(optimizer, "optimizer", optimizer)  # unwrap accelerate's AcceleratedOptimizer
         total = int(state.max_steps)
         try:
-            ctrl = build_controller(self.spec, opt, total, **self.controller_kwargs)
+            ctrl = build_for_model(self.spec, opt, total, model, f"MetalrCallback({self.spec!r})", **self.controller_kwargs)
         except TypeError as e:
             if "make_optimizer" in str(e):  # an optimizer-owning strategy on the Trainer's AdamW
                 raise TypeError(f"{e}; pass it to the Trainer: Trainer(..., optimizers=(that_optimizer, None))") from e
             raise
-        pretrained_from = getattr(getattr(model, "config", None), "_name_or_path", "")
-        if self.spec in ("pretrained", "meta") and pretrained_from and "max_factor" not in self.controller_kwargs:
-            log.warning(
-                "MetalrCallback(%r): the model was loaded from %r (pretrained) and no max_factor is given: the meta-controller "
-                "may raise the LR up to x%g of the base LR, which collapses fine-tunes of pretrained models (README, \"Use with "
-                "HF Trainer\"). Pass max_factor=2 to keep it near the base LR.",
-                self.spec, pretrained_from, getattr(getattr(ctrl, "rule", None), "max_factor", float("nan")),
-            )  # fmt: skip
         num_labels = getattr(getattr(model, "config", None), "num_labels", None)
         self.binding = Binding(
             ctrl, params=model.parameters(), total_steps=total, task_info={"num_classes": num_labels} if num_labels else {}, model=model, device=args.device

@@ -41,7 +41,7 @@ import lightning.pytorch as pl
 import torch
 
 from metalr.controllers.base import Controller
-from metalr.integrations.base import Binding, ControllerSpec, build_controller, check_spec
+from metalr.integrations.base import Binding, ControllerSpec, build_for_model, check_spec
 
 
 class MetalrCallback(pl.Callback):
@@ -89,7 +89,7 @@ class MetalrCallback(pl.Callback):
         steps = trainer.estimated_stepping_batches
         total = int(steps) if math.isfinite(steps) else None
         try:
-            ctrl = build_controller(self.spec, trainer.optimizers[0], total, **self.controller_kwargs)
+            ctrl = build_for_model(self.spec, trainer.optimizers[0], total, pl_module, f"MetalrCallback({self.spec!r})", **self.controller_kwargs)
         except TypeError as e:
             if "make_optimizer" in str(e):
                 raise TypeError(f"{e}; return that optimizer from configure_optimizers") from e
