@@ -278,3 +278,19 @@ def test_selection_rule_v3_tolerates_more_on_the_sequence_cells_only() -> None:
     far = {**up, "rnn10": 0.5 - 0.02}
     assert not m.beats(far, ref, cells, m.MAX_LOSS_SEQ)[0]
     assert m.SEQ_TASKS["v3"] == 24 and m.SEQ_TASKS["v2"] == 8
+
+
+def test_tagging_look_decodes_spans_as_conlleval_and_scores_exact_spans() -> None:
+    """scripts/meta_tagging_look.py: B/I decoding (an I without its B, or of another type, starts an entity), exact-span
+    micro F1, and generated tags that mark only lexicon tokens right after a trigger or inside a span."""
+    m = _script("meta_tagging_look")
+    assert m.spans([0, 1, 2, 0, 3, 0, 2, 2, 5, 6]) == {(1, 3, 0), (4, 5, 1), (6, 8, 0), (8, 10, 2)}
+    assert m.spans([1, 4, 0]) == {(0, 1, 0), (1, 2, 1)}  # I-1 after B-0: a new entity
+    gold = torch.tensor([[0, 1, 2, 0, 3]])
+    assert m.entity_f1(gold, gold) == 1.0
+    assert m.entity_f1(torch.tensor([[0, 1, 0, 0, 3]]), gold) == pytest.approx(2 * 1 / (2 * 1 + 1 + 1))  # one span cut short
+    assert m.entity_f1(torch.zeros_like(gold), gold) == 0.0
+    x, y, _, _ = m.make_data()
+    begins = (y % 2 == 1) & (y > 0)
+    assert 0.05 < float((y > 0).float().mean()) < 0.25 and bool(begins.any())
+    assert not bool(begins[:, 0].any())  # a B always follows its trigger token
