@@ -30,6 +30,7 @@ def _script(name: str) -> ModuleType:
         spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
         assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # (as importlib's recipe does: a dataclass in the script looks its module up there)
         spec.loader.exec_module(module)
         return module
     finally:
