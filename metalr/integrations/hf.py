@@ -8,7 +8,9 @@ One added argument. How it fits the Trainer's loop (transformers 4.40 - 5.x):
 
 - `on_train_begin`: builds the controller on the Trainer's optimizer (`total_steps`
   from `state.max_steps`) with its tracker (`metalr.integrations.base.Binding`); on a
-  resumed run (`state.global_step > 0`) loads the metalr state of that checkpoint.
+  resumed run (`state.global_step > 0`) loads the metalr state of that checkpoint. The
+  meta-controller on a model loaded with `from_pretrained` is capped at 2x the base LR
+  unless `max_factor` is given (`metalr.integrations.base.build_for_model`, logged).
 - a forward hook on the model captures the training loss (and logits/labels for
   accuracy) of every micro-batch, since the Trainer hands callbacks no per-step
   loss; with gradient accumulation the controller sees their mean;
@@ -62,7 +64,8 @@ class MetalrCallback(TrainerCallback):
     Args:
         controller: e.g. "cosine", "hypergradient", "pretrained" (the shipped
             meta-learned controller, `metalr.load_pretrained`), or a factory.
-        **controller_kwargs: passed to the controller (`total_steps` is filled in).
+        **controller_kwargs: passed to the controller (`total_steps` is filled in; for the
+            meta-controller on a pretrained model, `max_factor=2` unless given).
 
     During and after training, `lrs` holds the LR each optimizer step applied (the
     whole run's, across a resume) and `controller` the controller itself.

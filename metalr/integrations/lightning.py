@@ -9,7 +9,9 @@ one optimizer; `configure_optimizers` returns the optimizer only, no LR schedule
 
 - `on_train_start` (optimizer built, checkpoint restored): builds the controller on the
   module's optimizer (`total_steps` from `trainer.estimated_stepping_batches`) with its
-  tracker, and loads the state saved in the checkpoint, if resuming;
+  tracker, and loads the state saved in the checkpoint, if resuming (the meta-controller
+  on a module holding a `from_pretrained` model is capped at 2x the base LR unless
+  `max_factor` is given: `metalr.integrations.base.build_for_model`, logged);
 - `on_before_optimizer_step` (gradients accumulated; Lightning clips them only after
   this hook, so the statistics are of the unclipped gradient): gradient statistics
   and the LR this step applies;
