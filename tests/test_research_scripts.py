@@ -295,3 +295,6 @@ def test_tagging_look_decodes_spans_as_conlleval_and_scores_exact_spans() -> Non
     begins = (y % 2 == 1) & (y > 0)
     assert 0.05 < float((y > 0).float().mean()) < 0.25 and bool(begins.any())
     assert not bool(begins[:, 0].any())  # a B always follows its trigger token
+    torch.manual_seed(0)
+    tagger = m.Tagger(m.SUITES["crf"])
+    assert tagger.crf is not None and m.predict(tagger, x[:4]).shape == x[:4].shape and math.isfinite(float(m.tag_loss(tagger, x[:4], y[:4])))
