@@ -201,3 +201,27 @@ def test_building_for_a_pretrained_model_leaves_the_random_stream_alone(kwargs: 
     assert torch.equal(torch.get_rng_state(), before)
     expected = {(): 2.0, (3.0,): 3.0, (None,): checkpoint.cached_policy().rule.max_factor}[tuple(kwargs.values())]
     assert ctrl.rule.max_factor == expected  # type: ignore[attr-defined]
+
+
+def test_hook_caps_the_meta_controller_on_a_pretrained_model_it_is_shown(caplog: pytest.LogCaptureFixture) -> None:
+    """`metalr.hook(..., model=)` applies the callbacks' default cap when the model was loaded with `from_pretrained`
+    (logged); without `model`, or with `max_factor` given, the controller is built as asked."""
+    import types
+
+    from metalr.integrations.base import PRETRAINED_MAX_FACTOR
+
+    model = torch.nn.Linear(3, 2)
+    model.config = types.SimpleNamespace(_name_or_path="org/model")  # type: ignore[assignment]
+    whole = metalr.load_pretrained().rule.max_factor
+
+    def opt() -> torch.optim.Optimizer:
+        return torch.optim.SGD(model.parameters(), lr=0.1)
+
+    with caplog.at_level("WARNING", logger="metalr.integrations.base"):
+        capped = metalr.hook("pretrained", opt(), total_steps=50, model=model)
+    assert capped.controller.rule.max_factor == PRETRAINED_MAX_FACTOR and "org/model" in caplog.text  # type: ignore[attr-defined]
+    assert metalr.hook("pretrained", opt(), total_steps=50).controller.rule.max_factor == whole  # type: ignore[attr-defined]
+    assert metalr.hook("meta", opt(), total_steps=50, model=model, max_factor=4.0).controller.rule.max_factor == 4.0  # type: ignore[attr-defined]
+    assert metalr.hook("cosine", opt(), total_steps=50, model=model).controller.name == "cosine"
+    with pytest.raises(TypeError, match="nor model"):
+        metalr.hook(controllers.build("cosine", opt(), total_steps=50), model=model)

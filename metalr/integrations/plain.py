@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from metalr.controllers.base import Controller
-from metalr.integrations.base import Binding, ControllerSpec, build_controller, check_spec
+from metalr.integrations.base import Binding, ControllerSpec, build_for_model, check_spec
 from metalr.signals import SignalTracker
 
 log = logging.getLogger(__name__)
@@ -129,6 +129,7 @@ def hook(
     *,
     total_steps: int | None = None,
     task_info: dict[str, Any] | None = None,
+    model: torch.nn.Module | None = None,
     **controller_kwargs: Any,
 ) -> HookedController:
     """`controller` (a registered name, "pretrained", a factory, or a built Controller) hooked on `optimizer`.
@@ -138,15 +139,18 @@ def hook(
         total_steps: the run's planned steps; filled into the controller if it takes
             `total_steps` and used for `signals.progress`.
         task_info: e.g. {"num_classes": 10}, for controllers that read it.
+        model: optional, the trained model: only to tell whether it was loaded with `from_pretrained`, in which case
+            the meta-controller is capped at 2x the base LR unless `max_factor` is given, as under the HF and
+            Lightning callbacks (`metalr.integrations.base.build_for_model`, logged).
         **controller_kwargs: passed to the controller.
     """
     check_spec(controller, "metalr.hook")
     if isinstance(controller, Controller):
-        if controller_kwargs or (optimizer is not None and optimizer is not controller.optimizer):
-            raise TypeError("a built Controller is hooked on its own optimizer and takes no controller keywords")
+        if controller_kwargs or model is not None or (optimizer is not None and optimizer is not controller.optimizer):
+            raise TypeError("a built Controller is hooked on its own optimizer and takes no controller keywords (nor model)")
         ctrl = controller
     else:
         if optimizer is None:
             raise TypeError(f"metalr.hook({controller!r}) needs the optimizer: metalr.hook({controller!r}, optimizer, ...)")
-        ctrl = build_controller(controller, optimizer, total_steps, **controller_kwargs)
+        ctrl = build_for_model(controller, optimizer, total_steps, model, "metalr.hook", **controller_kwargs)
     return HookedController(ctrl, total_steps=total_steps, task_info=task_info)
