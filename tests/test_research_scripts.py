@@ -298,3 +298,13 @@ def test_tagging_look_decodes_spans_as_conlleval_and_scores_exact_spans() -> Non
     torch.manual_seed(0)
     tagger = m.Tagger(m.SUITES["crf"])
     assert tagger.crf is not None and m.predict(tagger, x[:4]).shape == x[:4].shape and math.isfinite(float(m.tag_loss(tagger, x[:4], y[:4])))
+
+
+def test_pretrained_probe_data_are_fixed_and_split() -> None:
+    """scripts/meta_pretrained_probe.py: the same topics and split on every call, a fifth of the sentences for
+    validation, every topic on both sides."""
+    m = _script("meta_pretrained_probe")
+    xtr, ytr, xva, yva = m.make_data()
+    assert (xtr, ytr, xva, yva) == m.make_data()
+    assert len(xva) == (len(xtr) + len(xva)) // 5 and set(ytr) == set(yva) == set(range(m.TOPICS))
+    assert all(isinstance(t, str) and t for t in xtr[:50])
