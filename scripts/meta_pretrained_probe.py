@@ -24,11 +24,9 @@ candidate rule that is to go without the cap must not collapse on it.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +35,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from research_runs import run_all  # noqa: E402
 
 TOPICS, TOPICS_SEED, MAX_LEN, BATCH, STEPS, LR, WD = 6, 31_337, 48, 16, 150, 5e-5, 0.01
 SEEDS = (0, 1, 2)
@@ -141,15 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--candidates", nargs="*", default=[], help="checkpoint paths, run uncapped beside the shipped one")
     ap.add_argument("--out", default="runs/pretrained_probe.json")
     args = ap.parse_args(argv)
-    todo = [(s, seed) for seed in SEEDS for s in (*BASE, *args.candidates)]
-    start = time.perf_counter()
-    with get_context("spawn").Pool(args.workers) as pool:
-        rows = pool.map(run_one, todo, chunksize=1)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(rows, indent=1))
-    print(report(rows))
-    print(f"\n{len(rows)} runs in {time.perf_counter() - start:.0f} s; records: {args.out}")
-    return 0
+    return run_all(run_one, [(s, seed) for seed in SEEDS for s in (*BASE, *args.candidates)], args.workers, args.out, report)
 
 
 if __name__ == "__main__":

@@ -33,13 +33,11 @@ training tags random; Adam 1e-3 for 500 and 650 steps, SGD momentum 0.1 for 600.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
 import time
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +47,9 @@ from torch.nn import functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from research_runs import run_all  # noqa: E402
 
 from metalr.models.crf import CRF  # noqa: E402
 
@@ -249,15 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="runs/tagging_look.json")
     ap.add_argument("--suite", choices=sorted(SUITES), default="rare")
     args = ap.parse_args(argv)
-    todo = jobs(args.suite)
-    start = time.perf_counter()
-    with get_context("spawn").Pool(args.workers) as pool:
-        rows = pool.map(run_one, todo, chunksize=1)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(rows, indent=1))
-    print(report(rows))
-    print(f"\n{len(rows)} runs in {time.perf_counter() - start:.0f} s; records: {args.out}")
-    return 0
+    return run_all(run_one, jobs(args.suite), args.workers, args.out, report)
 
 
 if __name__ == "__main__":
