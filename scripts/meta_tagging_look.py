@@ -33,6 +33,7 @@ training tags random; Adam 1e-3 for 500 and 650 steps, SGD momentum 0.1 for 600.
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
 import sys
@@ -90,35 +91,36 @@ SUITES = {
 }  # fmt: skip
 
 
+@functools.cache  # every job of a worker process reads the same data: generated once per process
 def make_data(suite: Suite = SUITES["rare"], seed: int = 2024) -> tuple[torch.Tensor, ...]:
-    """Sentences and tags: tag 0 = O, 1 + 2k = B-k, 2 + 2k = I-k."""
-    VOCAB, TYPES, LEXICON, TRIGGERS, N_TRAIN = suite.vocab, suite.types, suite.lexicon, suite.triggers, suite.n_train  # noqa: N806
+    """Sentences and tags: tag 0 = O, 1 + 2k = B-k, 2 + 2k = I-k (the tensors are shared: read, never written)."""
+    types, lexicon, triggers, n_train = suite.types, suite.lexicon, suite.triggers, suite.n_train
     g = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(VOCAB, generator=g)
-    lex = perm[: TYPES * LEXICON].view(TYPES, LEXICON)
-    trig = perm[TYPES * LEXICON : TYPES * (LEXICON + TRIGGERS)].view(TYPES, TRIGGERS)
-    n = N_TRAIN + N_VAL
-    x = torch.randint(0, VOCAB, (n, LENGTH), generator=g)
+    perm = torch.randperm(suite.vocab, generator=g)
+    lex = perm[: types * lexicon].view(types, lexicon)
+    trig = perm[types * lexicon : types * (lexicon + triggers)].view(types, triggers)
+    n = n_train + N_VAL
+    x = torch.randint(0, suite.vocab, (n, LENGTH), generator=g)
     y = torch.zeros(n, LENGTH, dtype=torch.long)
     for i in range(n):
         t = 0
         while t < LENGTH - 1:
             if torch.rand((), generator=g) < 0.09:  # an entity: trigger, then 1-3 lexicon tokens of its type
-                k = int(torch.randint(0, TYPES, (), generator=g))
+                k = int(torch.randint(0, types, (), generator=g))
                 span = int(torch.randint(1, 4, (), generator=g))
-                x[i, t] = trig[k, int(torch.randint(0, TRIGGERS, (), generator=g))]
+                x[i, t] = trig[k, int(torch.randint(0, triggers, (), generator=g))]
                 for j in range(span):
                     if t + 1 + j >= LENGTH:
                         break
-                    x[i, t + 1 + j] = lex[k, int(torch.randint(0, LEXICON, (), generator=g))]
+                    x[i, t + 1 + j] = lex[k, int(torch.randint(0, lexicon, (), generator=g))]
                     y[i, t + 1 + j] = 1 + 2 * k if j == 0 else 2 + 2 * k
                 t += 2 + span
             else:
                 t += 1
     if suite.noise > 0:  # training tags only: the validation tags stay exact
-        flip = torch.rand(N_TRAIN, LENGTH, generator=g) < suite.noise
-        y[:N_TRAIN][flip] = torch.randint(0, 1 + 2 * TYPES, (int(flip.sum()),), generator=g)
-    return x[:N_TRAIN], y[:N_TRAIN], x[N_TRAIN:], y[N_TRAIN:]
+        flip = torch.rand(n_train, LENGTH, generator=g) < suite.noise
+        y[:n_train][flip] = torch.randint(0, 1 + 2 * types, (int(flip.sum()),), generator=g)
+    return x[:n_train], y[:n_train], x[n_train:], y[n_train:]
 
 
 def spans(tags: list[int]) -> set[tuple[int, int, int]]:
@@ -180,7 +182,6 @@ def run_one(job: tuple[str, str, str, float, int]) -> dict[str, Any]:
     suite = SUITES[suite_name]
     kind, usual, steps = next(s[1:] for s in suite.settings if s[0] == setting)
     xtr, ytr, xva, yva = make_data(suite)
-    N_TRAIN = suite.n_train  # noqa: N806
     torch.manual_seed(seed)
     model = Tagger(suite)
     lr = usual * mult
@@ -191,7 +192,7 @@ def run_one(job: tuple[str, str, str, float, int]) -> dict[str, Any]:
     lrs = []
     start = time.perf_counter()
     for _ in range(steps):
-        idx = torch.randint(0, N_TRAIN, (BATCH,), generator=g)
+        idx = torch.randint(0, suite.n_train, (BATCH,), generator=g)
         loss = tag_loss(model, xtr[idx], ytr[idx])
         opt.zero_grad()
         loss.backward()
