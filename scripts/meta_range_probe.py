@@ -1,7 +1,8 @@
 """Would an LR range test at the start of the run find the LR's level? (research; issue 13, session 18)
 
     python scripts/meta_range_probe.py 0.08,100,1.2,4 0.08,10,1.1,2 [--workers 2]
-    python scripts/meta_range_probe.py 0.08,100,1.2,4 0.08,10,1.1,2 --rollback --rule v3     # session 24
+    python scripts/meta_range_probe.py 0.08,100,1.2,4 0.08,10,1.1,2 --rollback --rule v3     # session 24, round 1
+    python scripts/meta_range_probe.py 0.08,100,1.2,4,0.5 0.04,100,1.2,4,0.5 --rollback --rule v3     # round 2
 
 Where the shipped controller falls short of a tuned cosine, it is the LR's level (a base LR 3-10x too low),
 which one run's early signals reveal only to about a factor of 4 (docs/meta_training/README.md, "Session 15").
@@ -21,6 +22,14 @@ afresh from the level the test found, under the shipped rule, warmup included, w
 progress new (the rule reads a run of T_run - T steps). T is rounded up to a multiple of 8 (the rule's decision
 interval, so that the gradient statistics stay on the policy's steps). The test's steps are spent: the restarted run
 has fewer. Same acceptance, under `--rule v3`: beat the shipped checkpoint.
+
+Round 1 (0.08,100,1.2,4 and 0.08,10,1.1,2 with `--rollback`) failed, by far less than without the restart: mean
+differences -0.0006 and -0.0017 under v3 (-0.0221 and -0.0101 under v2 in session 18), gaining from high LRs (val,
+lab+1.5, rnn31.6, txt31.6) and losing at and below the usual LR (dev1, dev10, txt1, lab-1.5). Round 2, declared after
+round 1 and before measuring, with the same acceptance: an optional fifth field DEAD (decades, default 0) keeps the
+restarted run at the base LR unless the test's level is more than DEAD decades away from it (a read near the base LR
+is mostly noise: session 15 put one run's early read at about 0.6 decades rms); DEAD = 0.5 with the test over 8 % and
+over 4 % of the run (0.08,100,1.2,4,0.5 and 0.04,100,1.2,4,0.5). Then the probe stops, pass or fail.
 
 A probe, not a rule setting: each run's `MetaController` is patched (in this process and the selection's worker
 processes, which fork from it). Acceptance, declared before measuring: beat the shipped checkpoint under
@@ -50,7 +59,7 @@ from metalr.meta.rule import RuleState, warmup_factor, warmup_steps  # noqa: E40
 START = 0.1  # the ramp's first multiplier (it also serves as the warmup)
 
 
-def patch(frac: float, rmax: float, blow: float, div: float, rollback: bool = False) -> None:
+def patch(frac: float, rmax: float, blow: float, div: float, dead: float = 0.0, rollback: bool = False) -> None:
     """Make every `MetaController` run the range test described above before its rule (and, with `rollback`, restart)."""
     init, compute = MetaController.__init__, MetaController._compute_lrs
 
@@ -84,7 +93,8 @@ def patch(frac: float, rmax: float, blow: float, div: float, rollback: bool = Fa
         if stop or self.last_step >= r["T"]:
             r["on"] = False
             lo, hi = self.rule.log_bounds
-            self._log_rel = min(hi, max(lo, math.log(r["best_m"] / div)))
+            level = math.log(r["best_m"] / div)
+            self._log_rel = min(hi, max(lo, level if abs(level) > dead * math.log(10) else 0.0))
             self._rule_state = RuleState()
             if not rollback:
                 self._warmup_steps = 0
@@ -110,15 +120,15 @@ def unpatch() -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("settings", nargs="+", help="FRAC,RMAX,BLOW,DIV")
+    ap.add_argument("settings", nargs="+", help="FRAC,RMAX,BLOW,DIV[,DEAD]")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--rollback", action="store_true", help="restart from the initial weights after the test (session 24)")
     ap.add_argument("--rule", default="v2", choices=sorted(ms.RULES))
     args = ap.parse_args()
     name = "range test + restart" if args.rollback else "range test"
     settings = {f"{name} {s}": tuple(float(v) for v in s.split(",")) for s in args.settings}
-    if any(len(s) != 4 for s in settings.values()):
-        ap.error("each setting is FRAC,RMAX,BLOW,DIV, e.g. 0.08,100,1.2,4")
+    if any(len(s) not in (4, 5) for s in settings.values()):
+        ap.error("each setting is FRAC,RMAX,BLOW,DIV[,DEAD], e.g. 0.08,100,1.2,4")
     ms.probe_patched(settings, lambda s: patch(*s, rollback=args.rollback), unpatch, args.workers, rule=args.rule)
 
 
