@@ -83,6 +83,38 @@ def test_range_probe_ramps_then_hands_the_level_to_the_rule_and_unpatches() -> N
     assert (MetaController.__init__, MetaController._compute_lrs) == original
 
 
+@pytest.mark.parametrize("dead", [0.0, 3.0])
+def test_range_probe_restart_puts_the_weights_and_optimizer_back_and_runs_the_rest_at_the_level(dead: float) -> None:
+    probe = _script("meta_range_probe")
+    original = (MetaController.__init__, MetaController._compute_lrs)
+    probe.patch(0.1, 10.0, 1.2, 4.0, dead, rollback=True)  # T = 24 steps (a multiple of 8)
+    try:
+        w = nn.Parameter(torch.tensor([1.0, -2.0]))
+        opt = torch.optim.SGD([w], lr=0.5, momentum=0.9)
+        ctrl = controllers.build("meta", opt, total_steps=100)
+        losses = [1.0 - 0.01 * i for i in range(10)] + [5.0] * 10  # falling, then blowing up from the 11th step
+        lrs = []
+        for i, loss in enumerate(losses, start=1):
+            w.grad = torch.ones(2)
+            opt.step()  # the weights move, the momentum buffer fills
+            ctrl.step(Signals(step=i, loss=loss))
+            lrs.append(opt.param_groups[0]["lr"])
+            if not ctrl._ramp["on"]:
+                break
+        assert len(lrs) == 16  # the blow-up at step 11; the restart waits for step 16 (the decision phase), the LR held
+        assert lrs[10:15] == [lrs[9]] * 5
+        assert torch.equal(w.detach(), torch.tensor([1.0, -2.0])) and not opt.state  # put back as before the first step
+        assert ctrl.last_step == 0 and ctrl.total_steps == 84  # the rest of the run, as a run of its own
+        level = ctrl._ramp["best_m"] / 4.0 if dead == 0 else 1.0  # 3 decades of dead zone: the base LR kept
+        assert math.isclose(ctrl._log_rel, math.log(level))
+        assert math.isclose(lrs[-1], 0.5 * level * probe.warmup_factor(ctrl.rule, 1, 84))  # its first step: the warmup again
+        ctrl.step(Signals(step=17, loss=1.0))  # the shipped rule from there on (fresh state)
+        assert ctrl._rule_state.features.loss0 == 1.0 and ctrl.last_step == 1
+    finally:
+        probe.unpatch()
+    assert (MetaController.__init__, MetaController._compute_lrs) == original
+
+
 def test_drift_probe_adds_its_constant_to_the_policy_and_unpatches() -> None:
     drift = _script("meta_drift_probe")
     policy = MetaController(torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1), total_steps=10)._host_policy
