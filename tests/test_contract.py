@@ -175,3 +175,20 @@ def test_every_controller_trains_a_task_through_the_harness(name: str) -> None:
     h = train.run(tasks.build("digits_mlp", steps=40, eval_every=20), name, controller_kwargs=smoke_kwargs(name), seed=0)
     assert not h.diverged and len(h.lr) == 40 and all(math.isfinite(x) for x in h.lr)
     assert h.final["val_accuracy"] > 0.2  # well above the 0.1 of chance after 40 steps
+
+
+@pytest.mark.parametrize("name", ["cosine", "onecycle", "meta", "dadaptation"])
+def test_a_step_past_total_steps_is_logged_once(name: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A `total_steps` set too low (epochs for steps, one epoch's batches) changes the LR silently otherwise."""
+    p = torch.nn.Parameter(torch.zeros(2))
+    ctrl = controllers.build(name, controllers.get(name).make_optimizer([p], lr=0.1) if name == "dadaptation" else torch.optim.SGD([p], lr=0.1), total_steps=12)
+    past = lambda: [r for r in caplog.records if "past total_steps=12" in r.getMessage()]  # noqa: E731
+    with caplog.at_level("WARNING"):
+        for i in range(12):
+            ctrl.step(Signals(step=i + 1, loss=1.0))
+        assert past() == []  # a 12-step run steps its controller 12 times
+        ctrl.step(Signals(step=13, loss=1.0))
+        assert len(past()) == 1 and name in past()[0].getMessage() and "step 13" in past()[0].getMessage()
+        for i in range(13, 20):
+            ctrl.step(Signals(step=i + 1, loss=1.0))
+        assert len(past()) == 1

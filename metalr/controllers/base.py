@@ -77,6 +77,9 @@ class Controller:
     owns_optimizer: ClassVar[bool] = False
     #: Names of attributes that make up the controller's state (beyond the base's).
     _state_keys: ClassVar[tuple[str, ...]] = ()
+    #: What happens past a planned run's end (controllers with an int `total_steps`): logged once, at the
+    #: first step past it, so that a `total_steps` set too low (epochs for steps, one epoch's batches) is seen.
+    _past_end: ClassVar[str] = "the LR keeps its value at the planned end"
 
     def __init__(
         self,
@@ -113,6 +116,12 @@ class Controller:
     def step(self, signals: Signals | None = None) -> list[float]:
         """Advance one step, write the new LR into every param group, return it."""
         self.last_step += 1
+        total = getattr(self, "total_steps", None)
+        if type(total) is int and self.last_step == total + 1:
+            log.warning(
+                "%s: step %d is past total_steps=%d, the run length it was built for: %s. Pass the run's real number of optimizer steps.",
+                self.name, self.last_step, total, self._past_end,
+            )  # fmt: skip
         proposed = self._compute_lrs(signals if signals is not None else Signals(step=self.last_step))
         self._last_lr = self._apply(proposed)
         return list(self._last_lr)

@@ -29,6 +29,8 @@ def cosine_lr(step: int, base_lr: float, total_steps: int, warmup_steps: int = 0
 class Cosine(Controller):
     """Cosine decay from the base LR to `eta_min` over `total_steps`, after `warmup_steps`."""
 
+    _past_end = "the LR rises again along the cosine, as torch's CosineAnnealingLR does"
+
     def __init__(
         self,
         optimizer: torch.optim.Optimizer,

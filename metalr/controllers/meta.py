@@ -76,6 +76,7 @@ class MetaController(Controller):
     requires = frozenset({"loss", "grad_align", "update_size"})
     device_signals = True
     _state_keys = ("log_rel", "rule_state", "total_steps")
+    _past_end = "the policy reads the run as finished (progress 1) from here on and its LR goes on with its end-of-run decay"
 
     def __init__(
         self,

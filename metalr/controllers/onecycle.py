@@ -57,6 +57,8 @@ def onecycle_value(step: int, points: dict[str, float], phases: list[tuple[float
 class OneCycle(Controller):
     """Warm up from peak/div_factor to the peak over pct_start of the run, then anneal to peak/div_factor/final_div_factor."""
 
+    _past_end = "the LR holds the schedule's last value"
+
     def __init__(
         self,
         optimizer: torch.optim.Optimizer,
