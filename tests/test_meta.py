@@ -768,6 +768,21 @@ def test_controller_is_safe_on_nan_and_inf_signals(tmp_path: Path) -> None:
     assert all(math.isfinite(x) for x in FeatureState.from_state(odd).features(math.nan, math.nan))
 
 
+def test_a_non_finite_loss_is_logged_once_and_cuts_the_lr(caplog: pytest.LogCaptureFixture) -> None:
+    opt = torch.optim.Adam(torch.nn.Linear(2, 2).parameters(), lr=1e-3)
+    ctrl = controllers.build("meta", opt, total_steps=100)
+    with caplog.at_level("WARNING", logger="metalr.controllers.meta"):
+        for i in range(20):
+            ctrl.step(Signals(step=i + 1, loss=1.0))
+        before = ctrl.get_last_lr()[0]
+        after = ctrl.step(Signals(step=21, loss=math.nan))[0]
+        for i in range(21, 40):
+            ctrl.step(Signals(step=i + 1, loss=math.inf if i % 7 == 0 else 1.0))
+    assert math.isclose(after, before * ctrl.rule.guard_factor, rel_tol=1e-9)  # (step 21 is not a decision step)
+    said = [r.getMessage() for r in caplog.records if "non-finite loss" in r.getMessage()]
+    assert len(said) == 1 and "(nan) at step 21" in said[0]
+
+
 def test_config_refuses_held_out_data_and_bad_values() -> None:
     with pytest.raises(ValueError, match="both meta-trained on and held out"):
         tiny_cfg(data_families=["digits"], held_out=["digits_mlp"])

@@ -108,6 +108,7 @@ class MetaController(Controller):
         self.read_lag = int(read_lag)
         self._staged: list[tuple[int, StagedRead]] = []  # read_lag=1: (step, its signals on their way to the host)
         self._phase_warned = False
+        self._nonfinite_warned = False
         self._host_policy = HostPolicy(self.frozen.policy)  # the frozen policy in numpy
         self._log_rel = 0.0  # log(LR / base LR)
         self._rule_state = RuleState()
@@ -190,6 +191,12 @@ class MetaController(Controller):
             align = float(align)
         if size is not None and type(size) is not float:
             size = float(size)
+        if loss is not None and not math.isfinite(loss) and not self._nonfinite_warned:
+            self._nonfinite_warned = True
+            log.warning(
+                "meta controller: non-finite loss (%s) at step %d; the divergence guard cuts the LR x%g unless it cut in the "
+                "last %d steps (logged once; extra_logs()['meta_guard_fired'] counts every cut)", loss, step, self.rule.guard_factor, self.rule.guard_cooldown,
+            )  # fmt: skip
         self._log_rel = lr_rule(self._host_policy, self.rule, self._rule_state, self._log_rel, loss, norm, align, step, self.total_steps, size)
 
     def _read_staged(self) -> None:
