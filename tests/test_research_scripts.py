@@ -115,6 +115,36 @@ def test_range_probe_restart_puts_the_weights_and_optimizer_back_and_runs_the_re
     assert (MetaController.__init__, MetaController._compute_lrs) == original
 
 
+@pytest.mark.parametrize("late", [False, True])
+def test_restart_probe_puts_the_weights_back_when_the_guard_fires_in_its_window_only(late: bool) -> None:
+    probe = _script("meta_restart_probe")
+    original = (MetaController.__init__, MetaController._compute_lrs)
+    probe.patch(0.25, 3)  # a 100-step run: the window is its first 25 steps
+    try:
+        w = nn.Parameter(torch.tensor([1.0, -2.0]))
+        opt = torch.optim.SGD([w], lr=0.5, momentum=0.9)
+        ctrl = controllers.build("meta", opt, total_steps=100)
+        blow = 30 if late else 11  # the loss blows up from this step on (the guard fires at once: 100 > 1.5 x the first loss)
+        restarted_at, lrs = None, []
+        for i in range(1, 41):
+            w.grad = torch.ones(2)
+            opt.step()
+            ctrl.step(Signals(step=i, loss=100.0 if i >= blow else 1.0))
+            lrs.append(opt.param_groups[0]["lr"])
+            if restarted_at is None and torch.equal(w.detach(), torch.tensor([1.0, -2.0])):
+                restarted_at = i
+                assert not opt.state and ctrl._rule_state.guard_fired == 0  # the optimizer's and the rule's state afresh
+                assert lrs[-1] == ctrl.get_last_lr()[0] < 0.1 * 0.5  # the LR the rule set (after the guard's cuts), not the optimizer's saved one
+        if late:  # fired after the window: nothing put back, the copy freed
+            assert restarted_at is None and ctrl._restart["params"] is None and ctrl._rule_state.guard_fired >= 1
+        else:
+            assert restarted_at == 16  # fired at step 11; put back on the next multiple of the decision interval (8)
+            assert lrs[10] < 0.2 * lrs[9]  # the guard's cut at step 11
+    finally:
+        probe.unpatch()
+    assert (MetaController.__init__, MetaController._compute_lrs) == original
+
+
 def test_drift_probe_adds_its_constant_to_the_policy_and_unpatches() -> None:
     drift = _script("meta_drift_probe")
     policy = MetaController(torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1), total_steps=10)._host_policy
