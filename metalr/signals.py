@@ -178,6 +178,7 @@ class SignalTracker:
         self._prev_grad = KeptCopy()
         self._prev_params = KeptCopy()
         self._prev_lr: float | None = None
+        self._reads_lr = "hypergrad" in self.requires  # the LR is read only for the hypergradient
         self._pending_eval: tuple[float, float | None] | None = None
         self._align = GradAlign()
         self._update_size = UpdateSize()
@@ -197,7 +198,7 @@ class SignalTracker:
     ) -> Signals:
         """Signals for the step whose gradients are in `.grad` now (before optimizer.step)."""
         self.step += 1
-        lr = float(self.optimizer.param_groups[0]["lr"])
+        lr = float(self.optimizer.param_groups[0]["lr"]) if self._reads_lr else 0.0  # (a CUDA tensor LR: a read is a synchronisation)
         s = Signals(
             step=self.step,
             epoch=self.epoch,

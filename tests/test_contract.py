@@ -192,3 +192,24 @@ def test_a_step_past_total_steps_is_logged_once(name: str, caplog: pytest.LogCap
         for i in range(13, 20):
             ctrl.step(Signals(step=i + 1, loss=1.0))
         assert len(past()) == 1
+
+
+#: Controllers that drive the optimizer they are given (not their own) and need no task.
+DRIVE_GIVEN = [n for n in NAMES if not controllers.get(n).owns_optimizer and not n.startswith("uncertainty") and n != "resource_aware"]
+
+
+@pytest.mark.parametrize("name", DRIVE_GIVEN)
+def test_a_tensor_lr_stays_the_same_tensor_and_follows_the_controller(name: str) -> None:
+    """As torch's schedulers do (`_update_param_group_val`): `capturable` optimizers and CUDA graphs hold the LR tensor itself."""
+    seq = realistic_run()
+
+    def run(lr: Any) -> tuple[torch.optim.Optimizer, list[float]]:
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(3))], lr=lr, momentum=0.9)
+        ctrl = controllers.build(name, opt, **({"total_steps": 40} if name in ("cosine", "onecycle", "meta") else {}), **smoke_kwargs(name))
+        return opt, [ctrl.step(s)[0] for s in seq]
+
+    lr = torch.tensor(0.05, dtype=torch.float64)
+    opt, lrs = run(lr)
+    assert opt.param_groups[0]["lr"] is lr and float(lr) == lrs[-1]  # filled in place, never replaced
+    assert float(opt.param_groups[0]["initial_lr"]) == 0.05 and opt.param_groups[0]["initial_lr"] is not lr  # a copy, as torch's
+    assert lrs == run(0.05)[1]  # the same LRs as with a float LR

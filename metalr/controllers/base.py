@@ -48,6 +48,16 @@ STATE_VERSION = 1
 MIN_LR_FACTOR, MAX_LR_FACTOR = 0.01, 10.0
 
 
+def set_group_lr(group: dict[str, Any], lr: float) -> None:
+    """Write `lr` into a param group as torch's schedulers do: a tensor LR (`Adam(lr=torch.tensor(...))`, which
+    `capturable` and CUDA-graph users need to stay the same tensor) is filled in place, anything else replaced."""
+    current = group["lr"]
+    if isinstance(current, torch.Tensor):
+        current.fill_(lr)
+    else:
+        group["lr"] = lr
+
+
 def relative_lr_bounds(optimizer: torch.optim.Optimizer, min_lr: float | None, max_lr: float | None) -> tuple[float, float]:
     """(min_lr, max_lr), each defaulting to MIN/MAX_LR_FACTOR times the first group's base LR."""
     group = optimizer.param_groups[0]
@@ -98,7 +108,8 @@ class Controller:
         self.min_lr = float(min_lr)
         self.max_lr = float(max_lr)
         for group in optimizer.param_groups:
-            group.setdefault("initial_lr", group["lr"])
+            lr = group["lr"]
+            group.setdefault("initial_lr", lr.clone() if isinstance(lr, torch.Tensor) else lr)  # (as torch's schedulers: a tensor LR is not aliased)
         self.base_lrs: list[float] = [float(g["initial_lr"]) for g in optimizer.param_groups]
         self.last_step = 0
         self._last_lr: list[float] = self._apply(self._initial_lrs())
@@ -219,7 +230,7 @@ class Controller:
             lr = min(max(lr, self.min_lr), self.max_lr)
             safe.append(lr)
         for group, lr in zip(self.optimizer.param_groups, safe):
-            group["lr"] = lr
+            set_group_lr(group, lr)
         return safe
 
     def __repr__(self) -> str:

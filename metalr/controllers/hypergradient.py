@@ -50,7 +50,7 @@ class Hypergradient(Controller):
         if beta < 0:
             raise ValueError(f"beta must be >= 0, got {beta}")
         self.beta, self.rule = float(beta), rule
-        base = max(g.get("initial_lr", g["lr"]) for g in optimizer.param_groups)
+        base = max(float(g.get("initial_lr", g["lr"])) for g in optimizer.param_groups)
         # Default bounds relative to the base LR: HD can otherwise run away on noisy tasks.
         super().__init__(optimizer, min_lr=base * 1e-3 if min_lr is None else min_lr, max_lr=base * 10.0 if max_lr is None else max_lr)
 

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from metalr import controllers
-from metalr.controllers.base import Controller
+from metalr.controllers.base import Controller, set_group_lr
 from metalr.signals import Signals, batch_accuracy
 from metalr.train import ControllerSpec, build_controller, build_tracker
 
@@ -171,7 +171,7 @@ class Binding:
                 )
                 self._warned_override = True
             for group, lr in zip(groups, self._written):
-                group["lr"] = lr
+                set_group_lr(group, lr)
         self.pending = self.tracker.collect(loss=loss, logits=logits, targets=targets, batch_size=batch_size)
         self.applied = self.controller.get_last_lr()  # read before the step: Prodigy/D-Adaptation's step updates d
         self.lrs.append(self.applied[0])
