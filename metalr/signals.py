@@ -38,6 +38,7 @@ sources, so a restored run reads them on the same steps.
 from __future__ import annotations
 
 import copy
+import logging
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -58,6 +59,8 @@ from metalr.gradstats import (
     host_norm,
     host_step_dots,
 )
+
+log = logging.getLogger(__name__)
 
 #: Every signal a controller may list in `requires`.
 SIGNAL_NAMES = frozenset(
@@ -179,6 +182,7 @@ class SignalTracker:
         self._prev_params = KeptCopy()
         self._prev_lr: float | None = None
         self._reads_lr = "hypergrad" in self.requires  # the LR is read only for the hypergradient
+        self._sparse: bool | None = None  # some parameter has a sparse gradient (None: no gradient seen yet)
         self._pending_eval: tuple[float, float | None] | None = None
         self._align = GradAlign()
         self._update_size = UpdateSize()
@@ -226,13 +230,29 @@ class SignalTracker:
                 setattr(s, name, source.read(self.step, self.epoch, logits, targets))  # the step's outputs, for sources that reuse its forward
         return s
 
+    def _grads(self, params: Sequence[torch.Tensor]) -> list[torch.Tensor | None]:
+        """The parameters' gradients, a sparse one (`nn.Embedding(sparse=True)`) as absent: the gradient statistics
+        are those of the dense gradients (logged once, at the first gradient seen)."""
+        grads = [p.grad for p in params]
+        if self._sparse is None and any(g is not None for g in grads):
+            sparse = [i for i, g in enumerate(grads) if g is not None and g.layout != torch.strided]
+            self._sparse = bool(sparse)
+            if sparse:
+                log.warning(
+                    "gradient statistics leave out %d parameter(s) with sparse gradients (%s): they are computed over the other "
+                    "%d parameters' gradients", len(sparse), ", ".join(str(tuple(params[i].shape)) for i in sparse[:3]), len(grads) - len(sparse),
+                )  # fmt: skip
+        if self._sparse:
+            return [None if g is not None and g.layout != torch.strided else g for g in grads]
+        return grads
+
     def _step_signals(self, s: Signals, lr: float) -> None:
         """The gradient-level signals of this step (`GRADIENT_SIGNALS`), into `s`."""
         if not self.requires.isdisjoint(_NORM_SIGNALS):
             self._gradient_signals(s, lr)
         if "grad_align" in self.requires:
             params = [p for g in self.optimizer.param_groups for p in g["params"]]
-            grads, states = [p.grad for p in params], [self.optimizer.state.get(p) for p in params]
+            grads, states = self._grads(params), [self.optimizer.state.get(p) for p in params]
             norm, s.grad_align = self._align(grads, states, host=not self.as_tensors, keep=self.every == 1)
             if s.grad_norm is None:
                 s.grad_norm = norm
@@ -242,13 +262,13 @@ class SignalTracker:
     def _prime(self, lr: float) -> None:
         """On the step before a gradient-signal step (`every` > 1): keep only what that step's statistics compare with."""
         if "grad_cos" in self.requires:
-            self._prev_grad.keep([p.grad for p in self.params])
+            self._prev_grad.keep(self._grads(self.params))
         if "hypergrad" in self.requires:
             self._prev_params.keep([p.detach() for p in self.params])
             self._prev_lr = lr
         if "grad_align" in self.requires:
             params = [p for g in self.optimizer.param_groups for p in g["params"]]
-            self._align.prime([p.grad for p in params], [self.optimizer.state.get(p) for p in params])
+            self._align.prime(self._grads(params), [self.optimizer.state.get(p) for p in params])
         if "update_size" in self.requires:
             self._update_size.prime(self.params, host=not self.as_tensors)
 
@@ -259,7 +279,7 @@ class SignalTracker:
 
     def _gradient_signals(self, s: Signals, lr: float) -> None:
         """grad_norm, grad_cos, hypergrad as Python numbers (their readers need them): per-tensor reductions, no flattened copy."""
-        grads = [p.grad for p in self.params]
+        grads = self._grads(self.params)
         present = [g for g in grads if g is not None]
         hyper = "hypergrad" in self.requires
         prev_params = self._prev_params.tensors

@@ -10,7 +10,7 @@ import torch
 
 from metalr import controllers, tasks, train
 from metalr.config import ConfigError, load_config
-from metalr.signals import Signals, SignalTracker
+from metalr.signals import GRADIENT_SIGNALS, Signals, SignalTracker
 
 
 def _opt(lr: float = 0.1) -> torch.optim.Optimizer:
@@ -82,6 +82,28 @@ def test_tracker_computes_only_requested_signals() -> None:
     assert s1.accuracy == pytest.approx(float((logits.argmax(-1) == y).float().mean()))
     with pytest.raises(ValueError, match="grad_norm"):
         SignalTracker(model.parameters(), opt, requires={"grad_nrom"})
+
+
+def test_tracker_leaves_sparse_gradients_out_of_its_statistics_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    """An `nn.Embedding(sparse=True)` beside dense layers: the statistics are those of the dense gradients (before: a crash)."""
+    torch.manual_seed(0)
+    emb, head = torch.nn.Embedding(50, 8, sparse=True), torch.nn.Linear(8, 3)
+    params = [*emb.parameters(), *head.parameters()]
+    opt = torch.optim.SGD(params, lr=0.1)
+    tracker = SignalTracker(params, opt, requires=GRADIENT_SIGNALS | {"loss"})
+    dense = SignalTracker(list(head.parameters()), torch.optim.SGD(head.parameters(), lr=0.1), requires={"grad_norm", "grad_cos"})
+    with caplog.at_level("WARNING", logger="metalr.signals"):
+        for step in range(4):
+            loss = torch.nn.functional.cross_entropy(head(emb(torch.randint(0, 50, (16,)))), torch.randint(0, 3, (16,)))
+            loss.backward()
+            s, d = tracker.collect(loss=loss), dense.collect(loss=loss)
+            assert s.grad_norm == d.grad_norm and s.grad_cos == d.grad_cos
+            assert math.isfinite(s.grad_align) if step else s.grad_align is None  # (plain SGD: against the previous gradient)
+            opt.step()
+            opt.zero_grad()
+    said = [r.getMessage() for r in caplog.records if "sparse gradients" in r.getMessage()]
+    assert len(said) == 1 and "1 parameter(s)" in said[0] and "(50, 8)" in said[0]
+    assert tracker.collect(loss=1.0).update_size is not None  # the weights themselves are dense: all of them are sampled
 
 
 @pytest.mark.parametrize("momentum", [0.0, 0.9])
