@@ -498,3 +498,33 @@ def test_on_cuda_meta_with_read_lag_synchronises_never(optimizer: str) -> None:
     the host waits only on the last step's copy event (written in session 22 without a GPU: not yet run)."""
     collect_syncs, step_syncs, _ = _loop("meta", optimizer, 20, device="cuda", read_lag=1, checkpoint=_shipped_every(8))
     assert all(not s for s in collect_syncs) and all(not s for s in step_syncs), (collect_syncs, step_syncs)
+
+
+@pytest.mark.parametrize("name", SCHEDULES)
+def test_a_tensor_lr_is_driven_through_the_integrations_without_reading_it(name: str) -> None:
+    """The integrations' check for an outside LR write (a framework's own scheduler) compares a tensor LR's identity and
+    version counter, not its value: on a GPU a read would be a synchronisation every step. An outside write in place
+    is still seen, and undone (logged)."""
+    from metalr import controllers
+    from metalr.integrations.base import Binding
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 2)
+    lr = torch.tensor(0.1)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    binding = Binding(controllers.build(name, opt, **({"total_steps": 12} if name in ("cosine", "onecycle") else {})), total_steps=12)
+    reads = []
+    for step in range(12):
+        model(torch.randn(8, 4)).pow(2).mean().backward()
+        with count_host_reads() as seen:
+            binding.before_step()
+        opt.step()
+        opt.zero_grad()
+        with count_host_reads() as seen_after:
+            binding.after_step()
+        reads.append(seen + seen_after)
+        if step == 6:
+            lr.fill_(5.0)  # an outside write, in place
+    assert opt.param_groups[0]["lr"] is lr and math.isclose(float(lr), binding.controller.get_last_lr()[0], rel_tol=1e-6)
+    assert reads[:7] == [[]] * 7 and reads[8:] == [[]] * 4  # the outside write is read (for the log) once, at step 8
+    assert reads[7] and all(r == "__float__" for r in reads[7]) and binding.applied[0] != 5.0

@@ -116,6 +116,15 @@ def check_spec(spec: ControllerSpec | Controller, where: str) -> None:
         )
 
 
+def _lr_mark(lr: Any) -> Any:
+    if isinstance(lr, torch.Tensor):
+        try:
+            return (id(lr), lr._version)
+        except RuntimeError:  # an inference-mode tensor keeps no version counter: its value (a read)
+            return float(lr)
+    return float(lr)
+
+
 class Binding:
     """A controller, its tracker, and the LRs it applied, driven by some training loop.
 
@@ -166,12 +175,13 @@ class Binding:
                 log.warning(
                     "%s: the LR was changed outside the controller (%s -> %s); restoring the controller's",
                     self.controller.name,
-                    self._written,
-                    self._group_lrs(),
+                    self.controller.get_last_lr(),
+                    [float(g["lr"]) for g in groups],
                 )
                 self._warned_override = True
-            for group, lr in zip(groups, self._written):
+            for group, lr in zip(groups, self.controller.get_last_lr()):
                 set_group_lr(group, lr)
+            self._written = self._group_lrs()
         self.pending = self.tracker.collect(loss=loss, logits=logits, targets=targets, batch_size=batch_size)
         self.applied = self.controller.get_last_lr()  # read before the step: Prodigy/D-Adaptation's step updates d
         self.lrs.append(self.applied[0])
@@ -206,8 +216,10 @@ class Binding:
         """The LRs the latest optimizer step applied (before any step: those the first will apply)."""
         return list(self.applied) if self.applied is not None else self.controller.get_last_lr()
 
-    def _group_lrs(self) -> list[float]:
-        return [float(g["lr"]) for g in self.controller.optimizer.param_groups]
+    def _group_lrs(self) -> list[Any]:
+        """Each group's LR as it is now, to tell an outside write from the controller's: the number, or for a tensor
+        LR its identity and version counter (a write in place bumps it), which reads nothing from the device."""
+        return [_lr_mark(g["lr"]) for g in self.controller.optimizer.param_groups]
 
     # ---------------------------------------------------------------- checkpoint
     def state_dict(self) -> dict[str, Any]:
