@@ -177,11 +177,19 @@ def test_every_controller_trains_a_task_through_the_harness(name: str) -> None:
     assert h.final["val_accuracy"] > 0.2  # well above the 0.1 of chance after 40 steps
 
 
-@pytest.mark.parametrize("name", ["cosine", "onecycle", "meta", "dadaptation"])
-def test_a_step_past_total_steps_is_logged_once(name: str, caplog: pytest.LogCaptureFixture) -> None:
-    """A `total_steps` set too low (epochs for steps, one epoch's batches) changes the LR silently otherwise."""
+def _bare(name: str, **kwargs: Any) -> Controller:
     p = torch.nn.Parameter(torch.zeros(2))
-    ctrl = controllers.build(name, controllers.get(name).make_optimizer([p], lr=0.1) if name == "dadaptation" else torch.optim.SGD([p], lr=0.1), total_steps=12)
+    opt = controllers.get(name).make_optimizer([p], lr=0.1) if name == "dadaptation" else torch.optim.SGD([p], lr=0.1, momentum=0.9)
+    return controllers.build(name, opt, **kwargs)
+
+
+PLANNED = [("cosine", {}), ("onecycle", {}), ("meta", {}), ("dadaptation", {"anneal": "cosine"})]  # an LR that depends on the run's length
+
+
+@pytest.mark.parametrize(("name", "kwargs"), PLANNED)
+def test_a_step_past_total_steps_is_logged_once(name: str, kwargs: dict[str, Any], caplog: pytest.LogCaptureFixture) -> None:
+    """A `total_steps` set too low (epochs for steps, one epoch's batches) changes the LR silently otherwise."""
+    ctrl = _bare(name, total_steps=12, **kwargs)
     past = lambda: [r for r in caplog.records if "past total_steps=12" in r.getMessage()]  # noqa: E731
     with caplog.at_level("WARNING"):
         for i in range(12):
@@ -192,6 +200,21 @@ def test_a_step_past_total_steps_is_logged_once(name: str, caplog: pytest.LogCap
         for i in range(13, 20):
             ctrl.step(Signals(step=i + 1, loss=1.0))
         assert len(past()) == 1
+        plain = _bare("dadaptation", total_steps=12)  # without annealing its LR does not depend on the run's length
+        for i in range(20):
+            plain.step(Signals(step=i + 1, loss=1.0))
+        assert len(past()) == 1
+
+
+@pytest.mark.parametrize(("name", "kwargs"), PLANNED)
+def test_a_missing_total_steps_is_assumed_and_logged(name: str, kwargs: dict[str, Any], caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING"):
+        ctrl = _bare(name, **kwargs)
+        assert [r.getMessage() for r in caplog.records if "total_steps not given" in r.getMessage()] != []
+        caplog.clear()
+        _bare(name, total_steps=50, **kwargs)
+        assert not [r for r in caplog.records if "total_steps not given" in r.getMessage()]
+    assert ctrl.total_steps == 1000
 
 
 #: Controllers that drive the optimizer they are given (not their own) and need no task.

@@ -58,6 +58,18 @@ def set_group_lr(group: dict[str, Any], lr: float) -> None:
         group["lr"] = lr
 
 
+#: The run length assumed by a controller whose LR depends on it when none is given (logged).
+DEFAULT_TOTAL_STEPS = 1000
+
+
+def planned_steps(name: str, total_steps: int | None) -> int:
+    """`total_steps`, or DEFAULT_TOTAL_STEPS with a logged warning when it is not given (a schedule's shape depends on it)."""
+    if total_steps is None:
+        log.warning("%s: total_steps not given; assuming a %d-step run (pass total_steps=...)", name, DEFAULT_TOTAL_STEPS)
+        return DEFAULT_TOTAL_STEPS
+    return int(total_steps)
+
+
 def relative_lr_bounds(optimizer: torch.optim.Optimizer, min_lr: float | None, max_lr: float | None) -> tuple[float, float]:
     """(min_lr, max_lr), each defaulting to MIN/MAX_LR_FACTOR times the first group's base LR."""
     group = optimizer.param_groups[0]
@@ -88,8 +100,9 @@ class Controller:
     #: Names of attributes that make up the controller's state (beyond the base's).
     _state_keys: ClassVar[tuple[str, ...]] = ()
     #: What happens past a planned run's end (controllers with an int `total_steps`): logged once, at the
-    #: first step past it, so that a `total_steps` set too low (epochs for steps, one epoch's batches) is seen.
-    _past_end: ClassVar[str] = "the LR keeps its value at the planned end"
+    #: first step past it, so that a `total_steps` set too low (epochs for steps, one epoch's batches) is seen
+    #: ("": the LR does not depend on the run's length, nothing to say).
+    _past_end: str = "the LR keeps its value at the planned end"
 
     def __init__(
         self,
@@ -128,7 +141,7 @@ class Controller:
         """Advance one step, write the new LR into every param group, return it."""
         self.last_step += 1
         total = getattr(self, "total_steps", None)
-        if type(total) is int and self.last_step == total + 1:
+        if type(total) is int and self.last_step == total + 1 and self._past_end:
             log.warning(
                 "%s: step %d is past total_steps=%d, the run length it was built for: %s. Pass the run's real number of optimizer steps.",
                 self.name, self.last_step, total, self._past_end,

@@ -13,7 +13,7 @@ import math
 import torch
 
 from metalr.controllers import register
-from metalr.controllers.base import Controller
+from metalr.controllers.base import Controller, planned_steps
 from metalr.signals import Signals
 
 
@@ -35,13 +35,14 @@ class Cosine(Controller):
         self,
         optimizer: torch.optim.Optimizer,
         *,
-        total_steps: int = 1000,
+        total_steps: int | None = None,
         warmup_steps: int = 0,
         eta_min: float = 0.0,
         warmup_start_factor: float = 1.0 / 3,
         min_lr: float = 0.0,
         max_lr: float = math.inf,
     ) -> None:
+        total_steps = planned_steps("cosine", total_steps)
         if total_steps < 1 or not 0 <= warmup_steps < total_steps:
             raise ValueError(f"need total_steps >= 1 and 0 <= warmup_steps < total_steps, got {total_steps}, {warmup_steps}")
         if not 0.0 < warmup_start_factor <= 1.0:

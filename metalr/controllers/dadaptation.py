@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import torch
 
 from metalr.controllers import register
-from metalr.controllers.base import Controller
+from metalr.controllers.base import DEFAULT_TOTAL_STEPS, Controller, planned_steps
 from metalr.controllers.cosine import cosine_lr
 from metalr.signals import Signals
 
@@ -50,16 +50,21 @@ class DAdaptiveController(Controller):
         optimizer: torch.optim.Optimizer,
         *,
         anneal: str = "none",
-        total_steps: int = 1000,
+        total_steps: int | None = None,
         min_lr: float = 0.0,
         max_lr: float = math.inf,
     ) -> None:
         check_optimizer_type(type(self), optimizer, self.optimizer_cls)
         if anneal not in ("none", "cosine"):
             raise ValueError(f"anneal must be 'none' or 'cosine', got {anneal!r}")
+        if anneal == "cosine":
+            total_steps = planned_steps(self.name, total_steps)
+        elif total_steps is None:
+            total_steps = DEFAULT_TOTAL_STEPS  # (not read without annealing)
         if total_steps < 1:
             raise ValueError(f"total_steps must be >= 1, got {total_steps}")
         self.anneal, self.total_steps = anneal, int(total_steps)
+        self._past_end = "the LR holds the annealing's last value" if anneal == "cosine" else ""
         super().__init__(optimizer, min_lr=min_lr, max_lr=max_lr)
 
     @classmethod

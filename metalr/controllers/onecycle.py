@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from metalr.controllers import register
-from metalr.controllers.base import Controller
+from metalr.controllers.base import Controller, planned_steps
 from metalr.signals import Signals
 
 
@@ -63,7 +63,7 @@ class OneCycle(Controller):
         self,
         optimizer: torch.optim.Optimizer,
         *,
-        total_steps: int = 1000,
+        total_steps: int | None = None,
         peak_lr: float | list[float] | None = None,
         pct_start: float = 0.3,
         anneal_strategy: str = "cos",
@@ -76,6 +76,7 @@ class OneCycle(Controller):
         min_lr: float = 0.0,
         max_lr: float = math.inf,
     ) -> None:
+        total_steps = planned_steps("onecycle", total_steps)
         if total_steps < 1:
             raise ValueError(f"total_steps must be >= 1, got {total_steps}")
         if not 0.0 <= pct_start <= 1.0:
