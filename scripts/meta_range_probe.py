@@ -39,14 +39,11 @@ processes, which fork from it). Acceptance, declared before measuring: beat the 
 from __future__ import annotations
 
 import argparse
-import copy
 import functools
 import math
 import sys
 from pathlib import Path
 from typing import Any
-
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -69,8 +66,7 @@ def patch(frac: float, rmax: float, blow: float, div: float, dead: float = 0.0, 
         steps = max(24, round(frac * self.total_steps))
         self._ramp = {"T": 8 * math.ceil(steps / 8) if rollback else steps, "on": True, "m": START, "avg": None, "best": math.inf, "best_m": START, "n": 0}
         if rollback:  # the weights and the optimizer's state before the first step
-            self._ramp["params"] = [p.detach().clone() for g in optimizer.param_groups for p in g["params"]]
-            self._ramp["opt"] = copy.deepcopy(optimizer.state_dict())
+            self._ramp["start"] = ms.StartingPoint(optimizer)
         for group, base in zip(self.optimizer.param_groups, self.base_lrs):
             group["lr"] = base * START
         self._last_lr = [g["lr"] for g in self.optimizer.param_groups]
@@ -99,10 +95,7 @@ def patch(frac: float, rmax: float, blow: float, div: float, dead: float = 0.0, 
             if not rollback:
                 self._warmup_steps = 0
                 return [b * math.exp(self._log_rel) for b in self.base_lrs]
-            with torch.no_grad():
-                for p, saved in zip((p for g in self.optimizer.param_groups for p in g["params"]), r.pop("params")):
-                    p.copy_(saved)
-            self.optimizer.load_state_dict(r.pop("opt"))
+            r.pop("start").put_back(self.optimizer)
             self.total_steps = max(1, self.total_steps - self.last_step)  # the restarted run: the rest of the budget
             self.last_step = 0
             self._warmup_steps = warmup_steps(self.rule, self.total_steps)

@@ -26,13 +26,10 @@ first loss and a restart would throw away progress) before anything else.
 from __future__ import annotations
 
 import argparse
-import copy
 import functools
 import sys
 from pathlib import Path
 from typing import Any
-
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -52,27 +49,23 @@ def patch(window: float, max_restarts: int) -> None:
     @functools.wraps(init)  # the registry checks keyword arguments against the signature
     def __init__(self: Any, optimizer: Any, **kwargs: Any) -> None:
         init(self, optimizer, **kwargs)
-        params = [p.detach().clone() for g in optimizer.param_groups for p in g["params"]]
-        self._restart = {"params": params, "opt": copy.deepcopy(optimizer.state_dict()), "fired": 0, "due": False, "n": 0}
+        self._restart = {"start": ms.StartingPoint(optimizer), "fired": 0, "due": False, "n": 0}
 
     def _compute_lrs(self: Any, signals: Any) -> list[float]:
         lrs = compute(self, signals)
         r = self._restart
-        if r["params"] is None:
+        if r["start"] is None:
             return lrs
         fired = int(self._rule_state.guard_fired)
         if fired != r["fired"]:
             r["fired"] = fired
             r["due"] = r["due"] or self.last_step <= window * self.total_steps
         if r["due"] and self.last_step % self.signal_every == 0:
-            with torch.no_grad():
-                for p, saved in zip((p for g in self.optimizer.param_groups for p in g["params"]), r["params"]):
-                    p.copy_(saved)
-            self.optimizer.load_state_dict(copy.deepcopy(r["opt"]))  # (its saved LR is overwritten by the step's, `lrs`)
+            r["start"].put_back(self.optimizer)  # (the saved LR is overwritten by the step's, `lrs`)
             self._rule_state = RuleState()  # the LR stays at the guard's cut (`_log_rel`); features and guard start afresh
             r["due"], r["n"], r["fired"] = False, r["n"] + 1, 0
         if (self.last_step > window * self.total_steps and not r["due"]) or r["n"] >= max_restarts:
-            r["params"] = r["opt"] = None  # the window has closed: the copy is freed
+            r["start"] = None  # the window has closed: the copy is freed
         return lrs
 
     PATCHES.set(MetaController, "__init__", __init__)

@@ -37,6 +37,7 @@ Results are cached per checkpoint sha256 and rule in runs/meta_select/ (delete t
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import json
 import math
@@ -203,6 +204,22 @@ class Patches:
         while self._saved:
             owner, name, original = self._saved.pop()
             setattr(owner, name, original)
+
+
+class StartingPoint:
+    """The weights an optimizer drives and its state, copied now, to be put back later (the restart probes:
+    `meta_range_probe.py --rollback`, `meta_restart_probe.py`); the copy is kept, so it may be put back again."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer) -> None:
+        self.params = [p.detach().clone() for g in optimizer.param_groups for p in g["params"]]
+        self.state = copy.deepcopy(optimizer.state_dict())
+
+    def put_back(self, optimizer: torch.optim.Optimizer) -> None:
+        """The weights and the optimizer's state (its LRs too, which the controller's step then overwrites) as copied."""
+        with torch.no_grad():
+            for p, saved in zip((p for g in optimizer.param_groups for p in g["params"]), self.params):
+                p.copy_(saved)
+        optimizer.load_state_dict(copy.deepcopy(self.state))
 
 
 def probe_main(doc: str, patch: Callable[[Any], None], unpatch: Callable[[], None], label: str) -> dict[str, dict[str, float]]:

@@ -136,7 +136,7 @@ def test_restart_probe_puts_the_weights_back_when_the_guard_fires_in_its_window_
                 assert not opt.state and ctrl._rule_state.guard_fired == 0  # the optimizer's and the rule's state afresh
                 assert lrs[-1] == ctrl.get_last_lr()[0] < 0.1 * 0.5  # the LR the rule set (after the guard's cuts), not the optimizer's saved one
         if late:  # fired after the window: nothing put back, the copy freed
-            assert restarted_at is None and ctrl._restart["params"] is None and ctrl._rule_state.guard_fired >= 1
+            assert restarted_at is None and ctrl._restart["start"] is None and ctrl._rule_state.guard_fired >= 1
         else:
             assert restarted_at == 16  # fired at step 11; put back on the next multiple of the decision interval (8)
             assert lrs[10] < 0.2 * lrs[9]  # the guard's cut at step 11
