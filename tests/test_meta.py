@@ -705,6 +705,21 @@ def test_load_pretrained_round_trip(tmp_path: Path) -> None:
         RuleConfig(decide_every=0)
 
 
+def test_loading_a_checkpoint_leaves_the_callers_random_stream_alone(tmp_path: Path) -> None:
+    """A user's run must be the same whether the controller's file was read now or cached: the first load of a
+    checkpoint (which builds the policy before putting its weights in) draws nothing from torch's global RNG."""
+    path, _ = _saved(tmp_path)
+    opt = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)
+    torch.manual_seed(3)
+    expected = torch.rand(4)
+    torch.manual_seed(3)
+    load_pretrained(str(path), optimizer=opt, total_steps=10)  # the first load of this file: not cached
+    assert torch.equal(torch.rand(4), expected)
+    torch.manual_seed(3)
+    read_policy(path)
+    assert torch.equal(torch.rand(4), expected)
+
+
 def _rewrite_meta(path: Path, out: Path, **changes: object) -> None:
     from safetensors import safe_open
     from safetensors.torch import save

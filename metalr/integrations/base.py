@@ -78,8 +78,7 @@ def build_for_model(
     from metalr.meta.checkpoint import FrozenPolicy, cached_policy
 
     source_file = kwargs.get("path" if spec == "pretrained" else "checkpoint")
-    with torch.random.fork_rng(devices=[]):  # a first read of the checkpoint builds a network: not from the run's random stream
-        frozen = source_file if isinstance(source_file, FrozenPolicy) else cached_policy(source_file)
+    frozen = source_file if isinstance(source_file, FrozenPolicy) else cached_policy(source_file)  # (draws nothing from the run's RNG)
     ceiling = frozen.rule.max_factor
     if ceiling <= PRETRAINED_MAX_FACTOR:  # the checkpoint's own range is already this narrow
         return build_controller(spec, optimizer, total_steps, **kwargs)

@@ -92,7 +92,7 @@ def read_policy(path: str | os.PathLike[str] | None = None, expand_features: boo
     if expand_features:
         meta, tensors = _expand(meta, tensors)
     _validate(p, meta, tensors)
-    policy = MetaPolicy(**_model_args(meta))
+    policy = _built(meta)
     policy.load_state_dict(tensors, strict=True)
     policy.eval()
     for q in policy.parameters():
@@ -118,6 +118,13 @@ def _expand(meta: Any, tensors: dict[str, torch.Tensor]) -> tuple[Any, dict[str,
     meta = {**meta, "format_version": FORMAT_VERSION, "feature_names": list(FEATURE_NAMES), "model_args": {**meta.get("model_args", {}), "n_features": n_new}}
     meta["expanded_from"] = {"format_version": 2, "feature_names": names}
     return meta, tensors
+
+
+def _built(meta: dict[str, Any]) -> MetaPolicy:
+    """The policy `meta` describes, its weights still the initialiser's: drawn from a forked RNG, so that loading a
+    checkpoint never moves the caller's torch random stream (a user's run is the same whether the file was cached)."""
+    with torch.random.fork_rng(devices=[]):
+        return MetaPolicy(**_model_args(meta))
 
 
 def _model_args(meta: dict[str, Any]) -> dict[str, Any]:
@@ -146,7 +153,7 @@ def _validate(p: Path, meta: Any, tensors: dict[str, torch.Tensor]) -> None:
         raise CheckpointError(f"{p}: rule settings {rule!r} do not match this metalr's ({sorted(known)})")
     try:
         RuleConfig(**rule)
-        expected = {k: tuple(v.shape) for k, v in MetaPolicy(**_model_args(meta)).state_dict().items()}
+        expected = {k: tuple(v.shape) for k, v in _built(meta).state_dict().items()}
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{p}: invalid settings ({e})") from None
     got = {k: tuple(v.shape) for k, v in tensors.items()}
