@@ -78,6 +78,7 @@ def patch(frac: float, rmax: float, blow: float, div: float, dead: float = 0.0, 
         loss = None if signals.loss is None else float(signals.loss)
         stop = bool(r.get("held")) or loss is None or not math.isfinite(loss)
         if not stop:
+            assert loss is not None  # (stop is true when it is None)
             r["avg"] = loss if r["avg"] is None else 0.7 * r["avg"] + 0.3 * loss
             r["n"] += 1
             if r["avg"] < r["best"]:
@@ -122,7 +123,7 @@ def main() -> None:
     settings = {f"{name} {s}": tuple(float(v) for v in s.split(",")) for s in args.settings}
     if any(len(s) not in (4, 5) for s in settings.values()):
         ap.error("each setting is FRAC,RMAX,BLOW,DIV[,DEAD], e.g. 0.08,100,1.2,4")
-    ms.probe_patched(settings, lambda s: patch(*s, rollback=args.rollback), unpatch, args.workers, rule=args.rule)
+    ms.probe_patched(settings, lambda s: patch(*s[:4], dead=s[4] if len(s) > 4 else 0.0, rollback=args.rollback), unpatch, args.workers, rule=args.rule)
 
 
 if __name__ == "__main__":
