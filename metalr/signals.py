@@ -46,6 +46,7 @@ from typing import Any, Protocol, cast
 
 import torch
 
+from metalr.distributed import RankMean
 from metalr.gradstats import (
     GradAlign,
     KeptCopy,
@@ -142,6 +143,11 @@ class SignalTracker:
             statistic needs from it (the previous gradient or parameters, the update-size sample)
             and computes nothing, so every value it reports equals what `every=1` reports on that
             step. The loss, accuracy, evaluations and signal sources are unaffected.
+        sync_ranks: average the signals each rank computes from its own data (loss, accuracy,
+            evaluations, uncertainty, resource readings) over the ranks of the default process
+            group, so that every rank's controller sets the same LR (`metalr.distributed`).
+            None (default): when torch.distributed is initialised with more than one rank and
+            the controller reads one of them. False for ranks that train separate models.
 
     Buffers: `grad_cos` keeps the previous gradient, `hypergrad` the previous parameters
     (one model-sized buffer each, per tensor, overwritten in place); `grad_align` keeps
@@ -159,6 +165,7 @@ class SignalTracker:
         sources: Iterable[SignalSource] = (),
         as_tensors: bool = False,
         every: int = 1,
+        sync_ranks: bool | None = None,
     ) -> None:
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"every must be an int >= 1, got {every!r}")
@@ -188,6 +195,7 @@ class SignalTracker:
         self._update_size = UpdateSize()
         self._prev_views = ViewCache()  # numpy views of the kept parameters (`hypergrad`), while their buffer is the same
         self._theta_views = ViewCache()  # numpy views of the parameters themselves (`hypergrad`)
+        self._ranks = RankMean.build(self.requires, sync_ranks)  # data-parallel: the rank-local signals averaged (None: not)
 
     def record_eval(self, val_loss: float, val_accuracy: float | None = None) -> None:
         """Attach an evaluation result to the next `collect`."""
@@ -199,8 +207,13 @@ class SignalTracker:
         logits: torch.Tensor | None = None,
         targets: torch.Tensor | None = None,
         batch_size: int | None = None,
+        *,
+        complete: bool = True,
     ) -> Signals:
-        """Signals for the step whose gradients are in `.grad` now (before optimizer.step)."""
+        """Signals for the step whose gradients are in `.grad` now (before optimizer.step).
+
+        `complete=False` leaves the step open for outputs known only after `optimizer.step()` (a plain loop's
+        `ctrl.step(loss)`): the caller then passes them to `complete` before the controller reads the signals."""
         self.step += 1
         lr = float(self.optimizer.param_groups[0]["lr"]) if self._reads_lr else 0.0  # (a CUDA tensor LR: a read is a synchronisation)
         s = Signals(
@@ -228,6 +241,24 @@ class SignalTracker:
         for name, source in self.sources.items():
             if source.due(self.step, self.epoch):
                 setattr(s, name, source.read(self.step, self.epoch, logits, targets))  # the step's outputs, for sources that reuse its forward
+        return self.complete(s) if complete else s
+
+    def complete(
+        self, s: Signals, loss: torch.Tensor | float | None = None, logits: torch.Tensor | None = None, targets: torch.Tensor | None = None
+    ) -> Signals:
+        """Finish the signals of a step collected with `complete=False`: the loss (and batch accuracy) if only known now,
+        then, in a data-parallel run, the rank-local signals averaged over the ranks (`sync_ranks`). Returns `s`."""
+        if loss is not None and "loss" in self.requires:  # read only for a controller that reads it (on a GPU a read is a synchronisation)
+            if isinstance(loss, torch.Tensor):
+                loss = loss.detach()
+                loss = (loss if loss.dtype == torch.float64 else loss.float()).mean()  # (a float64 sum stays exact)
+                s.loss = loss if self.as_tensors else float(loss)  # type: ignore[assignment]
+            else:
+                s.loss = float(loss)
+        if "accuracy" in self.requires and logits is not None and targets is not None:
+            s.accuracy = batch_accuracy(logits, targets)
+        if self._ranks is not None:
+            self._ranks(s)
         return s
 
     def _grads(self, params: Sequence[torch.Tensor]) -> list[torch.Tensor | None]:

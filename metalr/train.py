@@ -187,11 +187,13 @@ def build_tracker(
     device: str | torch.device = "cpu",
     task_info: dict[str, Any] | None = None,
     as_tensors: bool | None = None,
+    sync_ranks: bool | None = None,
 ) -> SignalTracker:
     """The tracker that computes what `ctrl` requires, owning the signal sources it declares (`signal_sources()`).
 
     `as_tensors` (default: when `ctrl.device_signals` and the parameters are off the CPU) leaves the
-    loss and gradient statistics on the device (`SignalTracker`).
+    loss and gradient statistics on the device (`SignalTracker`). `sync_ranks` (default: in a data-parallel
+    run) averages the rank-local signals over the ranks (`metalr.distributed`).
     """
     sources = [build_source(r, model=model, task=task, device=torch.device(device)) for r in ctrl.signal_sources()]
     info = task.info() if task is not None else dict(task_info or {})
@@ -200,7 +202,15 @@ def build_tracker(
     if as_tensors is None:
         as_tensors = ctrl.device_signals and any(p.device.type != "cpu" for p in params)
     return SignalTracker(
-        params, ctrl.optimizer, requires=ctrl.requires, total_steps=total_steps, task_info=info, sources=sources, as_tensors=as_tensors, every=ctrl.signal_every
+        params,
+        ctrl.optimizer,
+        requires=ctrl.requires,
+        total_steps=total_steps,
+        task_info=info,
+        sources=sources,
+        as_tensors=as_tensors,
+        every=ctrl.signal_every,
+        sync_ranks=sync_ranks,
     )
 
 

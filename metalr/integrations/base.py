@@ -25,7 +25,7 @@ import torch
 
 from metalr import controllers
 from metalr.controllers.base import Controller, set_group_lr
-from metalr.signals import Signals, batch_accuracy
+from metalr.signals import Signals
 from metalr.train import ControllerSpec, build_controller, build_tracker
 
 __all__ = ["PRETRAINED_MAX_FACTOR", "Binding", "ControllerSpec", "build_controller", "build_for_model", "check_spec", "pretrained_source"]
@@ -181,7 +181,7 @@ class Binding:
             for group, lr in zip(groups, self.controller.get_last_lr()):
                 set_group_lr(group, lr)
             self._written = self._group_lrs()
-        self.pending = self.tracker.collect(loss=loss, logits=logits, targets=targets, batch_size=batch_size)
+        self.pending = self.tracker.collect(loss=loss, logits=logits, targets=targets, batch_size=batch_size, complete=False)
         self.applied = self.controller.get_last_lr()  # read before the step: Prodigy/D-Adaptation's step updates d
         self.lrs.append(self.applied[0])
         return self.pending
@@ -191,16 +191,7 @@ class Binding:
         if self.pending is None:
             raise RuntimeError("after_step without before_step: no optimizer step to account for")
         s, self.pending = self.pending, None
-        if loss is not None and "loss" in self.tracker.requires:  # read only for a controller that reads it (on a GPU a read is a synchronisation)
-            if isinstance(loss, torch.Tensor):
-                loss = loss.detach()
-                loss = (loss if loss.dtype == torch.float64 else loss.float()).mean()  # (a float64 sum stays exact)
-                s.loss = loss if self.tracker.as_tensors else float(loss)  # type: ignore[assignment]
-            else:
-                s.loss = float(loss)
-        if "accuracy" in self.tracker.requires and logits is not None and targets is not None:
-            s.accuracy = batch_accuracy(logits, targets)
-        lrs = self.controller.step(s)
+        lrs = self.controller.step(self.tracker.complete(s, loss, logits, targets))
         self._written = self._group_lrs()
         return lrs
 

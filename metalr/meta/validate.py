@@ -37,7 +37,14 @@ def run_spec(
         model.load_state_dict(init_state)
     opt = task.make_optimizer()
     ctrl = make_controller(opt, spec.steps) if make_controller is not None else None
-    tracker = SignalTracker(model.parameters(), opt, requires=ctrl.requires if ctrl else (), total_steps=spec.steps, every=ctrl.signal_every if ctrl else 1)
+    tracker = SignalTracker(
+        model.parameters(),
+        opt,
+        requires=ctrl.requires if ctrl else (),
+        total_steps=spec.steps,
+        every=ctrl.signal_every if ctrl else 1,
+        sync_ranks=False,  # meta-training's processes train different tasks
+    )
     lrs: list[float] = []
     diverged = False
     model.train()
