@@ -241,7 +241,9 @@ class SignalTracker:
         for name, source in self.sources.items():
             if source.due(self.step, self.epoch):
                 setattr(s, name, source.read(self.step, self.epoch, logits, targets))  # the step's outputs, for sources that reuse its forward
-        return self.complete(s) if complete else s
+        if complete and self._ranks is not None:  # (the loss and accuracy are in already: `complete` would add only this)
+            self._ranks(s)
+        return s
 
     def complete(
         self, s: Signals, loss: torch.Tensor | float | None = None, logits: torch.Tensor | None = None, targets: torch.Tensor | None = None
