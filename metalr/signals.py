@@ -190,6 +190,7 @@ class SignalTracker:
         self._prev_lr: float | None = None
         self._reads_lr = "hypergrad" in self.requires  # the LR is read only for the hypergradient
         self._sparse: bool | None = None  # some parameter has a sparse gradient (None: no gradient seen yet)
+        self._awaits_loss = "loss" in self.requires  # until a step without the loss it reads has been logged
         self._pending_eval: tuple[float, float | None] | None = None
         self._align = GradAlign()
         self._update_size = UpdateSize()
@@ -241,9 +242,21 @@ class SignalTracker:
         for name, source in self.sources.items():
             if source.due(self.step, self.epoch):
                 setattr(s, name, source.read(self.step, self.epoch, logits, targets))  # the step's outputs, for sources that reuse its forward
-        if complete and self._ranks is not None:  # (the loss and accuracy are in already: `complete` would add only this)
-            self._ranks(s)
+        if complete:  # (the loss and accuracy are in already: `complete` would add only this)
+            if self._awaits_loss and s.loss is None:
+                self._no_loss()
+            if self._ranks is not None:
+                self._ranks(s)
         return s
+
+    def _no_loss(self) -> None:
+        """A step finished without the loss the controller reads: logged once (the controller then acts without it)."""
+        self._awaits_loss = False
+        log.warning(
+            "signals: the controller reads the training loss, but step %d came without one, so it acts blind to it (the meta-controller's "
+            "divergence guard cannot fire). Pass it: ctrl.step(loss) after optimizer.step() in a plain loop, tracker.collect(loss=loss) in "
+            "the long form; logged once", self.step,
+        )  # fmt: skip
 
     def complete(
         self, s: Signals, loss: torch.Tensor | float | None = None, logits: torch.Tensor | None = None, targets: torch.Tensor | None = None
@@ -259,6 +272,8 @@ class SignalTracker:
                 s.loss = float(loss)
         if "accuracy" in self.requires and logits is not None and targets is not None:
             s.accuracy = batch_accuracy(logits, targets)
+        if self._awaits_loss and s.loss is None:
+            self._no_loss()
         if self._ranks is not None:
             self._ranks(s)
         return s

@@ -225,3 +225,28 @@ def test_hook_caps_the_meta_controller_on_a_pretrained_model_it_is_shown(caplog:
     assert metalr.hook("cosine", opt(), total_steps=50, model=model).controller.name == "cosine"
     with pytest.raises(TypeError, match="nor model"):
         metalr.hook(controllers.build("cosine", opt(), total_steps=50), model=model)
+
+
+def test_a_step_without_the_loss_the_controller_reads_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    """`ctrl.step()` with no loss under the meta-controller: it would act blind to the loss (its guard could not fire)."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(16, 4), torch.randint(0, 2, (16,))
+
+    def run(name: str, with_loss: bool) -> list[str]:
+        caplog.clear()
+        ctrl = metalr.hook(name, opt, total_steps=20)
+        with caplog.at_level(logging.WARNING, logger="metalr.signals"):
+            for _ in range(6):
+                loss = torch.nn.functional.cross_entropy(model(x), y)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                ctrl.step(loss if with_loss else None)
+        ctrl.remove()
+        return [r.getMessage() for r in caplog.records if "came without one" in r.getMessage()]
+
+    assert len(run("pretrained", with_loss=False)) == 1
+    assert run("pretrained", with_loss=True) == []
+    assert run("cosine", with_loss=False) == []  # a schedule reads no loss
