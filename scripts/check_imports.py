@@ -24,7 +24,17 @@ PACKAGE = "metalr"
 
 #: Lowest first. A module belongs to the layer of its longest matching prefix ("metalr" alone: only the top package).
 LAYERS: list[list[str]] = [
-    ["metalr._version", "metalr.registry", "metalr.io", "metalr.config", "metalr.testing", "metalr.hub", "metalr.gradstats", "metalr.distributed", "metalr.signals"],
+    [
+        "metalr._version",
+        "metalr.registry",
+        "metalr.io",
+        "metalr.config",
+        "metalr.testing",
+        "metalr.hub",
+        "metalr.gradstats",
+        "metalr.distributed",
+        "metalr.signals",
+    ],
     ["metalr.metrics", "metalr.text_metrics", "metalr.models"],
     ["metalr.tasks"],
     ["metalr.ensemble", "metalr.estimators"],

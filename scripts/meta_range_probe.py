@@ -123,7 +123,9 @@ def main() -> None:
     settings = {f"{name} {s}": tuple(float(v) for v in s.split(",")) for s in args.settings}
     if any(len(s) not in (4, 5) for s in settings.values()):
         ap.error("each setting is FRAC,RMAX,BLOW,DIV[,DEAD], e.g. 0.08,100,1.2,4")
-    ms.probe_patched(settings, lambda s: patch(s[0], s[1], s[2], s[3], dead=s[4] if len(s) > 4 else 0.0, rollback=args.rollback), unpatch, args.workers, rule=args.rule)
+    ms.probe_patched(
+        settings, lambda s: patch(s[0], s[1], s[2], s[3], dead=s[4] if len(s) > 4 else 0.0, rollback=args.rollback), unpatch, args.workers, rule=args.rule
+    )
 
 
 if __name__ == "__main__":
