@@ -1,6 +1,7 @@
 """Do the fine-tunes that lost under their own rule pass selection under the shipped rule? (research; issue 13, session 25)
 
     python scripts/meta_rerule_probe.py [--workers 2]          # writes runs/meta_rerule/*.safetensors, then selects
+    python scripts/meta_rerule_probe.py --round 2              # round 2 (below)
 
 Every policy meta-trained since stage 6 (stages 8, 10, 13, 14, 18, 19) was judged under the rule it was trained under,
 with a divergence guard that cut x0.3 and waited 5 steps, and no small-step rise. Several gained at and below the usual
@@ -21,6 +22,12 @@ difference >= +0.002, no cell below its tolerance); among those that do, the lar
 passes is then checked on runs from trained weights (`scripts/meta_continue_probe.py`) and on the pretrained MiniLM
 cell under the callbacks' cap (`scripts/meta_pretrained_probe.py`) before the held-out evaluation runs, as in session 22.
 If none passes, nothing changes.
+
+Round 2 (`--round 2`), declared after round 1 (none passed; stage 8 closest at +0.0012, gaining at and below the usual
+LR and losing from 31.6x on the sequence cells) and before measuring: W8, the weights halfway between the shipped
+policy and stage 8's (`meta_soup.py` with equal weights: the WiSE-FT interpolation of Wortsman et al. 2022, which keeps
+much of a fine-tune's gain and the start's robustness off its distribution), under the shipped rule. One candidate,
+the same acceptance; then the probe stops.
 """
 
 from __future__ import annotations
@@ -72,13 +79,23 @@ def candidates(out_dir: Path) -> list[Path]:
     return paths
 
 
+def round2(out_dir: Path) -> list[Path]:
+    """W8: the midpoint of the shipped weights and stage 8's, under the shipped rule."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    policy, meta = soup([str(DEFAULT_PATH), str(ROOT / "checkpoints" / "stages" / "meta_stage8.safetensors")])
+    out = out_dir / "W8.safetensors"
+    save_policy(out, policy, rule=meta["rule"], config=meta["config"], extra=meta["extra"])
+    return [out]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out-dir", default=str(ROOT / "runs" / "meta_rerule"))
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--write-only", action="store_true", help="write the candidates, do not select")
+    ap.add_argument("--round", type=int, default=1, choices=(1, 2))
     a = ap.parse_args()
-    paths = candidates(Path(a.out_dir))
+    paths = candidates(Path(a.out_dir)) if a.round == 1 else round2(Path(a.out_dir))
     for p in paths:
         print(f"wrote {p}")
     if not a.write_only:
