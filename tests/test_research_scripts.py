@@ -370,3 +370,21 @@ def test_pretrained_probe_data_are_fixed_and_split() -> None:
     assert (xtr, ytr, xva, yva) == m.make_data()
     assert len(xva) == (len(xtr) + len(xva)) // 5 and set(ytr) == set(yva) == set(range(m.TOPICS))
     assert all(isinstance(t, str) and t for t in xtr[:50])
+
+
+def test_rerule_writes_the_weights_unchanged_under_the_shipped_rule(tmp_path: Path) -> None:
+    m = _script("meta_rerule_probe")
+    shipped = read_policy()
+    src = tmp_path / "src.safetensors"
+    other = read_policy()
+    with torch.no_grad():
+        for p in other.policy.net.parameters():
+            p.add_(0.5)
+    save_policy(src, other.policy, rule=replace(shipped.rule, guard_factor=0.3, small_step_gain=1.0), config={"seed": 8})
+    out = tmp_path / "out.safetensors"
+    m.rerule(src, out)
+    got = read_policy(out)
+    assert got.rule == shipped.rule  # the shipped rule, not the source's
+    for (k, a), b in zip(got.policy.state_dict().items(), other.policy.state_dict().values()):
+        assert torch.equal(a, b), k  # the source's weights, untouched
+    assert got.metadata["rerule"]["weights_rule"]["guard_factor"] == 0.3 and got.metadata["config"] == {"seed": 8}
