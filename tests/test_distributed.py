@@ -9,6 +9,9 @@ scenario below; the tests read what each rank wrote.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -149,3 +152,28 @@ def test_a_single_process_builds_no_average() -> None:
     assert world_size() == 1
     assert RankMean.build(frozenset({"loss"}), None) is None
     assert RankMean.build(frozenset({"loss"}), True) is None  # one rank: nothing to average
+
+
+def _ddp_check(tmp_path: Path, *command: str) -> str:
+    """`scripts/ddp_check.py` as a user runs it; its report line (rank 0)."""
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, *command], cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return next(line for line in out.stdout.splitlines() if line.startswith("LRs differ"))
+
+
+def test_an_hf_trainer_under_torchrun_sets_the_same_lr_on_both_ranks(tmp_path: Path) -> None:
+    pytest.importorskip("transformers")
+    line = _ddp_check(tmp_path, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "scripts/ddp_check.py", "hf", str(tmp_path / "hf"))
+    assert line.startswith("LRs differ at 0 of 60 steps")
+    a, b = line.split("weight sums ")[1].split(" / ")
+    assert a == b
+
+
+def test_lightning_ddp_sets_the_same_lr_on_both_ranks(tmp_path: Path) -> None:
+    pytest.importorskip("lightning.pytorch")
+    line = _ddp_check(tmp_path, "scripts/ddp_check.py", "lightning", str(tmp_path / "pl"))
+    assert line.startswith("LRs differ at 0 of 96 steps")
+    a, b = line.split("weight sums ")[1].split(" / ")
+    assert a == b
