@@ -217,6 +217,18 @@ def test_a_missing_total_steps_is_assumed_and_logged(name: str, kwargs: dict[str
     assert ctrl.total_steps == 1000
 
 
+@pytest.mark.parametrize(("name", "kwargs"), PLANNED)
+def test_a_fractional_total_steps_is_refused_and_a_whole_float_is_taken(name: str, kwargs: dict[str, Any]) -> None:
+    """`epochs * len(loader) / accumulation` is a float: a whole one is a run length, a fractional one a mistake that
+    truncating would hide (every schedule would end a step early)."""
+    for bad in (937.5, float("nan"), "100", True):
+        with pytest.raises(ValueError, match="whole number of optimizer steps"):
+            _bare(name, total_steps=bad, **kwargs)
+    a, b = _bare(name, total_steps=30.0, **kwargs), _bare(name, total_steps=30, **kwargs)
+    assert a.total_steps == 30 and type(a.total_steps) is int
+    assert [a.step(Signals(step=i + 1, loss=1.0)) for i in range(31)] == [b.step(Signals(step=i + 1, loss=1.0)) for i in range(31)]
+
+
 #: Controllers that drive the optimizer they are given (not their own) and need no task.
 DRIVE_GIVEN = [n for n in NAMES if not controllers.get(n).owns_optimizer and not n.startswith("uncertainty") and n != "resource_aware"]
 

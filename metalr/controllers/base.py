@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -67,6 +68,16 @@ def planned_steps(name: str, total_steps: int | None) -> int:
     if total_steps is None:
         log.warning("%s: total_steps not given; assuming a %d-step run (pass total_steps=...)", name, DEFAULT_TOTAL_STEPS)
         return DEFAULT_TOTAL_STEPS
+    return whole_steps(name, total_steps)
+
+
+def whole_steps(name: str, total_steps: Any) -> int:
+    """`total_steps` as an int: an integer, or a float with a whole value (`epochs * len(loader) / accumulation` is a
+    float); anything else is refused with the fix, not truncated (937.5 read as 937 would end every schedule early)."""
+    if isinstance(total_steps, bool) or not isinstance(total_steps, numbers.Real) or not math.isfinite(total_steps) or not float(total_steps).is_integer():
+        raise ValueError(
+            f"{name}: total_steps must be a whole number of optimizer steps, got {total_steps!r} (e.g. math.ceil(epochs * len(loader) / accumulation_steps))"
+        )
     return int(total_steps)
 
 

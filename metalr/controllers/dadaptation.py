@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import torch
 
 from metalr.controllers import register
-from metalr.controllers.base import DEFAULT_TOTAL_STEPS, Controller, planned_steps
+from metalr.controllers.base import DEFAULT_TOTAL_STEPS, Controller, planned_steps, whole_steps
 from metalr.controllers.cosine import cosine_lr
 from metalr.signals import Signals
 
@@ -61,6 +61,8 @@ class DAdaptiveController(Controller):
             total_steps = planned_steps(self.name, total_steps)
         elif total_steps is None:
             total_steps = DEFAULT_TOTAL_STEPS  # (not read without annealing)
+        else:
+            total_steps = whole_steps(self.name, total_steps)
         if total_steps < 1:
             raise ValueError(f"total_steps must be >= 1, got {total_steps}")
         self.anneal, self.total_steps = anneal, int(total_steps)

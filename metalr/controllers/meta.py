@@ -60,7 +60,7 @@ from typing import Any
 import torch
 
 from metalr.controllers import register
-from metalr.controllers.base import Controller, StagedRead, read_back
+from metalr.controllers.base import Controller, StagedRead, read_back, whole_steps
 from metalr.meta.checkpoint import FrozenPolicy, cached_policy
 from metalr.meta.policy import HostPolicy
 from metalr.meta.rule import RuleConfig, RuleState, lr_rule, warmup_factor, warmup_steps
@@ -92,7 +92,7 @@ class MetaController(Controller):
         self.frozen = checkpoint if isinstance(checkpoint, FrozenPolicy) else cached_policy(checkpoint)
         self.rule = _narrowed(self.frozen.rule, min_factor, max_factor)
         self.signal_every = self.rule.decide_every  # the tracker computes the gradient statistics only on the policy's steps
-        if total_steps is not None and total_steps < 1:
+        if total_steps is not None and whole_steps("meta controller", total_steps) < 1:
             raise ValueError(f"total_steps must be >= 1, got {total_steps}")
         if isinstance(sync_every, bool) or not isinstance(sync_every, (int, numbers.Integral)) or sync_every < 1:
             raise ValueError(f"sync_every must be an int >= 1, got {sync_every!r}")
