@@ -78,7 +78,7 @@ def whole_steps(name: str, total_steps: Any) -> int:
         raise ValueError(
             f"{name}: total_steps must be a whole number of optimizer steps, got {total_steps!r} (e.g. math.ceil(epochs * len(loader) / accumulation_steps))"
         )
-    return int(total_steps)
+    return int(float(total_steps))  # (a whole value: exact below 2**53 steps)
 
 
 def relative_lr_bounds(optimizer: torch.optim.Optimizer, min_lr: float | None, max_lr: float | None) -> tuple[float, float]:
