@@ -248,3 +248,14 @@ def test_a_tensor_lr_stays_the_same_tensor_and_follows_the_controller(name: str)
     assert opt.param_groups[0]["lr"] is lr and float(lr) == lrs[-1]  # filled in place, never replaced
     assert float(opt.param_groups[0]["initial_lr"]) == 0.05 and opt.param_groups[0]["initial_lr"] is not lr  # a copy, as torch's
     assert lrs == run(0.05)[1]  # the same LRs as with a float LR
+
+
+@pytest.mark.parametrize("name", DRIVE_GIVEN)
+def test_a_param_group_added_after_the_controller_is_named_in_the_error(name: str) -> None:
+    """Progressive unfreezing with `optimizer.add_param_group` after the controller was built: the error says so."""
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(3))], lr=0.05, momentum=0.9)
+    ctrl = controllers.build(name, opt, **({"total_steps": 40} if name in ("cosine", "onecycle", "meta") else {}), **smoke_kwargs(name))
+    ctrl.step(realistic_run()[0])
+    opt.add_param_group({"params": [torch.nn.Parameter(torch.zeros(2))], "lr": 0.01})
+    with pytest.raises(ValueError, match="added or removed after it was built"):
+        ctrl.step(realistic_run()[1])
