@@ -6,6 +6,8 @@ its estimates are cheap). Every test and `benchmarks/controller_overhead.py`
 read it (the benchmark without the cheap-estimate part); a new controller that
 needs arguments gets one line here.
 
+`TokenData(n, seed)`: random token sequences for a tiny HF model (the Trainer tests and `scripts/ddp_check.py`).
+
 `pause_point(event, n)` lets a test kill a real process at a known point rather
 than after a sleep: when the environment variable `METALR_TEST_PAUSE_AT` equals
 `"<event>:<n>"`, the process announces it on stderr and stops itself with
@@ -27,6 +29,8 @@ import time
 import warnings
 from collections.abc import Iterator
 from typing import Any
+
+import torch
 
 PAUSE_ENV = "METALR_TEST_PAUSE_AT"
 
@@ -102,3 +106,19 @@ def wait_until_paused(proc: subprocess.Popen[Any], timeout: float = 300.0) -> No
             raise AssertionError(f"process exited with {proc.returncode} before its pause point ({PAUSE_ENV})")
         time.sleep(0.02)
     raise AssertionError(f"process did not reach its pause point within {timeout:.0f} s")
+
+
+class TokenData(torch.utils.data.Dataset):  # type: ignore[type-arg]
+    """Random token sequences (16 tokens of a 100-word vocabulary) in the HF format; label = whether token 7 occurs
+    (learnable, deterministic)."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.ids = torch.randint(1, 100, (n, 16), generator=g)
+        self.labels = (self.ids == 7).any(dim=1).long()
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.ids[i], "attention_mask": torch.ones(16, dtype=torch.long), "labels": self.labels[i]}

@@ -50,18 +50,7 @@ def hf(out: Path) -> None:
     from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainerCallback, TrainingArguments
 
     from metalr.integrations.hf import MetalrCallback
-
-    class Tokens(torch.utils.data.Dataset):  # random tokens; label: whether token 7 occurs
-        def __init__(self, n: int, seed: int) -> None:
-            g = torch.Generator().manual_seed(seed)
-            self.ids = torch.randint(1, 100, (n, 16), generator=g)
-            self.labels = (self.ids == 7).any(dim=1).long()
-
-        def __len__(self) -> int:
-            return len(self.ids)
-
-        def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-            return {"input_ids": self.ids[i], "attention_mask": torch.ones(16, dtype=torch.long), "labels": self.labels[i]}
+    from metalr.testing import TokenData
 
     class Applied(TrainerCallback):
         def __init__(self) -> None:
@@ -82,8 +71,8 @@ def hf(out: Path) -> None:
     trainer = Trainer(
         model=model,
         args=args,
-        train_dataset=Tokens(512, 0),
-        eval_dataset=Tokens(64, 1),
+        train_dataset=TokenData(512, 0),
+        eval_dataset=TokenData(64, 1),
         callbacks=[MetalrCallback("pretrained"), rec],
     )
     trainer.train()

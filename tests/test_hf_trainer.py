@@ -25,27 +25,13 @@ import metalr  # noqa: E402
 from metalr.controllers import available, build, get  # noqa: E402
 from metalr.controllers.cosine import cosine_lr  # noqa: E402
 from metalr.integrations.hf import MetalrCallback  # noqa: E402
+from metalr.testing import TokenData  # noqa: E402
 
 STEPS, LR = 12, 1e-3
 NAMES = available()
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
-
-
-class TokenData(torch.utils.data.Dataset):
-    """Random token sequences; label = whether token 7 occurs (learnable, deterministic)."""
-
-    def __init__(self, n: int, seed: int) -> None:
-        g = torch.Generator().manual_seed(seed)
-        self.ids = torch.randint(1, 100, (n, 16), generator=g)
-        self.labels = (self.ids == 7).any(dim=1).long()
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {"input_ids": self.ids[i], "attention_mask": torch.ones(16, dtype=torch.long), "labels": self.labels[i]}
 
 
 class AppliedLR(TrainerCallback):
