@@ -5,7 +5,7 @@
 
 Each trains one small model with the pretrained meta-controller's callback (`MetalrCallback("pretrained")`) the way a
 user's multi-device run would: the HF Trainer under `torchrun` with evaluation and its default checkpointing (every 20
-steps), Lightning with its own `ddp` strategy launching two processes. Each rank records the LR the optimizer applied
+steps), then once more resumed from its step-40 checkpoint (a fresh model and Trainer, as after an interruption), Lightning with its own `ddp` strategy launching two processes. Each rank records the LR the optimizer applied
 at every step and the sum of its final weights; rank 0 then prints how many steps' LRs differ between the ranks and
 both weight sums (README, "Use with HF Trainer" and "Use with PyTorch Lightning": before the ranks' loss was averaged,
 the LRs differed at most steps and the replicas drifted apart). The models are tiny and freshly initialised: the
@@ -59,26 +59,33 @@ def hf(out: Path) -> None:
         def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):  # type: ignore[no-untyped-def]
             self.lrs.append(float(optimizer.param_groups[0]["lr"]))
 
-    torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, max_position_embeddings=32, num_labels=2)  # type: ignore[call-arg]
-    model = BertForSequenceClassification(cfg)
+    def trained(resume: str | None) -> tuple[list[float], torch.nn.Module]:
+        torch.manual_seed(0)
+        cfg = BertConfig(
+            vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, max_position_embeddings=32, num_labels=2
+        )  # type: ignore[call-arg]
+        model = BertForSequenceClassification(cfg)
+        rec = Applied()
+        trainer = Trainer(model=model, args=args, train_dataset=TokenData(512, 0), eval_dataset=TokenData(64, 1), callbacks=[MetalrCallback("pretrained"), rec])
+        trainer.train(resume_from_checkpoint=resume)
+        return rec.lrs, model
+
     args = TrainingArguments(
         output_dir=str(out), per_device_train_batch_size=8, learning_rate=5e-4, logging_steps=5, max_steps=60, report_to="none",
         disable_tqdm=True, seed=0, use_cpu=True, ddp_backend="gloo", save_steps=20, eval_strategy="steps", eval_steps=20,
         per_device_eval_batch_size=16, dataloader_num_workers=0,
     )  # fmt: skip
-    rec = Applied()
-    trainer = Trainer(
-        model=model,
-        args=args,
-        train_dataset=TokenData(512, 0),
-        eval_dataset=TokenData(64, 1),
-        callbacks=[MetalrCallback("pretrained"), rec],
-    )
-    trainer.train()
-    _write(out, int(os.environ.get("RANK", 0)), rec.lrs, model)
+    lrs, model = trained(None)
+    _write(out, int(os.environ.get("RANK", 0)), lrs, model)
     if _first():
         _report(out)
+    # Then as a user resumes an interrupted run: a fresh model and Trainer from the step-40 checkpoint rank 0 wrote.
+    resumed, again = trained(str(out / "checkpoint-40"))
+    same_w = all(torch.equal(a, b) for a, b in zip(model.parameters(), again.parameters()))
+    if _first():
+        print(
+            f"resumed from checkpoint-40: the last {len(resumed)} LRs equal the uninterrupted run's: {resumed == lrs[-len(resumed) :]}; same weights: {same_w}"
+        )
 
 
 def lightning(out: Path) -> None:

@@ -155,25 +155,27 @@ def test_a_single_process_builds_no_average() -> None:
 
 
 def _ddp_check(tmp_path: Path, *command: str) -> str:
-    """`scripts/ddp_check.py` as a user runs it; its report line (rank 0)."""
+    """`scripts/ddp_check.py` as a user runs it; what it prints."""
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, *command], cwd=root, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    return next(line for line in out.stdout.splitlines() if line.startswith("LRs differ"))
+    return out.stdout
 
 
 def test_an_hf_trainer_under_torchrun_sets_the_same_lr_on_both_ranks(tmp_path: Path) -> None:
     pytest.importorskip("transformers")
-    line = _ddp_check(tmp_path, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "scripts/ddp_check.py", "hf", str(tmp_path / "hf"))
+    printed = _ddp_check(tmp_path, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "scripts/ddp_check.py", "hf", str(tmp_path / "hf"))
+    line = next(line for line in printed.splitlines() if line.startswith("LRs differ"))
     assert line.startswith("LRs differ at 0 of 60 steps")
+    assert "the last 20 LRs equal the uninterrupted run's: True; same weights: True" in printed  # resumed from its checkpoint
     a, b = line.split("weight sums ")[1].split(" / ")
     assert a == b
 
 
 def test_lightning_ddp_sets_the_same_lr_on_both_ranks(tmp_path: Path) -> None:
     pytest.importorskip("lightning.pytorch")
-    line = _ddp_check(tmp_path, "scripts/ddp_check.py", "lightning", str(tmp_path / "pl"))
+    line = next(line for line in _ddp_check(tmp_path, "scripts/ddp_check.py", "lightning", str(tmp_path / "pl")).splitlines() if line.startswith("LRs differ"))
     assert line.startswith("LRs differ at 0 of 96 steps")
     a, b = line.split("weight sums ")[1].split(" / ")
     assert a == b
