@@ -2,8 +2,9 @@
 
 Two CPU processes under a gloo process group train one model with DistributedDataParallel, each on its own data, as a
 user's `torchrun` job would. The gradients are all-reduced by DDP; the loss is not, so without the tracker's average
-a loss-reading controller sets a different LR on each rank and the replicas drift apart. One spawn runs every
-scenario below; the tests read what each rank wrote.
+a loss-reading controller sets a different LR on each rank and the replicas drift apart. One spawn runs the
+in-process scenarios (the tests read what each rank wrote); the last two tests run `scripts/ddp_check.py` with a real
+HF Trainer (under torchrun, with a checkpoint resume) and Lightning (its ddp strategy).
 """
 
 from __future__ import annotations
