@@ -250,3 +250,57 @@ def test_a_step_without_the_loss_the_controller_reads_is_logged_once(caplog: pyt
     assert len(run("pretrained", with_loss=False)) == 1
     assert run("pretrained", with_loss=True) == []
     assert run("cosine", with_loss=False) == []  # a schedule reads no loss
+
+
+class _Wrapped(torch.optim.Optimizer):
+    """An optimizer wrapper as accelerate's `AcceleratedOptimizer` is: no `Optimizer.__init__` (so no step hooks of its
+    own), the wrapped optimizer's param groups and state, and a `step` that calls the wrapped one's."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer) -> None:  # noqa: D107  (no super().__init__, as accelerate)
+        self.optimizer = optimizer
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:  # type: ignore[override]
+        return self.optimizer.param_groups
+
+    @property
+    def state(self) -> Any:  # type: ignore[override]
+        return self.optimizer.state
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    def step(self, closure: Any = None) -> Any:  # type: ignore[override]
+        return self.optimizer.step(closure)
+
+
+@pytest.mark.parametrize("wrap", ["fake", "accelerate"])
+def test_a_wrapped_optimizer_is_hooked_where_the_wrapped_one_steps(wrap: str, caplog: pytest.LogCaptureFixture) -> None:
+    """`accelerator.prepare(optimizer)` hands the loop a wrapper without step hooks of its own: the hook goes on the
+    wrapped optimizer, and the controller applies the LRs it applies to the optimizer itself."""
+
+    def run(wrapped: bool) -> list[float]:
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
+        opt: torch.optim.Optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+        if wrapped and wrap == "fake":
+            opt = _Wrapped(opt)
+        elif wrapped:
+            accelerate = pytest.importorskip("accelerate")
+            model, opt = accelerate.Accelerator(cpu=True).prepare(model, opt)
+        ctrl = metalr.hook("pretrained", opt, total_steps=40)
+        x = torch.randn(64, 6, generator=torch.Generator().manual_seed(1))
+        y = (x[:, 0] > 0).long()
+        lrs = []
+        for _ in range(40):
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            lrs.append(ctrl.step(loss)[0])
+        return lrs
+
+    with caplog.at_level(logging.WARNING):
+        got = run(True)
+    assert got == run(False) and len(set(got)) > 3
+    assert not [r for r in caplog.records if "without optimizer.step()" in r.getMessage()]  # the hook fired at every step

@@ -20,7 +20,10 @@ than the loop can give (the uncertainty controllers need a metalr Task; refused 
 Caveats: optimizers that take a closure (LBFGS) compute gradients inside `step`,
 after the pre-hook; use the long form there. If `opt.step()` did not run before
 `ctrl.step` (e.g. `GradScaler` skipped an overflowing step), the statistics are read
-at `ctrl.step` instead, logged once.
+at `ctrl.step` instead, logged once. A wrapped optimizer (accelerate's `prepare`) is
+hooked where the wrapped one steps; under `accelerator.accumulate`, call `ctrl.step(loss)`
+only when `accelerator.sync_gradients` (on the optimizer's real steps), or the controller
+counts every micro-batch as a step.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ class HookedController:
             total = getattr(controller, "total_steps", None)
             total_steps = total if isinstance(total, int) else None
         self.binding = Binding(controller, total_steps=total_steps, task_info=task_info)
-        self._handle = controller.optimizer.register_step_pre_hook(self._before_step)
+        self._handle = _stepping(controller.optimizer).register_step_pre_hook(self._before_step)
         self._warned: set[str] = set()
 
     # ------------------------------------------------------------------ per step
@@ -121,6 +124,21 @@ class HookedController:
 
     def __repr__(self) -> str:
         return f"HookedController({self.controller!r})"
+
+
+def _stepping(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """The optimizer whose own `step` updates the weights. A wrapper that holds it as `.optimizer` and calls its `step`
+    (accelerate's `AcceleratedOptimizer`, which has no step hooks of its own) is looked through, so that the pre-hook
+    fires on the real step; the controller keeps the wrapper, whose param groups and state are the wrapped optimizer's."""
+    inner = optimizer
+    for _ in range(8):  # (wrappers of wrappers; a cycle stops here)
+        wrapped = getattr(inner, "optimizer", None)
+        if not isinstance(wrapped, torch.optim.Optimizer) or wrapped is inner:
+            break
+        inner = wrapped
+    if inner is not optimizer:
+        log.info("metalr.hook: %s wraps %s; the gradient statistics are read when the wrapped optimizer steps", type(optimizer).__name__, type(inner).__name__)
+    return inner
 
 
 def hook(
