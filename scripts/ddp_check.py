@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -86,6 +87,9 @@ def hf(out: Path) -> None:
         print(
             f"resumed from checkpoint-40: the last {len(resumed)} LRs equal the uninterrupted run's: {resumed == lrs[-len(resumed) :]}; same weights: {same_w}"
         )
+    if dist.is_initialized():  # the Trainer leaves its process group up: take it down on every rank before the interpreter exits
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def lightning(out: Path) -> None:
