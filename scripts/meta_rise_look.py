@@ -106,8 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     from metalr.meta.checkpoint import read_policy
 
-    with torch.random.fork_rng():  # (a first read builds the policy network: the workers' random streams stay as they were)
-        below = read_policy(str(CHECKPOINT)).rule.small_step_below
+    below = read_policy(str(CHECKPOINT)).rule.small_step_below  # (draws nothing from the workers' random streams)
     HostPolicy.__call__ = _logged(HostPolicy.__call__)  # type: ignore[method-assign]  # (the workers fork from here)
     with get_context("fork").Pool(args.workers) as pool:
         rows = list(pool.imap_unordered(run_one, jobs(), chunksize=1))
