@@ -160,12 +160,9 @@ def main() -> None:
     if dist.is_initialized():  # the Trainer leaves its process group up: take it down on every rank
         dist.barrier()
         dist.destroy_process_group()
-    # Then leave without the interpreter's finalisation, where gloo's threads can abort a rank ('terminate called
-    # without an active exception') even after the group is down: 3 of 40 runs with the group left up, and once in CI
-    # in tests/test_distributed.py's workers with it taken down. Everything this script reports is written by now.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    from metalr.testing import leave_process
+
+    leave_process()  # everything this script reports is written: exit without the finalisation where gloo can abort (metalr.testing)
 
 
 if __name__ == "__main__":

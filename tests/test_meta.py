@@ -37,7 +37,7 @@ from metalr.meta.trainer import MetaTrainConfig, draw_task, meta_step, run_traje
 from metalr.meta.unroll import start, truncation, val_objective  # noqa: E402
 from metalr.meta.validate import run_spec  # noqa: E402
 from metalr.signals import Signals  # noqa: E402
-from metalr.testing import PAUSE_ENV, wait_until_paused  # noqa: E402
+from metalr.testing import PAUSE_ENV, leave_process, wait_until_paused  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(meta_batch=2, truncation=10, val_every=5, val_batch=64, data_families=["blobs"], steps_range=[20, 20], progress=False, validate_every=0)
@@ -925,6 +925,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         torch.save({k: v.clone() for k, v in policy.state_dict().items()}, out)  # test-only file, read with weights_only
     dist.barrier()  # no rank may tear down gloo while the other still uses it
     dist.destroy_process_group()
+    leave_process()  # (gloo can abort a rank in the interpreter's finalisation: see metalr.testing)
 
 
 @pytest.mark.slow
