@@ -148,7 +148,7 @@ def test_pretrained_model_gets_a_logged_lr_cap_unless_max_factor_is_given(tmp_pa
         cb = MetalrCallback(spec, **kwargs)
         with caplog.at_level("WARNING", logger="metalr.integrations.base"):
             make_trainer(tmp_path, [cb], max_steps=2, model=model).train()
-        return cb.controller, [r.getMessage() for r in caplog.records if "max_factor" in r.getMessage()]
+        return cb.controller, [r.getMessage() for r in caplog.records if r.name == "metalr.integrations.base" and "max_factor" in r.getMessage()]
 
     loaded = tiny_bert()
     loaded.config._name_or_path = "sentence-transformers/all-MiniLM-L6-v2"

@@ -185,7 +185,7 @@ def test_a_module_holding_a_pretrained_model_gets_the_meta_controllers_lr_cap(tm
         cb = MetalrCallback("pretrained", **kwargs)
         with caplog.at_level("WARNING", logger="metalr.integrations.base"):
             fit(tmp_path / str(len(kwargs)) / type(module).__name__, [cb], module=module)
-        return cb.controller, [r.getMessage() for r in caplog.records if "max_factor" in r.getMessage()]
+        return cb.controller, [r.getMessage() for r in caplog.records if r.name == "metalr.integrations.base" and "max_factor" in r.getMessage()]
 
     ctrl, warned = run(Holder())
     assert ctrl.rule.max_factor == PRETRAINED_MAX_FACTOR and len(warned) == 1 and "org/pretrained-model" in warned[0]  # type: ignore[attr-defined]

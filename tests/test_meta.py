@@ -416,6 +416,29 @@ def test_deployed_controller_needs_no_logits_and_warns_without_total_steps(caplo
     assert ctrl.total_steps == 777 and "total_steps not given" in caplog.text
 
 
+def test_a_run_shorter_than_any_meta_trained_one_is_logged_with_the_largest_move(caplog: pytest.LogCaptureFixture) -> None:
+    """The shipped policy learned on 100-2000-step runs; its moves scale with 1/T, so a 40-step run gets a warning
+    naming how far one decision may move the LR there, and how to bound it."""
+    frozen = load_pretrained()
+    shortest = frozen.metadata["config"]["steps_range"][0]
+
+    def said(**kwargs: Any) -> list[str]:
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="metalr.controllers.meta"):
+            MetaController(torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1), checkpoint=frozen, **kwargs)
+        return [r.getMessage() for r in caplog.records if "meta-trained on" in r.getMessage()]
+
+    rule = frozen.rule
+    most = math.exp(frozen.policy.model_args["max_log_step"] * rule.decide_every * rule.small_step_gain * rule.horizon_scale(40))
+    (msg,) = said(total_steps=40)
+    assert f"a 40-step run is shorter than any the policy was meta-trained on ({shortest}-" in msg
+    assert f"x{most:.3g} here" in msg and "bound it with max_factor" in msg
+    (msg,) = said(total_steps=40, max_factor=3.0)
+    assert "max_factor keeps the LR within x3 of the base LR" in msg
+    assert said(total_steps=shortest) == [] and said(total_steps=5000) == []
+    assert said() == []  # no total_steps: the rule's default run length (its own warning)
+
+
 # ------------------------------------------------------------------ meta-gradients
 def test_meta_gradient_reaches_every_parameter_and_is_finite() -> None:
     pol = lively_policy(std=0.05)

@@ -103,6 +103,7 @@ class MetaController(Controller):
         if total_steps is None:
             log.warning("meta controller: total_steps not given; assuming a %d-step run (pass total_steps=...)", self.rule.default_total_steps)
         self.total_steps = int(total_steps or self.rule.default_total_steps)
+        _warn_if_shorter_than_trained(self.frozen, self.rule, self.total_steps)
         self._warmup_steps = warmup_steps(self.rule, self.total_steps)
         self.sync_every = int(sync_every)
         self.read_lag = int(read_lag)
@@ -225,6 +226,27 @@ class MetaController(Controller):
     def extra_logs(self) -> dict[str, float]:
         """As of the last step; with device signals, as of the last read-back (no extra host read)."""
         return {"meta_lr_factor": math.exp(self._log_rel), "meta_guard_fired": float(self._rule_state.guard_fired)}
+
+
+def _warn_if_shorter_than_trained(frozen: FrozenPolicy, rule: RuleConfig, total_steps: int) -> None:
+    """Log a run shorter than any the policy was meta-trained on: its moves scale with 1/T, so there one decision can
+    multiply the LR by far more than on the runs it learned from (README, "Caveats")."""
+    trained = (frozen.metadata.get("config") or {}).get("steps_range")
+    if not (isinstance(trained, (list, tuple)) and len(trained) == 2 and total_steps < int(trained[0])):
+        return
+    shortest = int(trained[0])
+    per_step = float(frozen.policy.model_args.get("max_log_step", 0.2)) * rule.decide_every * max(1.0, rule.small_step_gain)
+
+    def most(steps: int) -> float:  # the largest LR multiplier of one decision (a rise while the small-step gain applies)
+        return math.exp(per_step * rule.horizon_scale(steps))
+
+    log.warning(
+        "meta controller: a %d-step run is shorter than any the policy was meta-trained on (%d-%d steps). Its moves scale "
+        "with the run's length: one decision may multiply the LR by up to x%.3g here (x%.3g on a %d-step run)%s",
+        total_steps, shortest, int(trained[1]), most(total_steps), most(shortest), shortest,
+        f"; max_factor keeps the LR within x{rule.max_factor:g} of the base LR" if rule.max_factor < frozen.rule.max_factor
+        else "; bound it with max_factor= (e.g. 3.0) or give the run more steps",
+    )  # fmt: skip
 
 
 def _narrowed(rule: RuleConfig, min_factor: float | None, max_factor: float | None) -> RuleConfig:
