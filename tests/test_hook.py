@@ -304,3 +304,41 @@ def test_a_wrapped_optimizer_is_hooked_where_the_wrapped_one_steps(wrap: str, ca
         got = run(True)
     assert got == run(False) and len(set(got)) > 3
     assert not [r for r in caplog.records if "without optimizer.step()" in r.getMessage()]  # the hook fired at every step
+
+
+def test_a_second_hook_on_one_optimizer_detaches_the_first_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    """A notebook cell run twice hooks a second controller on the same optimizer: the first is detached (logged), so its
+    pre-hook no longer reads statistics nor puts its LR back before every step, and stepping it raises."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(8, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    first = metalr.hook("step", opt, total_steps=20, step_size=1, gamma=0.5)
+    loss = model(torch.randn(4, 8)).pow(2).mean()
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    first.step(loss)  # the LR is now 0.05
+    with caplog.at_level(logging.WARNING, logger="metalr.integrations.plain"):
+        second = metalr.hook("constant", opt, total_steps=20)
+    (msg,) = [r.getMessage() for r in caplog.records if "already had a controller hooked" in r.getMessage()]
+    assert "(step, at step 1)" in msg and "(constant)" in msg
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):
+            loss = model(torch.randn(4, 8)).pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            assert second.step(loss) == [0.1]
+    assert second.lrs == [0.1, 0.1, 0.1]  # the LR each step applied: the second controller's, never put back to 0.05
+    assert first.binding.pending is None  # the first one's pre-hook no longer runs
+    assert not [r for r in caplog.records if "changed outside the controller" in r.getMessage()]
+    with pytest.raises(RuntimeError, match=r"replaced by a later metalr.hook\('constant'"):
+        first.step(loss)
+    third = metalr.hook("constant", torch.optim.SGD(model.parameters(), lr=0.1), total_steps=20)  # another optimizer: no effect
+    assert third.binding.pending is None and second._attached
+    second.remove()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="metalr.integrations.plain"):
+        metalr.hook("constant", opt, total_steps=20)  # after an explicit remove(): nothing to detach, nothing said
+    assert not caplog.records

@@ -23,12 +23,14 @@ after the pre-hook; use the long form there. If `opt.step()` did not run before
 at `ctrl.step` instead, logged once. A wrapped optimizer (accelerate's `prepare`) is
 hooked where the wrapped one steps; under `accelerator.accumulate`, call `ctrl.step(loss)`
 only when `accelerator.sync_gradients` (on the optimizer's real steps), or the controller
-counts every micro-batch as a step.
+counts every micro-batch as a step. A second `hook` on the same optimizer (a notebook cell
+run again) detaches the first, logged: one controller sets an optimizer's LR.
 """
 
 from __future__ import annotations
 
 import logging
+import weakref
 from typing import Any
 
 import torch
@@ -53,7 +55,21 @@ class HookedController:
             total = getattr(controller, "total_steps", None)
             total_steps = total if isinstance(total, int) else None
         self.binding = Binding(controller, total_steps=total_steps, task_info=task_info)
-        self._handle = _stepping(controller.optimizer).register_step_pre_hook(self._before_step)
+        self._attached = False
+        self._replaced_by: str | None = None
+        stepping = _stepping(controller.optimizer)
+        earlier = _HOOKED.get(stepping)
+        prior = earlier() if earlier is not None else None
+        if prior is not None and prior._replaced_by is None and prior._attached:  # (a notebook cell run again, most often)
+            prior.remove()
+            prior._replaced_by = controller.name
+            log.warning(
+                "metalr.hook: this optimizer already had a controller hooked (%s, at step %d); it is detached, and this one "
+                "(%s) sets the LR from now on (the earlier one's step() raises)", prior.controller.name, prior.last_step, controller.name,
+            )  # fmt: skip
+        self._handle = stepping.register_step_pre_hook(self._before_step)
+        self._attached = True
+        _HOOKED[stepping] = weakref.ref(self)
         self._warned: set[str] = set()
 
     # ------------------------------------------------------------------ per step
@@ -64,6 +80,11 @@ class HookedController:
 
     def step(self, loss: torch.Tensor | float | None = None, logits: torch.Tensor | None = None, targets: torch.Tensor | None = None) -> list[float]:
         """After `optimizer.step()`: step the controller with this step's signals; returns the next step's LRs."""
+        if self._replaced_by is not None:
+            raise RuntimeError(
+                f"this {self.controller.name} controller was replaced by a later metalr.hook({self._replaced_by!r}, ...) on the same "
+                "optimizer, which sets its LR now: step that one"
+            )
         if self.binding.pending is None:
             self._warn_once("skipped", "ctrl.step() without optimizer.step() since the last one (a skipped step?); gradient statistics read now")
             self.binding.before_step()
@@ -121,9 +142,15 @@ class HookedController:
     def remove(self) -> None:
         """Detach from the optimizer (the controller keeps its LR; `step` then reads signals itself)."""
         self._handle.remove()
+        self._attached = False
 
     def __repr__(self) -> str:
         return f"HookedController({self.controller!r})"
+
+
+#: The controller `hook` last attached to each optimizer (the one whose `step` updates the weights): a second hook on
+#: the same optimizer detaches the first, logged, rather than having two controllers write one LR.
+_HOOKED: weakref.WeakKeyDictionary[torch.optim.Optimizer, weakref.ref[HookedController]] = weakref.WeakKeyDictionary()
 
 
 def _stepping(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
