@@ -259,3 +259,26 @@ def test_a_param_group_added_after_the_controller_is_named_in_the_error(name: st
     opt.add_param_group({"params": [torch.nn.Parameter(torch.zeros(2))], "lr": 0.01})
     with pytest.raises(ValueError, match="added or removed after it was built"):
         ctrl.step(realistic_run()[1])
+
+
+@pytest.mark.parametrize("name", ["meta", "hypergradient", "grad_variability", "resource_aware", "cosine"])
+def test_each_param_group_keeps_its_own_lr_range_and_a_group_at_zero_stays_at_zero(name: str) -> None:
+    """A backbone at 1e-5 beside a head at 1e-3 (a fine-tune's usual set-up): the relative default bounds are each group's
+    own, so neither LR is clamped into the other's range at construction, and a group at lr 0 is never lifted (not even by
+    resource_aware's absolute bounds). Every group at lr 0 leaves an LR rule nothing to start from: refused."""
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+    kwargs: dict[str, Any] = {"total_steps": 200} if name in ("meta", "cosine") else {}
+    groups = [{"params": model[0].parameters(), "lr": 1e-5}, {"params": model[1].parameters(), "lr": 1e-3}, {"params": model[2].parameters(), "lr": 0.0}]
+    ctrl = controllers.build(name, torch.optim.SGD(groups, lr=0.1), **kwargs)
+    first = ctrl.get_last_lr()
+    assert first[2] == 0.0 and first[1] / first[0] == pytest.approx(100.0)  # (meta's first step is its warmup's: both x the same)
+    for _ in range(30):  # rules that move the LR: every group keeps the 1:100 ratio, the group at 0 stays at 0
+        lrs = ctrl.step(Signals(step=ctrl.last_step + 1, loss=1.0, grad_norm=1.0, grad_cos=0.9, grad_align=0.9, update_size=1e-4, hypergrad_cos=0.9))
+        assert lrs[2] == 0.0 and lrs[1] / lrs[0] == pytest.approx(100.0)
+    assert ctrl.min_lrs[2] == ctrl.max_lrs[2] == 0.0
+    state = ctrl.state_dict()
+    again = controllers.build(name, torch.optim.SGD([{**g, "params": list(g["params"])} for g in ctrl.optimizer.param_groups]), **kwargs)
+    again.load_state_dict(state)
+    assert (again.min_lrs, again.max_lrs, again.get_last_lr()) == (ctrl.min_lrs, ctrl.max_lrs, ctrl.get_last_lr())
+    with pytest.raises(ValueError, match="every param group has lr=0"):
+        controllers.build(name, torch.optim.SGD(model.parameters(), lr=0.0), **kwargs)

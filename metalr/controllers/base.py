@@ -10,8 +10,10 @@ statistics and so on. A controller declares which signals it reads in
 
 Subclasses implement `_compute_lrs(signals)` (pure: returns the proposed LRs)
 and list their scalar state in `_state_keys`. The base class guarantees the
-safety contract: every LR written is finite, non-negative and inside
-[min_lr, max_lr]; a non-finite proposal keeps the previous LR and is logged.
+safety contract: every LR written is finite, non-negative and inside its param
+group's [min_lr, max_lr] (one range for every group, or one per group: the relative
+defaults are each group's own base LR times a factor); a non-finite proposal keeps
+the previous LR and is logged.
 
 Every hook the harness (`metalr.train`) calls is declared here with a no-op
 default, so a strategy overrides only what it needs:
@@ -48,6 +50,9 @@ STATE_VERSION = 1
 #: Default LR bounds of the multiplicative heuristics, relative to the base LR.
 MIN_LR_FACTOR, MAX_LR_FACTOR = 0.01, 10.0
 
+#: An LR bound: one for every param group, or one per group (in `optimizer.param_groups` order).
+Bounds = float | Sequence[float]
+
 
 def set_group_lr(group: dict[str, Any], lr: float) -> None:
     """Write `lr` into a param group as torch's schedulers do: a tensor LR (`Adam(lr=torch.tensor(...))`, which
@@ -81,11 +86,30 @@ def whole_steps(name: str, total_steps: Any) -> int:
     return int(float(total_steps))  # (a whole value: exact below 2**53 steps)
 
 
-def relative_lr_bounds(optimizer: torch.optim.Optimizer, min_lr: float | None, max_lr: float | None) -> tuple[float, float]:
-    """(min_lr, max_lr), each defaulting to MIN/MAX_LR_FACTOR times the first group's base LR."""
-    group = optimizer.param_groups[0]
-    base = float(group.get("initial_lr", group["lr"]))
-    return (MIN_LR_FACTOR * base if min_lr is None else float(min_lr)), (MAX_LR_FACTOR * base if max_lr is None else float(max_lr))
+def group_base_lrs(optimizer: torch.optim.Optimizer) -> list[float]:
+    """Each param group's base LR (`initial_lr` once a controller or scheduler has set it, else `lr`)."""
+    return [float(g.get("initial_lr", g["lr"])) for g in optimizer.param_groups]
+
+
+def relative_lr_bounds(optimizer: torch.optim.Optimizer, min_lr: float | None, max_lr: float | None) -> tuple[Bounds, Bounds]:
+    """(min_lr, max_lr): a given one as given (one LR for every group); one not given is MIN/MAX_LR_FACTOR times each
+    param group's own base LR (a backbone at 1e-5 beside a head at 1e-3 each keep their range)."""
+    bases = group_base_lrs(optimizer)
+    lo: Bounds = [MIN_LR_FACTOR * b for b in bases] if min_lr is None else float(min_lr)
+    hi: Bounds = [MAX_LR_FACTOR * b for b in bases] if max_lr is None else float(max_lr)
+    return lo, hi
+
+
+def _per_group(bound: Bounds, n: int, name: str) -> list[float]:
+    """A bound as one float per param group."""
+    if isinstance(bound, bool):
+        raise TypeError(f"{name} must be an LR or one LR per param group, got {bound!r}")
+    if isinstance(bound, (int, float)):
+        return [float(bound)] * n
+    values = [float(v) for v in bound]
+    if len(values) != n:
+        raise ValueError(f"{name}: {len(values)} values for {n} param groups")
+    return values
 
 
 class Controller:
@@ -119,18 +143,26 @@ class Controller:
         self,
         optimizer: torch.optim.Optimizer,
         *,
-        min_lr: float = 0.0,
-        max_lr: float = math.inf,
+        min_lr: Bounds = 0.0,
+        max_lr: Bounds = math.inf,
     ) -> None:
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"{type(self).__name__} needs a torch.optim.Optimizer, got {type(optimizer).__name__}")
-        if not (math.isfinite(min_lr) and min_lr >= 0.0):
-            raise ValueError(f"min_lr must be finite and >= 0, got {min_lr}")
-        if not (max_lr > min_lr):
-            raise ValueError(f"max_lr must be > min_lr, got min_lr={min_lr}, max_lr={max_lr}")
+        bases = group_base_lrs(optimizer)
+        lo, hi = _per_group(min_lr, len(bases), "min_lr"), _per_group(max_lr, len(bases), "max_lr")
+        for a in lo:
+            if not (math.isfinite(a) and a >= 0.0):
+                raise ValueError(f"min_lr must be finite and >= 0, got {a}")
+        if all(base == 0.0 for base in bases):
+            raise ValueError(f"{type(self).__name__}: every param group has lr=0, and an LR rule starts from the base LR: give the optimizer the LR to start from")
+        for i, base in enumerate(bases):
+            if base == 0.0:  # a group at lr 0 stays at 0 (no absolute bound lifts it): the rule of every controller scales the base LR
+                lo[i] = hi[i] = 0.0
+            elif not hi[i] > lo[i]:
+                raise ValueError(f"max_lr must be > min_lr, got min_lr={lo[i]}, max_lr={hi[i]}")
         self.optimizer = optimizer
-        self.min_lr = float(min_lr)
-        self.max_lr = float(max_lr)
+        self.min_lrs, self.max_lrs = lo, hi  # each param group's bounds
+        self.min_lr, self.max_lr = min(lo), max(hi)  # the widest range (for display; the clamp is per group)
         for group in optimizer.param_groups:
             lr = group["lr"]
             group.setdefault("initial_lr", lr.clone() if isinstance(lr, torch.Tensor) else lr)  # (as torch's schedulers: a tensor LR is not aliased)
@@ -175,6 +207,8 @@ class Controller:
             "last_lr": list(self._last_lr),
             "min_lr": self.min_lr,
             "max_lr": self.max_lr,
+            "min_lrs": list(self.min_lrs),
+            "max_lrs": list(self.max_lrs),
         }
         for key in self._state_keys:
             state[key] = _copy(getattr(self, key))
@@ -191,8 +225,10 @@ class Controller:
             raise ValueError(f"controller state for {self.name!r} lacks keys {missing}")
         self.base_lrs = list(state["base_lrs"])
         self.last_step = int(state["last_step"])
-        self.min_lr = float(state["min_lr"])
-        self.max_lr = float(state["max_lr"])
+        n = len(self.base_lrs)  # (states before per-group bounds held one range for every group)
+        self.min_lrs = [float(v) for v in state.get("min_lrs", [state["min_lr"]] * n)]
+        self.max_lrs = [float(v) for v in state.get("max_lrs", [state["max_lr"]] * n)]
+        self.min_lr, self.max_lr = min(self.min_lrs), max(self.max_lrs)
         for key in self._state_keys:
             setattr(self, key, _copy(state[key]))
         self._last_lr = self._apply(list(state["last_lr"]))
@@ -247,7 +283,8 @@ class Controller:
                 raise ValueError(
                     f"{self.name}: the optimizer has {len(self.optimizer.param_groups)} param groups, the controller was built for "
                     f"{len(self.base_lrs)}: a group was added or removed after it was built (optimizer.add_param_group). Build the "
-                    "controller once the optimizer has all its groups (a group to unfreeze later can start with lr=0)"
+                    "controller once the optimizer has all its groups (a group to unfreeze later can be in it from the start, its "
+                    "parameters with requires_grad=False: the optimizer skips parameters without gradients)"
                 )
             raise ValueError(f"{self.name}: {len(lrs)} LRs for {len(self.optimizer.param_groups)} param groups")
         previous = getattr(self, "_last_lr", None) or self.base_lrs
@@ -257,7 +294,7 @@ class Controller:
             if not math.isfinite(lr):
                 log.warning("%s proposed a non-finite LR (%s) at step %d; keeping %g", self.name, lr, self.last_step, previous[i])
                 lr = float(previous[i]) if math.isfinite(previous[i]) else self.base_lrs[i]
-            lr = min(max(lr, self.min_lr), self.max_lr)
+            lr = min(max(lr, self.min_lrs[i]), self.max_lrs[i])
             safe.append(lr)
         for group, lr in zip(self.optimizer.param_groups, safe):
             set_group_lr(group, lr)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 
 from metalr.controllers import register
-from metalr.controllers.base import Controller
+from metalr.controllers.base import Controller, group_base_lrs
 from metalr.signals import Signals
 
 
@@ -50,9 +50,11 @@ class Hypergradient(Controller):
         if beta < 0:
             raise ValueError(f"beta must be >= 0, got {beta}")
         self.beta, self.rule = float(beta), rule
-        base = max(float(g.get("initial_lr", g["lr"])) for g in optimizer.param_groups)
-        # Default bounds relative to the base LR: HD can otherwise run away on noisy tasks.
-        super().__init__(optimizer, min_lr=base * 1e-3 if min_lr is None else min_lr, max_lr=base * 10.0 if max_lr is None else max_lr)
+        bases = group_base_lrs(optimizer)
+        # Default bounds relative to each group's base LR: HD can otherwise run away on noisy tasks.
+        super().__init__(
+            optimizer, min_lr=[b * 1e-3 for b in bases] if min_lr is None else min_lr, max_lr=[b * 10.0 for b in bases] if max_lr is None else max_lr
+        )  # fmt: skip
 
     def _compute_lrs(self, signals: Signals) -> list[float]:
         if self.rule == "additive":

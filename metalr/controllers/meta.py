@@ -116,7 +116,7 @@ class MetaController(Controller):
         self._pending: list[tuple[int, Any, Any, Any, Any]] = []  # (step, loss, grad_norm, grad_align, update_size) not read back yet
         bases = [float(g.get("initial_lr", g["lr"])) for g in optimizer.param_groups]
         lowest = self.rule.min_factor * warmup_factor(self.rule, 1, self.total_steps)  # the LR floor times the warmup's first step
-        super().__init__(optimizer, min_lr=min(bases) * lowest, max_lr=max(bases) * self.rule.max_factor)
+        super().__init__(optimizer, min_lr=[b * lowest for b in bases], max_lr=[b * self.rule.max_factor for b in bases])
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)

@@ -75,7 +75,7 @@ class ReduceOnPlateau(Controller):
         lrs = list(self._last_lr)
         if self.num_bad_epochs > self.patience:
             for i, old in enumerate(lrs):
-                new = max(old * self.factor, self.min_lr)
+                new = max(old * self.factor, self.min_lrs[i])
                 if old - new > self.eps:
                     lrs[i] = new
             self.cooldown_counter, self.num_bad_epochs = self.cooldown, 0
