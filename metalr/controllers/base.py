@@ -154,7 +154,9 @@ class Controller:
             if not (math.isfinite(a) and a >= 0.0):
                 raise ValueError(f"min_lr must be finite and >= 0, got {a}")
         if all(base == 0.0 for base in bases):
-            raise ValueError(f"{type(self).__name__}: every param group has lr=0, and an LR rule starts from the base LR: give the optimizer the LR to start from")
+            raise ValueError(
+                f"{type(self).__name__}: every param group has lr=0, and an LR rule starts from the base LR: give the optimizer the LR to start from"
+            )
         for i, base in enumerate(bases):
             if base == 0.0:  # a group at lr 0 stays at 0 (no absolute bound lifts it): the rule of every controller scales the base LR
                 lo[i] = hi[i] = 0.0
