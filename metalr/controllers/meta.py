@@ -60,7 +60,7 @@ from typing import Any
 import torch
 
 from metalr.controllers import register
-from metalr.controllers.base import Controller, StagedRead, read_back, whole_steps
+from metalr.controllers.base import Controller, StagedRead, group_base_lrs, read_back, whole_steps
 from metalr.meta.checkpoint import FrozenPolicy, cached_policy
 from metalr.meta.policy import HostPolicy
 from metalr.meta.rule import RuleConfig, RuleState, lr_rule, warmup_factor, warmup_steps
@@ -114,7 +114,7 @@ class MetaController(Controller):
         self._log_rel = 0.0  # log(LR / base LR)
         self._rule_state = RuleState()
         self._pending: list[tuple[int, Any, Any, Any, Any]] = []  # (step, loss, grad_norm, grad_align, update_size) not read back yet
-        bases = [float(g.get("initial_lr", g["lr"])) for g in optimizer.param_groups]
+        bases = group_base_lrs(optimizer)
         lowest = self.rule.min_factor * warmup_factor(self.rule, 1, self.total_steps)  # the LR floor times the warmup's first step
         super().__init__(optimizer, min_lr=[b * lowest for b in bases], max_lr=[b * self.rule.max_factor for b in bases])
 
