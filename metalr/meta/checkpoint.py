@@ -28,7 +28,11 @@ from metalr.meta.rule import RuleConfig
 
 FORMAT = "metalr.meta_policy"
 FORMAT_VERSION = 3  # 2: model_args + rule settings; grad_align/loss features, no accuracy. 3: + update_size
-DEFAULT_PATH = Path(__file__).resolve().parents[2] / "checkpoints" / "metalr_default.safetensors"
+#: The shipped policy: `checkpoints/metalr_default.safetensors` in a checkout (an editable install), else the copy a
+#: wheel or `pip install .` puts in the package (`metalr/shipped/`, a link to that file in the repository).
+_IN_CHECKOUT = Path(__file__).resolve().parents[2] / "checkpoints" / "metalr_default.safetensors"
+_IN_PACKAGE = Path(__file__).resolve().parents[1] / "shipped" / "metalr_default.safetensors"
+DEFAULT_PATH = _IN_CHECKOUT if _IN_CHECKOUT.is_file() else _IN_PACKAGE
 
 
 class CheckpointError(ValueError):
