@@ -794,6 +794,14 @@ def test_refuses_mismatched_or_corrupt_files(tmp_path: Path) -> None:
         read_policy(tmp_path / "missing.safetensors")
 
 
+def test_a_checkpoint_path_with_a_tilde_is_the_users_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path, _ = _saved(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert read_policy(f"~/{path.name}").policy.state_dict().keys() == read_policy(path).policy.state_dict().keys()
+    opt = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)
+    assert load_pretrained(f"~/{path.name}", optimizer=opt, total_steps=200).frozen.path == str(path)
+
+
 def test_controller_is_safe_on_nan_and_inf_signals(tmp_path: Path) -> None:
     path, _ = _saved(tmp_path)
     opt = torch.optim.Adam(torch.nn.Linear(2, 2).parameters(), lr=1e-3)

@@ -78,7 +78,7 @@ def read_policy(path: str | os.PathLike[str] | None = None, expand_features: boo
     """
     from safetensors import safe_open
 
-    p = Path(path) if path is not None else DEFAULT_PATH
+    p = Path(path).expanduser() if path is not None else DEFAULT_PATH
     if not p.is_file():
         raise FileNotFoundError(
             f"meta-controller checkpoint not found: {p}" + (" (the shipped default; run train_meta.py to create it)" if path is None else "")
@@ -177,7 +177,7 @@ _CACHE: dict[tuple[str, int, int], FrozenPolicy] = {}
 
 def cached_policy(path: str | os.PathLike[str] | None = None) -> FrozenPolicy:
     """`read_policy`, memoised on (path, mtime, size): building many controllers reads the file once."""
-    p = Path(path) if path is not None else DEFAULT_PATH
+    p = Path(path).expanduser() if path is not None else DEFAULT_PATH
     st = p.stat() if p.is_file() else None
     key = (str(p.resolve()), st.st_mtime_ns if st else 0, st.st_size if st else 0)
     if key not in _CACHE:
