@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -282,3 +283,15 @@ def test_each_param_group_keeps_its_own_lr_range_and_a_group_at_zero_stays_at_ze
     assert (again.min_lrs, again.max_lrs, again.get_last_lr()) == (ctrl.min_lrs, ctrl.max_lrs, ctrl.get_last_lr())
     with pytest.raises(ValueError, match="every param group has lr=0"):
         controllers.build(name, torch.optim.SGD(model.parameters(), lr=0.0), **kwargs)
+
+
+@pytest.mark.parametrize("bound", [1e-4, np.float32(1e-4), torch.tensor(1e-4), [1e-4, 1e-4]])
+def test_an_lr_bound_is_one_number_of_any_kind_or_one_per_group(bound: Any) -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+    groups = [{"params": model[0].parameters(), "lr": 1e-3}, {"params": model[1].parameters(), "lr": 1e-2}]
+    ctrl = controllers.build("grad_variability", torch.optim.SGD(groups, lr=0.1), min_lr=bound)
+    assert ctrl.min_lrs == pytest.approx([1e-4, 1e-4]) and ctrl.max_lrs == pytest.approx([1e-2, 1e-1])
+    with pytest.raises(ValueError, match="3 values for 2 param groups"):
+        controllers.build("grad_variability", torch.optim.SGD(groups, lr=0.1), min_lr=[1e-4] * 3)
+    with pytest.raises(TypeError, match="one LR per param group"):
+        controllers.build("grad_variability", torch.optim.SGD(groups, lr=0.1), min_lr=True)

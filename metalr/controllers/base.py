@@ -91,20 +91,21 @@ def group_base_lrs(optimizer: torch.optim.Optimizer) -> list[float]:
     return [float(g.get("initial_lr", g["lr"])) for g in optimizer.param_groups]
 
 
-def relative_lr_bounds(optimizer: torch.optim.Optimizer, min_lr: float | None, max_lr: float | None) -> tuple[Bounds, Bounds]:
-    """(min_lr, max_lr): a given one as given (one LR for every group); one not given is MIN/MAX_LR_FACTOR times each
+def relative_lr_bounds(optimizer: torch.optim.Optimizer, min_lr: Bounds | None, max_lr: Bounds | None) -> tuple[Bounds, Bounds]:
+    """(min_lr, max_lr): a given one as given (one LR for every group, or one per group); one not given is MIN/MAX_LR_FACTOR times each
     param group's own base LR (a backbone at 1e-5 beside a head at 1e-3 each keep their range)."""
     bases = group_base_lrs(optimizer)
-    lo: Bounds = [MIN_LR_FACTOR * b for b in bases] if min_lr is None else float(min_lr)
-    hi: Bounds = [MAX_LR_FACTOR * b for b in bases] if max_lr is None else float(max_lr)
+    lo: Bounds = [MIN_LR_FACTOR * b for b in bases] if min_lr is None else min_lr
+    hi: Bounds = [MAX_LR_FACTOR * b for b in bases] if max_lr is None else max_lr
     return lo, hi
 
 
 def _per_group(bound: Bounds, n: int, name: str) -> list[float]:
-    """A bound as one float per param group."""
-    if isinstance(bound, bool):
+    """A bound as one float per param group: one number (a Python, numpy or 0-d tensor scalar) for every group, or a
+    sequence of one per group."""
+    if isinstance(bound, bool) or isinstance(bound, str):
         raise TypeError(f"{name} must be an LR or one LR per param group, got {bound!r}")
-    if isinstance(bound, (int, float)):
+    if not isinstance(bound, Sequence):
         return [float(bound)] * n
     values = [float(v) for v in bound]
     if len(values) != n:
