@@ -243,11 +243,16 @@ class SignalTracker:
             if source.due(self.step, self.epoch):
                 setattr(s, name, source.read(self.step, self.epoch, logits, targets))  # the step's outputs, for sources that reuse its forward
         if complete:  # (the loss and accuracy are in already: `complete` would add only this)
-            if self._awaits_loss and s.loss is None:
-                self._no_loss()
-            if self._ranks is not None:
-                self._ranks(s)
+            self._finish(s)
         return s
+
+    def _finish(self, s: Signals) -> None:
+        """The end of every step's signals: a missing loss the controller reads is logged (once), and in a data-parallel
+        run the rank-local signals are averaged over the ranks (`sync_ranks`)."""
+        if self._awaits_loss and s.loss is None:
+            self._no_loss()
+        if self._ranks is not None:
+            self._ranks(s)
 
     def _no_loss(self) -> None:
         """A step finished without the loss the controller reads: logged once (the controller then acts without it)."""
@@ -272,10 +277,7 @@ class SignalTracker:
                 s.loss = float(loss)
         if "accuracy" in self.requires and logits is not None and targets is not None:
             s.accuracy = batch_accuracy(logits, targets)
-        if self._awaits_loss and s.loss is None:
-            self._no_loss()
-        if self._ranks is not None:
-            self._ranks(s)
+        self._finish(s)
         return s
 
     def _grads(self, params: Sequence[torch.Tensor]) -> list[torch.Tensor | None]:

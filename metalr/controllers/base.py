@@ -103,7 +103,7 @@ def relative_lr_bounds(optimizer: torch.optim.Optimizer, min_lr: Bounds | None, 
 def _per_group(bound: Bounds, n: int, name: str) -> list[float]:
     """A bound as one float per param group: one number (a Python, numpy or 0-d tensor scalar) for every group, or a
     sequence of one per group."""
-    if isinstance(bound, bool) or isinstance(bound, str):
+    if isinstance(bound, (bool, str)):
         raise TypeError(f"{name} must be an LR or one LR per param group, got {bound!r}")
     if not isinstance(bound, Sequence):
         return [float(bound)] * n
@@ -169,7 +169,7 @@ class Controller:
         for group in optimizer.param_groups:
             lr = group["lr"]
             group.setdefault("initial_lr", lr.clone() if isinstance(lr, torch.Tensor) else lr)  # (as torch's schedulers: a tensor LR is not aliased)
-        self.base_lrs: list[float] = [float(g["initial_lr"]) for g in optimizer.param_groups]
+        self.base_lrs: list[float] = bases  # (each group's initial_lr, as just set where it was missing)
         self.last_step = 0
         self._last_lr: list[float] = self._apply(self._initial_lrs())
 

@@ -60,7 +60,7 @@ class HookedController:
         stepping = _stepping(controller.optimizer)
         earlier = _HOOKED.get(stepping)
         prior = earlier() if earlier is not None else None
-        if prior is not None and prior._replaced_by is None and prior._attached:  # (a notebook cell run again, most often)
+        if prior is not None and prior._attached:  # (a notebook cell run again, most often; a replaced one is detached already)
             prior.remove()
             prior._replaced_by = controller.name
             log.warning(
