@@ -173,6 +173,31 @@ def host_dots(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor], b_arrays: li
     return aa, ab, bb
 
 
+def each_dots(a: Sequence[torch.Tensor | None], b: Sequence[torch.Tensor]) -> list[tuple[float, float, float]]:
+    """(<a_i, a_i>, <a_i, b_i>, <b_i, b_i>) for each pair as Python floats; an absent `a_i` counts as zeros.
+    On the CPU numpy dots; elsewhere the per-tensor sums read back together (one synchronisation)."""
+    present = [x for x in a if x is not None]
+    xa, xb = _host_arrays(present), _host_arrays(b)
+    if xa is not None and xb is not None:
+        vdot, it = np.vdot, iter(xa)
+        out = []
+        for x, y in zip(a, xb):
+            bb = float(vdot(y, y))
+            if x is None:
+                out.append((0.0, 0.0, bb))
+            else:
+                xx = next(it)
+                out.append((float(vdot(xx, xx)), float(vdot(xx, y)), bb))
+        return out
+    sums: list[torch.Tensor] = []
+    for g, q in zip(a, b):
+        qf = q.reshape(-1).to(_acc_dtype([q]))
+        gf = qf.new_zeros(()) if g is None else g.reshape(-1).to(qf.dtype)
+        sums += [(gf * gf).sum(), (gf * qf).sum(), (qf * qf).sum()]
+    flat = torch.stack(sums).tolist() if sums else []
+    return [(flat[i], flat[i + 1], flat[i + 2]) for i in range(0, len(flat), 3)]
+
+
 #: Tensors longer than this are walked in slices of this many entries by `host_step_dots`, so that each slice is
 #: still in the cache when it is read again: 256 KiB of float32 (2 MiB of L2 per core on the benchmark machine).
 STEP_CHUNK = 1 << 16

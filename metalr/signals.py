@@ -53,6 +53,7 @@ from metalr.gradstats import (
     UpdateSize,
     ViewCache,
     _host_arrays,
+    each_dots,
     finite_or_nan,
     global_norm,
     host_dot,
@@ -73,6 +74,7 @@ SIGNAL_NAMES = frozenset(
         "grad_align",  # cosine between the gradient and the optimizer's running gradient average (metalr.gradstats)
         "update_size",  # |theta_t - theta_{t-1}| / |theta_t|: relative size of the previous update (metalr.gradstats.UpdateSize)
         "hypergrad",  # g_t . u_{t-1}: dot of gradient and previous update direction (Baydin et al.)
+        "hypergrad_groups",  # the same per param group, over the group's own parameters (each group's LR's hypergradient)
         "val_loss",  # validation loss, only on the step after an evaluation
         "val_accuracy",  # validation accuracy, idem
         "uncertainty",  # predictive uncertainty in [0, 1] (from an uncertainty source, on its steps only)
@@ -82,10 +84,10 @@ SIGNAL_NAMES = frozenset(
 
 
 #: The signals `SignalTracker._gradient_signals` computes (the gradient norm and what compares it with the last step).
-_NORM_SIGNALS = frozenset({"grad_norm", "grad_cos", "hypergrad"})
+_NORM_SIGNALS = frozenset({"grad_norm", "grad_cos", "hypergrad", "hypergrad_groups"})
 
 #: The signals a tracker with `every=k` computes only on every k-th step: those that read the gradients or parameters.
-GRADIENT_SIGNALS = frozenset({"grad_norm", "grad_cos", "grad_align", "update_size", "hypergrad"})
+GRADIENT_SIGNALS = frozenset({"grad_norm", "grad_cos", "grad_align", "update_size", "hypergrad", "hypergrad_groups"})
 
 
 @dataclass
@@ -103,6 +105,7 @@ class Signals:
     update_size: float | None = None
     hypergrad: float | None = None
     hypergrad_cos: float | None = None  # g_t . u_{t-1} / (|g_t| |u_{t-1}|), scale-free
+    hypergrad_groups: list[float] | None = None  # g_t . u_{t-1} of each param group's own parameters (its own LR's hypergradient)
     val_loss: float | None = None
     val_accuracy: float | None = None
     uncertainty: float | None = None
@@ -175,6 +178,8 @@ class SignalTracker:
         unknown = self.requires - SIGNAL_NAMES
         if unknown:
             raise ValueError(f"unknown signal(s) {sorted(unknown)}; valid: {sorted(SIGNAL_NAMES)}")
+        if "hypergrad_groups" in self.requires:  # computed with the hypergradient
+            self.requires |= {"hypergrad"}
         self.sources = {s.signal: s for s in sources}
         unrequested = sorted(set(self.sources) - self.requires)
         if unrequested:
@@ -187,8 +192,11 @@ class SignalTracker:
         self.epoch = 0
         self._prev_grad = KeptCopy()
         self._prev_params = KeptCopy()
-        self._prev_lr: float | None = None
+        self._prev_lr: tuple[float, ...] | None = None  # each param group's LR at the previous step (`hypergrad`)
         self._reads_lr = "hypergrad" in self.requires  # the LR is read only for the hypergradient
+        self._hyper_groups = "hypergrad_groups" in self.requires
+        self._lr_groups: tuple[int, list[int]] | None = None  # (number of groups, each parameter's group; -1: in none)
+        self._lr_parts: tuple[tuple[float, ...], list[float] | None] | None = None  # (LRs, each parameter's LR; None: one LR for all)
         self._sparse: bool | None = None  # some parameter has a sparse gradient (None: no gradient seen yet)
         self._awaits_loss = "loss" in self.requires  # until a step without the loss it reads has been logged
         self._pending_eval: tuple[float, float | None] | None = None
@@ -216,7 +224,10 @@ class SignalTracker:
         `complete=False` leaves the step open for outputs known only after `optimizer.step()` (a plain loop's
         `ctrl.step(loss)`): the caller then passes them to `complete` before the controller reads the signals."""
         self.step += 1
-        lr = float(self.optimizer.param_groups[0]["lr"]) if self._reads_lr else 0.0  # (a CUDA tensor LR: a read is a synchronisation)
+        lr: tuple[float, ...] = ()  # each group's LR, read only for the hypergradient (a CUDA tensor LR: a read is a synchronisation)
+        if self._reads_lr:
+            groups = self.optimizer.param_groups
+            lr = (float(groups[0]["lr"]),) if len(groups) == 1 else tuple(float(g["lr"]) for g in groups)
         s = Signals(
             step=self.step,
             epoch=self.epoch,
@@ -296,7 +307,7 @@ class SignalTracker:
             return [None if g is not None and g.layout != torch.strided else g for g in grads]
         return grads
 
-    def _step_signals(self, s: Signals, lr: float) -> None:
+    def _step_signals(self, s: Signals, lr: tuple[float, ...]) -> None:
         """The gradient-level signals of this step (`GRADIENT_SIGNALS`), into `s`."""
         if not self.requires.isdisjoint(_NORM_SIGNALS):
             self._gradient_signals(s, lr)
@@ -309,7 +320,7 @@ class SignalTracker:
         if "update_size" in self.requires:
             s.update_size = self._update_size(self.params, host=not self.as_tensors)
 
-    def _prime(self, lr: float) -> None:
+    def _prime(self, lr: tuple[float, ...]) -> None:
         """On the step before a gradient-signal step (`every` > 1): keep only what that step's statistics compare with."""
         if "grad_cos" in self.requires:
             self._prev_grad.keep(self._grads(self.params))
@@ -327,14 +338,20 @@ class SignalTracker:
         source = self.sources.get(signal)
         return list(source.records) if source is not None else []
 
-    def _gradient_signals(self, s: Signals, lr: float) -> None:
+    def _gradient_signals(self, s: Signals, lr: tuple[float, ...]) -> None:
         """grad_norm, grad_cos, hypergrad as Python numbers (their readers need them): per-tensor reductions, no flattened copy."""
         grads = self._grads(self.params)
         present = [g for g in grads if g is not None]
         hyper = "hypergrad" in self.requires
         prev_params = self._prev_params.tensors
         kept, theta = False, None  # kept: theta_t is in the buffer already (the one-pass host step below)
-        if hyper and prev_params is not None and self._prev_lr:
+        param_lrs = self._param_lrs(self._prev_lr) if hyper and prev_params is not None and self._prev_lr else None
+        if param_lrs is not None:  # the parameters' LRs differ (param groups, a group at 0, a parameter in none): per tensor
+            theta = [p.detach() for p in self.params]
+            torch._foreach_sub_(prev_params, theta)  # type: ignore[arg-type]  # the buffer becomes theta_{t-1} - theta_t
+            s.grad_norm = self._split_hypergrad(s, grads, cast(list[torch.Tensor], prev_params), param_lrs, cast(tuple[float, ...], self._prev_lr))
+        elif hyper and prev_params is not None and self._prev_lr:
+            lr0 = self._prev_lr[0]
             paired = len(present) == len(prev_params) and all(q is not None for q in prev_params)  # the common case
             fused = self._host_step(present, cast(list[torch.Tensor], prev_params)) if paired and self.every == 1 else None
             absent: list[torch.Tensor] = []
@@ -354,8 +371,10 @@ class SignalTracker:
             step_sq += host_norm(absent) ** 2 if absent else 0.0
             s.grad_norm = finite_or_nan(math.sqrt(g_sq)) if present else math.nan
             denom = s.grad_norm * math.sqrt(step_sq)
-            s.hypergrad = finite_or_nan(dot / self._prev_lr)  # g_t . u_{t-1}
+            s.hypergrad = finite_or_nan(dot / lr0)  # g_t . u_{t-1}
             s.hypergrad_cos = finite_or_nan(dot / denom) if denom > 0 else 0.0
+            if self._hyper_groups:  # (one group: the general path below otherwise)
+                s.hypergrad_groups = [s.hypergrad]
         elif self.as_tensors and "grad_cos" not in self.requires:  # the norm alone, for a reader of device tensors: no read
             norm: Any = global_norm(present)  # a 0-d tensor where `Signals` says float: `as_tensors`' contract
             s.grad_norm = norm
@@ -372,6 +391,43 @@ class SignalTracker:
             if not kept:
                 self._keep(self._prev_params, theta if theta is not None else [p.detach() for p in self.params])
             self._prev_lr = lr
+
+    def _param_lrs(self, lrs: tuple[float, ...]) -> list[float] | None:
+        """Each tracked parameter's LR at `lrs` (the groups' LRs), or None when one LR > 0 moves every one and no
+        per-group value is asked for of several groups (the common case, summed in one pass). Cached while the LRs stay."""
+        if self._lr_parts is not None and self._lr_parts[0] == lrs:
+            return self._lr_parts[1]
+        groups = self.optimizer.param_groups
+        if self._lr_groups is None or self._lr_groups[0] != len(groups):
+            index = {id(p): k for k, g in enumerate(groups) for p in g["params"]}
+            self._lr_groups = (len(groups), [index.get(id(p), -1) for p in self.params])
+        each = [lrs[k] if k >= 0 else 0.0 for k in self._lr_groups[1]]
+        uniform = bool(each) and each[0] > 0 and all(x == each[0] for x in each) and (len(lrs) == 1 or not self._hyper_groups)
+        self._lr_parts = (lrs, None if uniform else each)
+        return self._lr_parts[1]
+
+    def _split_hypergrad(
+        self, s: Signals, grads: list[torch.Tensor | None], steps: list[torch.Tensor], param_lrs: list[float], lrs: tuple[float, ...]
+    ) -> float:
+        """The hypergradient signals where the parameters' LRs differ. `steps` holds each tensor's theta_{t-1} - theta_t =
+        lr_i u_i. `hypergrad` is g . u (each tensor's step over its own LR), `hypergrad_groups` the same per param group,
+        and `hypergrad_cos` the cosine of g and the step over the tensors that moved (a frozen group's gradient, at LR 0, is
+        left out: no LR of it is being set). Returns the gradient norm."""
+        assert self._lr_groups is not None
+        each = each_dots(grads, steps)
+        g_sq = sum(e[0] for e in each)
+        per_group = [0.0] * len(lrs)
+        gg = gd = dd = 0.0
+        for (a, b, c), lr, k in zip(each, param_lrs, self._lr_groups[1]):
+            if lr > 0:
+                gg, gd, dd = gg + a, gd + b, dd + c
+                per_group[k] += b / lr
+        s.hypergrad = finite_or_nan(sum(per_group))
+        if self._hyper_groups:
+            s.hypergrad_groups = [finite_or_nan(h) for h in per_group]
+        denom = math.sqrt(gg * dd)
+        s.hypergrad_cos = finite_or_nan(gd / denom) if denom > 0 else 0.0
+        return finite_or_nan(math.sqrt(g_sq)) if any(g is not None for g in grads) else math.nan
 
     def _host_step(self, grads: list[torch.Tensor], prev: list[torch.Tensor]) -> tuple[float, float, float] | None:
         """`host_step_dots` where every tensor has numpy views (CPU, float, the buffer contiguous); else None."""
@@ -398,7 +454,7 @@ class SignalTracker:
             "epoch": self.epoch,
             "prev_grad": self._prev_grad.tensors,
             "prev_params": self._prev_params.tensors,
-            "prev_lr": self._prev_lr,
+            "prev_lr": None if self._prev_lr is None else list(self._prev_lr),
             "pending_eval": pending,
             "align": self._align.state_dict(),
             "update_size": self._update_size.state_dict(),
@@ -415,7 +471,9 @@ class SignalTracker:
         self.step, self.epoch = int(state["step"]), int(state["epoch"])
         self._prev_grad.load(prev_grad)
         self._prev_params.load(prev_params)
-        self._prev_lr = state["prev_lr"]
+        prev_lr = state["prev_lr"]  # each group's LR; one number in states saved before per-group LRs (right for one group)
+        n_groups = len(self.optimizer.param_groups)
+        self._prev_lr = None if prev_lr is None else (float(prev_lr),) * n_groups if isinstance(prev_lr, (int, float)) else tuple(map(float, prev_lr))
         pending = state.get("pending_eval")
         self._pending_eval = None if pending is None else (float(pending[0]), None if pending[1] is None else float(pending[1]))
         self._align.load_state_dict(state.get("align", {"prev": None}))

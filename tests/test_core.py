@@ -215,6 +215,46 @@ def test_hypergrad_one_pass_host_step_gives_the_torch_path_numbers(monkeypatch: 
         assert len(calls) == (5 if contiguous else 0)  # every step after the first, on contiguous weights
 
 
+def test_per_group_hypergrad_gives_on_the_torch_path_the_host_numbers_and_resumes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Param groups at different LRs take the per-tensor path (`each_dots`): its torch reductions (a GPU's path) give
+    the numpy numbers, a state saved mid-run resumes them, and a state of the single-LR format (one number) loads."""
+    import metalr.gradstats as gradstats
+
+    def run(host: bool, resume_at: int | None = None, old_format: bool = False) -> list[tuple[float, ...]]:
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+        ps = list(model.parameters())
+        opt = torch.optim.Adam([{"params": ps[:2], "lr": 0.01}, {"params": ps[2:], "lr": 0.05}])
+        tracker = SignalTracker(ps, opt, requires={"hypergrad_groups"})
+        x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
+        out = []
+        for step in range(6):
+            if step == resume_at:
+                state = tracker.state_dict()
+                if old_format:
+                    opt.param_groups[1]["lr"] = 0.01  # one LR for both groups, as the old format could only record
+                    state["prev_lr"] = 0.01
+                tracker = SignalTracker(ps, opt, requires={"hypergrad_groups"})
+                tracker.load_state_dict(state)
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x + 0.1 * step), y).backward()
+            s = tracker.collect()
+            out.append((s.grad_norm, s.hypergrad, s.hypergrad_cos, *(s.hypergrad_groups or [])))
+            opt.step()
+        return out
+
+    host = run(True)
+    assert len(host[-1]) == 5 and host[0][1] is None
+    assert run(True, resume_at=3) == host
+    with monkeypatch.context() as m:
+        m.setattr(gradstats, "_host_arrays", lambda tensors: None)
+        torch_path = run(False)
+    for a, b in zip(host[1:], torch_path[1:]):
+        assert a == pytest.approx(b, rel=1e-5)
+    old = run(True, resume_at=3, old_format=True)
+    assert old[3][1] is not None and old[:3] == host[:3]
+
+
 def test_eval_signals_arrive_once() -> None:
     model = torch.nn.Linear(2, 1)
     t = SignalTracker(model.parameters(), _opt())

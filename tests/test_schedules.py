@@ -125,3 +125,71 @@ def test_hypergradient_signal_is_dot_of_gradient_and_previous_update() -> None:
         assert s.grad_norm == pytest.approx(float(x.detach().norm()))
         prev = x.detach().clone()
         opt.step()
+
+
+@pytest.mark.parametrize("lrs", [(0.05, 0.2), (0.0, 0.2), (0.1, 0.1)])
+def test_hypergradient_signals_per_param_group(lrs: tuple[float, float]) -> None:
+    """Groups at their own LRs (a fine-tune's backbone and head; a frozen group at 0): with SGD the update direction
+    is the previous gradient, so each group's hypergradient is g_t . g_{t-1} over its own parameters, `hypergrad`
+    their sum, and the cosine is that of g_t and the actual step, over the parameters that moved."""
+    from metalr.signals import SignalTracker
+
+    torch.manual_seed(0)
+    a, b, c = (torch.nn.Parameter(torch.randn(n)) for n in (3, 4, 5))
+    w, k = [torch.randn(n) for n in (3, 4, 5)], [torch.rand(n) + 0.5 for n in (3, 4, 5)]
+    opt = torch.optim.SGD([{"params": [a, b], "lr": lrs[0]}, {"params": [c], "lr": lrs[1]}])
+    tracker = SignalTracker([a, b, c], opt, requires={"hypergrad_groups"})
+    prev: list[torch.Tensor] | None = None
+    for _ in range(4):
+        opt.zero_grad()
+        sum((q * (p - t) ** 2).sum() for p, t, q in zip((a, b, c), w, k)).backward()  # type: ignore[union-attr]
+        s = tracker.collect()
+        g = [p.grad.detach().clone() for p in (a, b, c)]  # type: ignore[union-attr]
+        if prev is not None:
+            h0 = float(g[0] @ prev[0] + g[1] @ prev[1]) if lrs[0] > 0 else 0.0
+            h1 = float(g[2] @ prev[2])
+            assert s.hypergrad_groups == pytest.approx([h0, h1], rel=1e-4, abs=1e-6)
+            assert s.hypergrad == pytest.approx(h0 + h1, rel=1e-4)
+            moved = [i for i, lr in enumerate((lrs[0], lrs[0], lrs[1])) if lr > 0]
+            step = torch.cat([prev[i] * (lrs[0], lrs[0], lrs[1])[i] for i in moved])
+            grad = torch.cat([g[i] for i in moved])
+            assert s.hypergrad_cos == pytest.approx(float(grad @ step / (grad.norm() * step.norm())), rel=1e-4)
+            assert s.grad_norm == pytest.approx(float(torch.cat(g).norm()), rel=1e-5)
+        prev = g
+        opt.step()
+
+
+def test_hypergradient_moves_each_group_and_a_group_at_zero_leaves_the_others_as_without_it() -> None:
+    """A first group at LR 0 left the hypergradient controller at a constant LR (it divided by the first group's LR);
+    the additive rule gave every group one step of the first group's scale."""
+
+    def run(groups: list[tuple[list[int], float]], rule: str, beta: float) -> list[list[float]]:
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
+        x, y = torch.randn(64, 6), torch.randint(0, 2, (64,))
+        params = list(net.parameters())
+        opt = torch.optim.SGD([{"params": [params[i] for i in idx], "lr": lr} for idx, lr in groups], momentum=0.9)
+        ctrl = controllers.build("hypergradient", opt, rule=rule, beta=beta)
+        from metalr.train import build_tracker
+
+        tracker = build_tracker(ctrl, [p for g in opt.param_groups for p in g["params"]], total_steps=25)
+        seq = []
+        for _ in range(25):
+            loss = torch.nn.functional.cross_entropy(net(x), y)
+            opt.zero_grad()
+            loss.backward()
+            s = tracker.collect(loss)
+            opt.step()
+            seq.append(ctrl.step(s))
+        return seq
+
+    for rule, beta in (("multiplicative", 0.05), ("additive", 0.01)):
+        head_only = [lrs[0] for lrs in run([([2, 3], 0.1)], rule, beta)]
+        with_frozen = run([([0, 1], 0.0), ([2, 3], 0.1)], rule, beta)
+        assert all(lrs[0] == 0.0 for lrs in with_frozen)
+        assert [lrs[1] for lrs in with_frozen] == pytest.approx(head_only, rel=1e-9)
+        assert abs(head_only[-1] - 0.1) > 1e-4  # it moved
+    two = run([([0, 1], 0.01), ([2, 3], 0.1)], "additive", 0.01)
+    one = run([([0, 1, 2, 3], 0.1)], "additive", 0.01)
+    assert two[-1][0] != pytest.approx(two[-1][1] - 0.09)  # not one shared step: each group its own hypergradient
+    assert one[-1][0] != pytest.approx(two[-1][1])

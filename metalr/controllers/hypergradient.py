@@ -8,9 +8,13 @@ for Adam. The tracker measures u from the actual parameter change, so one rule
 serves SGD, SGD+momentum and Adam.
 
 - `rule="additive"` (the paper's SGD-HD / Adam-HD): lr += beta * g_t . u_{t-1}.
-  beta is scale-dependent (the paper uses 1e-3 for SGD and 1e-7 for Adam).
+  beta is scale-dependent (the paper uses 1e-3 for SGD and 1e-7 for Adam). With param groups
+  at different LRs each group's LR follows its own hypergradient (its parameters' g . u).
 - `rule="multiplicative"` (default; the paper's normalised variant):
-  lr *= 1 + beta * cos(g_t, u_{t-1}); scale-free, so one beta transfers across tasks.
+  lr *= 1 + beta * cos(g_t, u_{t-1}); scale-free, so one beta transfers across tasks. With
+  param groups at different LRs, d = theta_{t-1} - theta_t is the whole step (each group's at its
+  own LR): every group's LR takes the same factor, their ratios kept; a group at LR 0 is left
+  out of the cosine and stays at 0.
 
 Consecutive gradients that agree raise the LR; ones that disagree lower it.
 
@@ -50,6 +54,8 @@ class Hypergradient(Controller):
         if beta < 0:
             raise ValueError(f"beta must be >= 0, got {beta}")
         self.beta, self.rule = float(beta), rule
+        if rule == "additive":  # each group's LR its own hypergradient
+            self.requires = frozenset({"hypergrad", "hypergrad_groups"})  # type: ignore[misc]
         bases = group_base_lrs(optimizer)
         # Default bounds relative to each group's base LR: HD can otherwise run away on noisy tasks.
         super().__init__(
@@ -57,8 +63,11 @@ class Hypergradient(Controller):
         )  # fmt: skip
 
     def _compute_lrs(self, signals: Signals) -> list[float]:
-        if self.rule == "additive":
-            h = signals.hypergrad
-            return [lr + self.beta * h for lr in self._last_lr] if h is not None else list(self._last_lr)
+        if self.rule == "additive":  # each group's LR follows its own hypergradient (one value when one LR moves every group)
+            hs = signals.hypergrad_groups
+            if hs is None or len(hs) != len(self._last_lr):  # (signals of a tracker that gave no per-group values)
+                h = signals.hypergrad
+                return [lr + self.beta * h for lr in self._last_lr] if h is not None else list(self._last_lr)
+            return [lr + self.beta * h for lr, h in zip(self._last_lr, hs)]
         c = signals.hypergrad_cos
         return [lr * (1.0 + self.beta * c) for lr in self._last_lr] if c is not None else list(self._last_lr)
