@@ -345,36 +345,39 @@ class SignalTracker:
         hyper = "hypergrad" in self.requires
         prev_params = self._prev_params.tensors
         kept, theta = False, None  # kept: theta_t is in the buffer already (the one-pass host step below)
-        param_lrs = self._param_lrs(self._prev_lr) if hyper and prev_params is not None and self._prev_lr else None
-        if param_lrs is not None:  # the parameters' LRs differ (param groups, a group at 0, a parameter in none): per tensor
-            theta = [p.detach() for p in self.params]
-            torch._foreach_sub_(prev_params, theta)  # type: ignore[arg-type]  # the buffer becomes theta_{t-1} - theta_t
-            s.grad_norm = self._split_hypergrad(s, grads, cast(list[torch.Tensor], prev_params), param_lrs, cast(tuple[float, ...], self._prev_lr))
-        elif hyper and prev_params is not None and self._prev_lr:
-            lr0 = self._prev_lr[0]
-            paired = len(present) == len(prev_params) and all(q is not None for q in prev_params)  # the common case
-            fused = self._host_step(present, cast(list[torch.Tensor], prev_params)) if paired and self.every == 1 else None
-            absent: list[torch.Tensor] = []
-            if fused is not None:  # on the CPU: one pass over memory, the buffer holding theta_t after it
-                (g_sq, dot, step_sq), kept = fused, True
-            else:
-                # The buffer becomes theta_{t-1} - theta_t = lr_{t-1} u_{t-1} in place (it holds theta_t again below).
+        prev_lr = self._prev_lr
+        if hyper and prev_params is not None and prev_lr:
+            parts = self._lr_parts  # (the groups' LRs, each parameter's LR or None: one LR moves every one), cached
+            param_lrs = parts[1] if parts is not None and parts[0] == prev_lr else self._param_lrs(prev_lr)
+            if param_lrs is not None:  # the parameters' LRs differ (param groups, a group at 0, a parameter in none): per tensor
                 theta = [p.detach() for p in self.params]
-                torch._foreach_sub_(prev_params, theta)  # type: ignore[arg-type]
-                if paired:
-                    steps = cast(list[torch.Tensor], prev_params)
-                    g_sq, dot, step_sq = host_dots(present, steps, self._prev_views(steps))  # the buffer's views, kept
+                torch._foreach_sub_(prev_params, theta)  # type: ignore[arg-type]  # the buffer becomes theta_{t-1} - theta_t
+                s.grad_norm = self._split_hypergrad(s, grads, cast(list[torch.Tensor], prev_params), param_lrs, prev_lr)
+            else:
+                lr0 = prev_lr[0]
+                paired = len(present) == len(prev_params) and all(q is not None for q in prev_params)  # the common case
+                fused = self._host_step(present, cast(list[torch.Tensor], prev_params)) if paired and self.every == 1 else None
+                absent: list[torch.Tensor] = []
+                if fused is not None:  # on the CPU: one pass over memory, the buffer holding theta_t after it
+                    (g_sq, dot, step_sq), kept = fused, True
                 else:
-                    steps = [q for g, q in zip(grads, prev_params) if g is not None and q is not None]
-                    absent = [q for g, q in zip(grads, prev_params) if g is None and q is not None]
-                    g_sq, dot, step_sq = host_dots(present, steps)  # one pass: |g|^2, g . (lr u), |lr u|^2
-            step_sq += host_norm(absent) ** 2 if absent else 0.0
-            s.grad_norm = finite_or_nan(math.sqrt(g_sq)) if present else math.nan
-            denom = s.grad_norm * math.sqrt(step_sq)
-            s.hypergrad = finite_or_nan(dot / lr0)  # g_t . u_{t-1}
-            s.hypergrad_cos = finite_or_nan(dot / denom) if denom > 0 else 0.0
-            if self._hyper_groups:  # (one group: the general path below otherwise)
-                s.hypergrad_groups = [s.hypergrad]
+                    # The buffer becomes theta_{t-1} - theta_t = lr_{t-1} u_{t-1} in place (it holds theta_t again below).
+                    theta = [p.detach() for p in self.params]
+                    torch._foreach_sub_(prev_params, theta)  # type: ignore[arg-type]
+                    if paired:
+                        steps = cast(list[torch.Tensor], prev_params)
+                        g_sq, dot, step_sq = host_dots(present, steps, self._prev_views(steps))  # the buffer's views, kept
+                    else:
+                        steps = [q for g, q in zip(grads, prev_params) if g is not None and q is not None]
+                        absent = [q for g, q in zip(grads, prev_params) if g is None and q is not None]
+                        g_sq, dot, step_sq = host_dots(present, steps)  # one pass: |g|^2, g . (lr u), |lr u|^2
+                step_sq += host_norm(absent) ** 2 if absent else 0.0
+                s.grad_norm = finite_or_nan(math.sqrt(g_sq)) if present else math.nan
+                denom = s.grad_norm * math.sqrt(step_sq)
+                s.hypergrad = finite_or_nan(dot / lr0)  # g_t . u_{t-1}
+                s.hypergrad_cos = finite_or_nan(dot / denom) if denom > 0 else 0.0
+                if self._hyper_groups:  # (one group: several take the per-tensor path above)
+                    s.hypergrad_groups = [s.hypergrad]
         elif self.as_tensors and "grad_cos" not in self.requires:  # the norm alone, for a reader of device tensors: no read
             norm: Any = global_norm(present)  # a 0-d tensor where `Signals` says float: `as_tensors`' contract
             s.grad_norm = norm
