@@ -196,7 +196,8 @@ class SignalTracker:
         self._reads_lr = "hypergrad" in self.requires  # the LR is read only for the hypergradient
         self._hyper_groups = "hypergrad_groups" in self.requires
         self._lr_groups: tuple[int, list[int]] | None = None  # (number of groups, each parameter's group; -1: in none)
-        self._lr_parts: tuple[tuple[float, ...], list[float] | None] | None = None  # (LRs, each parameter's LR; None: one LR for all)
+        self._align_list: tuple[int, list[torch.Tensor]] | None = None  # (number of groups, `_align_params`)
+        self._lr_parts: tuple[tuple[float, ...], list[float] | None, float] | None = None  # `_param_lrs` at these LRs
         self._sparse: bool | None = None  # some parameter has a sparse gradient (None: no gradient seen yet)
         self._awaits_loss = "loss" in self.requires  # until a step without the loss it reads has been logged
         self._pending_eval: tuple[float, float | None] | None = None
@@ -312,7 +313,7 @@ class SignalTracker:
         if not self.requires.isdisjoint(_NORM_SIGNALS):
             self._gradient_signals(s, lr)
         if "grad_align" in self.requires:
-            params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            params = self._align_params()
             grads, states = self._grads(params), [self.optimizer.state.get(p) for p in params]
             norm, s.grad_align = self._align(grads, states, host=not self.as_tensors, keep=self.every == 1)
             if s.grad_norm is None:
@@ -328,10 +329,19 @@ class SignalTracker:
             self._prev_params.keep([p.detach() for p in self.params])
             self._prev_lr = lr
         if "grad_align" in self.requires:
-            params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            params = self._align_params()
             self._align.prime(self._grads(params), [self.optimizer.state.get(p) for p in params])
         if "update_size" in self.requires:
             self._update_size.prime(self.params, host=not self.as_tensors)
+
+    def _align_params(self) -> list[torch.Tensor]:
+        """The optimizer's parameters that this tracker follows (`grad_align` reads their optimizer state), in the
+        optimizer's order; rebuilt when a param group is added."""
+        groups = self.optimizer.param_groups
+        if self._align_list is None or self._align_list[0] != len(groups):
+            tracked = {id(p) for p in self.params}
+            self._align_list = (len(groups), [p for g in groups for p in g["params"] if id(p) in tracked])
+        return self._align_list[1]
 
     def records(self, signal: str) -> list[dict[str, float]]:
         """Every reading the source of `signal` made (empty when there is none)."""
@@ -347,14 +357,14 @@ class SignalTracker:
         kept, theta = False, None  # kept: theta_t is in the buffer already (the one-pass host step below)
         prev_lr = self._prev_lr
         if hyper and prev_params is not None and prev_lr:
-            parts = self._lr_parts  # (the groups' LRs, each parameter's LR or None: one LR moves every one), cached
-            param_lrs = parts[1] if parts is not None and parts[0] == prev_lr else self._param_lrs(prev_lr)
+            parts = self._lr_parts if self._lr_parts is not None and self._lr_parts[0] == prev_lr else self._param_lrs(prev_lr)
+            param_lrs = parts[1]
             if param_lrs is not None:  # the parameters' LRs differ (param groups, a group at 0, a parameter in none): per tensor
                 theta = [p.detach() for p in self.params]
                 torch._foreach_sub_(prev_params, theta)  # type: ignore[arg-type]  # the buffer becomes theta_{t-1} - theta_t
                 s.grad_norm = self._split_hypergrad(s, grads, cast(list[torch.Tensor], prev_params), param_lrs, prev_lr)
             else:
-                lr0 = prev_lr[0]
+                lr0 = parts[2]  # the one LR
                 paired = len(present) == len(prev_params) and all(q is not None for q in prev_params)  # the common case
                 fused = self._host_step(present, cast(list[torch.Tensor], prev_params)) if paired and self.every == 1 else None
                 absent: list[torch.Tensor] = []
@@ -395,19 +405,19 @@ class SignalTracker:
                 self._keep(self._prev_params, theta if theta is not None else [p.detach() for p in self.params])
             self._prev_lr = lr
 
-    def _param_lrs(self, lrs: tuple[float, ...]) -> list[float] | None:
-        """Each tracked parameter's LR at `lrs` (the groups' LRs), or None when one LR > 0 moves every one and no
-        per-group value is asked for of several groups (the common case, summed in one pass). Cached while the LRs stay."""
+    def _param_lrs(self, lrs: tuple[float, ...]) -> tuple[tuple[float, ...], list[float] | None, float]:
+        """(`lrs`, each tracked parameter's LR, that LR): the middle None when one LR > 0 moves every tracked parameter
+        and no per-group value is asked for of several groups (the common case, summed in one pass); cached."""
         if self._lr_parts is not None and self._lr_parts[0] == lrs:
-            return self._lr_parts[1]
+            return self._lr_parts
         groups = self.optimizer.param_groups
         if self._lr_groups is None or self._lr_groups[0] != len(groups):
             index = {id(p): k for k, g in enumerate(groups) for p in g["params"]}
             self._lr_groups = (len(groups), [index.get(id(p), -1) for p in self.params])
         each = [lrs[k] if k >= 0 else 0.0 for k in self._lr_groups[1]]
         uniform = bool(each) and each[0] > 0 and all(x == each[0] for x in each) and (len(lrs) == 1 or not self._hyper_groups)
-        self._lr_parts = (lrs, None if uniform else each)
-        return self._lr_parts[1]
+        self._lr_parts = (lrs, None if uniform else each, each[0] if uniform else math.nan)
+        return self._lr_parts
 
     def _split_hypergrad(
         self, s: Signals, grads: list[torch.Tensor | None], steps: list[torch.Tensor], param_lrs: list[float], lrs: tuple[float, ...]

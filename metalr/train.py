@@ -197,7 +197,7 @@ def build_tracker(
     """
     sources = [build_source(r, model=model, task=task, device=torch.device(device)) for r in ctrl.signal_sources()]
     info = task.info() if task is not None else dict(task_info or {})
-    params = [p for p in params]
+    params = _trained(ctrl, [p for p in params])
     # Device-resident signals only pay off off the CPU: there reading a tensor is no synchronisation, and Python numbers are cheaper.
     if as_tensors is None:
         as_tensors = ctrl.device_signals and any(p.device.type != "cpu" for p in params)
@@ -212,6 +212,21 @@ def build_tracker(
         every=ctrl.signal_every,
         sync_ranks=sync_ranks,
     )
+
+
+def _trained(ctrl: Controller, params: list[Any]) -> list[Any]:
+    """`params` without those of param groups at LR 0, which every controller keeps at 0 (frozen): the gradient
+    statistics (norm, update size, alignment, hypergradient) are those of the parameters being trained, the same as
+    with the frozen ones at `requires_grad=False` or outside the optimizer. Logged when any is left out."""
+    groups = ctrl.optimizer.param_groups
+    frozen = {id(p) for g, hi in zip(groups, ctrl.max_lrs) if hi == 0.0 for p in g["params"]}
+    kept = [p for p in params if id(p) not in frozen] if frozen else params
+    if len(kept) < len(params):
+        log.info(
+            "signals: %d of %d parameter tensors are in param groups at lr 0 (frozen: no controller moves them) and are left out "
+            "of the gradient statistics", len(params) - len(kept), len(params),
+        )  # fmt: skip
+    return kept
 
 
 def run(

@@ -285,6 +285,42 @@ def test_each_param_group_keeps_its_own_lr_range_and_a_group_at_zero_stays_at_ze
         controllers.build(name, torch.optim.SGD(model.parameters(), lr=0.0), **kwargs)
 
 
+@pytest.mark.parametrize("name", ["pretrained", "grad_variability", "hypergradient"])
+def test_a_group_at_lr_0_leaves_the_lrs_of_the_same_run_with_those_weights_frozen(name: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A backbone frozen by putting its param group at lr 0 trains exactly as one frozen with requires_grad=False: its
+    weights are left out of the gradient statistics (a still backbone deflated the meta-controller's update size, which
+    then took the head's LR to its ceiling, x1000 against x638; its gradients entered the norms and the alignment)."""
+    import metalr
+
+    def run(frozen_by: str) -> list[float]:
+        torch.manual_seed(0)
+        x, y = torch.randn(256, 10), torch.randint(0, 2, (256,))
+        model = torch.nn.Sequential(torch.nn.Linear(10, 32), torch.nn.ReLU(), torch.nn.Linear(32, 2))
+        body, head = list(model[0].parameters()), list(model[2].parameters())
+        if frozen_by == "lr0":
+            opt = torch.optim.Adam([{"params": body, "lr": 0.0}, {"params": head, "lr": 1e-3}])
+        else:
+            for p in body:
+                p.requires_grad_(False)
+            opt = torch.optim.Adam([{"params": head, "lr": 1e-3}])
+        ctrl = metalr.hook(name, opt, total_steps=120)
+        lrs = []
+        for _ in range(120):
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            lrs.append(ctrl.step(loss)[-1])
+        return lrs
+
+    with caplog.at_level("INFO", logger="metalr.train"):
+        at_zero = run("lr0")
+    assert "2 of 4 parameter tensors are in param groups at lr 0" in caplog.text
+    frozen = run("requires_grad")
+    assert at_zero == pytest.approx(frozen, rel=1e-6)
+    assert max(frozen) != min(frozen)  # the LR moved
+
+
 @pytest.mark.parametrize("bound", [1e-4, np.float32(1e-4), torch.tensor(1e-4), [1e-4, 1e-4]])
 def test_an_lr_bound_is_one_number_of_any_kind_or_one_per_group(bound: Any) -> None:
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
