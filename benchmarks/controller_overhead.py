@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import math
 import platform
 import statistics
@@ -53,6 +54,10 @@ from metalr.train import setup
 
 DEFAULT_TASKS = ("digits_mlp", "mnist1d_cnn", "rt_bilstm", "rt_minilm")
 DEFAULT_STEPS = {"digits_mlp": 100, "mnist1d_cnn": 100, "rt_bilstm": 20, "rt_minilm": 8}
+#: Issue 17's targets for the whole-step ratio of `meta`, `grad_variability` and `hypergradient` (+5 % on the smallest
+#: model, +2 % on the others); a row above its task's target is flagged.
+TARGETS = {"digits_mlp": 0.05}
+DEFAULT_TARGET = 0.02
 DEFAULT_CONTROLLERS = ("cosine", "step", "onecycle", "meta", "hypergradient", "grad_variability", "loss_patterns", "plateau")
 
 
@@ -172,6 +177,9 @@ def main() -> None:
     if not args.keep_denormals:
         torch.set_flush_denormal(True)
     _quiet_transformers()
+    # The timed runs are short on purpose (a few dozen steps): the meta-controller's warning about runs shorter than any it
+    # was meta-trained on says nothing about the timing, once per run; it is dropped here.
+    logging.getLogger("metalr.controllers.meta").addFilter(lambda r: "shorter than any the policy was meta-trained on" not in r.getMessage())
     device = torch.device(args.device)
     if device.type == "cpu":
         torch.set_num_threads(1)
@@ -209,6 +217,7 @@ def main() -> None:
                     paired[n].append(t_const)
                 except Exception as e:  # report, do not hide: a controller that cannot run here is listed
                     failed[n] = f"{type(e).__name__}: {e}"[:120]
+        target = TARGETS.get(task_name, DEFAULT_TARGET)
         syncs = {n: time_steps(task, n, batches[:13], device, count_syncs=True)[0] for n in names if n not in failed} if device.type == "cuda" else {}
         print(f"\n## {task_name} ({steps} timed steps; constant: {1e3 * statistics.median(times['constant']):.3f} ms/step)")
         print(f"{'controller':<22} {'ms/step':>8} {'ratio':>7} {'overhead':>9} {'own us':>7} {'own %':>6}" + ("  syncs/step" if syncs else ""))
@@ -217,7 +226,7 @@ def main() -> None:
                 print(f"{_label(n):<22} {'-':>8} {'-':>7} {'-':>9}  failed: {failed[n]}")
                 continue
             ratio = statistics.median(t / b for t, b in zip(times[n], paired[n]))
-            flag = "  > 5%" if ratio > 1.05 else ""
+            flag = f"  > {100 * target:.0f}%" if ratio > 1 + target else ""
             sync = f"  {syncs[n]:10.2f}" if syncs else ""
             own_us = 1e6 * statistics.median(owns[n])
             own_pct = 100 * statistics.median(o / b for o, b in zip(owns[n], paired[n]))
