@@ -129,6 +129,20 @@ class TokenData(torch.utils.data.Dataset):  # type: ignore[type-arg]
         return {"input_ids": self.ids[i], "attention_mask": torch.ones(16, dtype=torch.long), "labels": self.labels[i]}
 
 
+def plain_loop_lrs(ctrl: Any, opt: Any, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int) -> list[list[float]]:
+    """The README's plain loop (`metalr.hook`'s one added line) with optimizer `opt` (as the user holds it: a wrapper is
+    stepped as such) on the full batch (x, y) for `steps` steps: each step's LRs, one per param group, as `ctrl.step(loss)`
+    returns them."""
+    lrs = []
+    for _ in range(steps):
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        lrs.append(ctrl.step(loss))
+    return lrs
+
+
 def leave_process() -> None:
     """Flush stdout and stderr and exit with status 0 without the interpreter's finalisation (see module docstring).
     Call it last, after the process group is destroyed: an exception before it still fails the worker."""

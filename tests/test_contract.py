@@ -291,6 +291,7 @@ def test_a_group_at_lr_0_leaves_the_lrs_of_the_same_run_with_those_weights_froze
     weights are left out of the gradient statistics (a still backbone deflated the meta-controller's update size, which
     then took the head's LR to its ceiling, x1000 against x638; its gradients entered the norms and the alignment)."""
     import metalr
+    from metalr.testing import plain_loop_lrs
 
     def run(frozen_by: str) -> list[float]:
         torch.manual_seed(0)
@@ -303,15 +304,7 @@ def test_a_group_at_lr_0_leaves_the_lrs_of_the_same_run_with_those_weights_froze
             for p in body:
                 p.requires_grad_(False)
             opt = torch.optim.Adam([{"params": head, "lr": 1e-3}])
-        ctrl = metalr.hook(name, opt, total_steps=120)
-        lrs = []
-        for _ in range(120):
-            loss = torch.nn.functional.cross_entropy(model(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            lrs.append(ctrl.step(loss)[-1])
-        return lrs
+        return [lrs[-1] for lrs in plain_loop_lrs(metalr.hook(name, opt, total_steps=120), opt, model, x, y, 120)]
 
     with caplog.at_level("INFO", logger="metalr.train"):
         at_zero = run("lr0")

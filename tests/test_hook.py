@@ -23,7 +23,7 @@ import metalr
 from metalr import controllers
 from metalr.integrations.base import build_controller
 from metalr.signals import Signals, SignalTracker
-from metalr.testing import smoke_kwargs
+from metalr.testing import plain_loop_lrs, smoke_kwargs
 
 NAMES = controllers.available()
 LOOP_NAMES = [n for n in NAMES if "uncertainty" not in controllers.get(n).requires]
@@ -291,14 +291,7 @@ def test_a_wrapped_optimizer_is_hooked_where_the_wrapped_one_steps(wrap: str, ca
         ctrl = metalr.hook("pretrained", opt, total_steps=40)
         x = torch.randn(64, 6, generator=torch.Generator().manual_seed(1))
         y = (x[:, 0] > 0).long()
-        lrs = []
-        for _ in range(40):
-            loss = torch.nn.functional.cross_entropy(model(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            lrs.append(ctrl.step(loss)[0])
-        return lrs
+        return [lrs[0] for lrs in plain_loop_lrs(ctrl, opt, model, x, y, 40)]
 
     with caplog.at_level(logging.WARNING):
         got = run(True)
