@@ -64,6 +64,7 @@ class History:
     recoveries: int = 0
     wall_time: float = 0.0
     peak_memory_mb: float = 0.0
+    peak_memory_scope: str = "process"  # "run": the run's own peak (reset at its start); "process": the process's so far
     uncertainty: list[dict[str, float]] = field(default_factory=list)  # estimates, for evaluation
 
     def to_dict(self) -> dict[str, Any]:
@@ -80,8 +81,24 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def reset_peak_memory(device: torch.device) -> bool:
+    """Start the peak `peak_memory_mb` reads afresh, so that it is a run's own and not the process's so far (which, in an
+    evaluation worker, holds the largest of every earlier run): the CUDA allocator's peak, or on Linux the process's peak
+    RSS (`/proc/self/clear_refs`). False where it cannot be reset (another OS, a /proc that refuses the write)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return True
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets the peak resident set size to the current one (Linux >= 4.0)
+        return True
+    except OSError:
+        return False
+
+
 def peak_memory_mb(device: torch.device) -> float:
-    """Peak memory so far: CUDA allocator peak on GPU, the process's max RSS on CPU."""
+    """Peak memory since `reset_peak_memory` (else since the process started): CUDA allocator peak on GPU, the
+    process's max RSS on CPU (the interpreter, torch and the data in memory included)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     import resource
@@ -261,9 +278,10 @@ def run(
         raise ValueError(f"a run needs at least one step, got {total}")
     eval_every = int(eval_every or task.eval_every)
     dev = torch.device(device)
+    own_peak = reset_peak_memory(dev)
     s = setup(controller, task=task, total_steps=total, controller_kwargs=controller_kwargs, seed=seed, device=dev)
     assert s.task is not None
-    hist = History(task=task.name, controller=run_name or s.name, seed=seed)
+    hist = History(task=task.name, controller=run_name or s.name, seed=seed, peak_memory_scope="run" if own_peak else "process")
     logger = _Logger(log_dir, f"{task.name}__{hist.controller}__{seed}", total if progress else 0)
     good = _snapshot(s)
     batches = _cycle(s.task, seed)

@@ -85,6 +85,29 @@ def test_tiny_grid_writes_every_output_with_one_and_two_workers(tmp_path: Path) 
         assert ha["lr"] == hb["lr"] and ha["loss"] == hb["loss"]
         for env in (a["env"], b["env"]):
             assert env["threads"] == 1 and env["torch"] == torch.__version__ and env["cpu"] and env["cores"] >= 1
+            assert env["peak_memory"] == ("run" if os.access("/proc/self/clear_refs", os.W_OK) else "process")
+
+
+def test_a_runs_peak_memory_is_its_own_not_the_workers_so_far(tmp_path: Path) -> None:
+    """An evaluation worker trains run after run: the process's max RSS holds the largest of them all (1465 MB, once one
+    run reached it, showed in every later row of its worker in `make run`'s table). Each run now resets the peak at its
+    start, and a table with records from before says which of its peaks are upper bounds."""
+    import numpy as np
+
+    from metalr import tasks, train
+    from metalr.evaluation import report
+
+    if not os.access("/proc/self/clear_refs", os.W_OK):
+        pytest.skip("the peak RSS cannot be reset here (not Linux, or /proc refuses the write)")
+    big = np.ones(600 * 2**20 // 8)  # 600 MB held, then freed: the process's peak is at least that
+    before = train.peak_memory_mb(torch.device("cpu"))
+    del big
+    hist = train.run(tasks.build("digits_mlp"), "constant", seed=0, steps=5)
+    assert hist.peak_memory_scope == "run" and 0 < hist.peak_memory_mb < before - 300
+    results = evaluate(_cfg(tmp_path / "grid", workers=1), progress=False)
+    assert "upper bound" not in (tmp_path / "grid" / "results.md").read_text()
+    results["runs"][0]["env"].pop("peak_memory")  # a record from before
+    assert "Peak MB of 1 of 4 runs is the worker process's largest memory so far" in report.markdown(results)
 
 
 def test_reuse_from_copies_runs_that_train_alike_from_another_evaluation(tmp_path: Path) -> None:

@@ -235,6 +235,13 @@ def markdown(results: dict[str, Any]) -> str:
         "† = mean over the seeds that did not diverge. Target columns count only runs that reached the task's target, with (reached/runs); "
         "a diverged run never reaches it.",
     ]
+    scopes = [(r.get("env") or {}).get("peak_memory", "process") for r in results["runs"] if r.get("status") in ("ok", "diverged")]
+    if "process" in scopes:  # records made before the peak was reset per run (or where it could not be)
+        which = "every run" if "run" not in scopes else f"{scopes.count('process')} of {len(scopes)} runs"
+        lines[-1] += (
+            f" Peak MB of {which} is the worker process's largest memory so far, earlier runs in the same worker included: an "
+            "upper bound, not comparable between rows (runs recorded since session 27 give their own peak)."
+        )
     if results["counts"]["reused"]:
         lines[-1] += (
             " Time columns (s to target, wall s, ms/step, the wall-time profile) mix runs timed at different times: "
