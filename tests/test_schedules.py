@@ -193,3 +193,5 @@ def test_hypergradient_moves_each_group_and_a_group_at_zero_leaves_the_others_as
     one = run([([0, 1, 2, 3], 0.1)], "additive", 0.01)
     assert two[-1][0] != pytest.approx(two[-1][1] - 0.09)  # not one shared step: each group its own hypergradient
     assert one[-1][0] != pytest.approx(two[-1][1])
+    split = run([([0, 2], 0.1), ([1, 3], 0.1)], "additive", 0.01)  # a weight-decay split (weights / biases) at one LR
+    assert all(a == b for a, b in split) and [a for a, _ in split] == pytest.approx([lrs[0] for lrs in one], rel=1e-9)

@@ -9,7 +9,8 @@ serves SGD, SGD+momentum and Adam.
 
 - `rule="additive"` (the paper's SGD-HD / Adam-HD): lr += beta * g_t . u_{t-1}.
   beta is scale-dependent (the paper uses 1e-3 for SGD and 1e-7 for Adam). With param groups
-  at different LRs each group's LR follows its own hypergradient (its parameters' g . u).
+  at different LRs each group's LR follows its own hypergradient (its parameters' g . u);
+  groups that start at the same LR (a weight-decay split) share one, that of all their parameters.
 - `rule="multiplicative"` (default; the paper's normalised variant):
   lr *= 1 + beta * cos(g_t, u_{t-1}); scale-free, so one beta transfers across tasks. With
   param groups at different LRs, d = theta_{t-1} - theta_t is the whole step (each group's at its
@@ -61,6 +62,9 @@ class Hypergradient(Controller):
         super().__init__(
             optimizer, min_lr=[b * 1e-3 for b in bases] if min_lr is None else min_lr, max_lr=[b * 10.0 for b in bases] if max_lr is None else max_lr
         )  # fmt: skip
+        # The additive rule's param groups that start at one LR (a weight-decay split: the HF Trainer's decay and no-decay
+        # groups) are one LR, moved by the hypergradient of all their parameters; groups at different LRs each by their own.
+        self._tied = [[j for j, b in enumerate(bases) if b == base] for base in bases]
 
     def _compute_lrs(self, signals: Signals) -> list[float]:
         if self.rule == "additive":  # each group's LR follows its own hypergradient (one value when one LR moves every group)
@@ -68,6 +72,7 @@ class Hypergradient(Controller):
             if hs is None or len(hs) != len(self._last_lr):  # (signals of a tracker that gave no per-group values)
                 h = signals.hypergrad
                 return [lr + self.beta * h for lr in self._last_lr] if h is not None else list(self._last_lr)
-            return [lr + self.beta * h for lr, h in zip(self._last_lr, hs)]
+            tied = [sum(hs[j] for j in self._tied[i]) for i in range(len(hs))]  # groups that started at one LR share it
+            return [lr + self.beta * h for lr, h in zip(self._last_lr, tied)]
         c = signals.hypergrad_cos
         return [lr * (1.0 + self.beta * c) for lr in self._last_lr] if c is not None else list(self._last_lr)
