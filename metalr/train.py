@@ -64,7 +64,7 @@ class History:
     recoveries: int = 0
     wall_time: float = 0.0
     peak_memory_mb: float = 0.0
-    peak_memory_scope: str = "process"  # "run": the run's own peak (reset at its start); "process": the process's so far
+    peak_memory_scope: str = "process"  # "run": the most the run added to the process's memory; "process": the process's peak so far
     uncertainty: list[dict[str, float]] = field(default_factory=list)  # estimates, for evaluation
 
     def to_dict(self) -> dict[str, Any]:
@@ -81,29 +81,42 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def reset_peak_memory(device: torch.device) -> bool:
-    """Start the peak `peak_memory_mb` reads afresh, so that it is a run's own and not the process's so far (which, in an
-    evaluation worker, holds the largest of every earlier run): the CUDA allocator's peak, or on Linux the process's peak
-    RSS (`/proc/self/clear_refs`). False where it cannot be reset (another OS, a /proc that refuses the write)."""
+def start_memory(device: torch.device) -> float | None:
+    """Begin measuring one run's memory; returns the use now (MB), which `peak_memory_mb` is then read against, or None
+    where the peak cannot be reset (another OS, a /proc that refuses the write).
+
+    In an evaluation worker that trains run after run, the process's peak holds the largest of every earlier run and its
+    resident memory what they left (cached data sets, heap that the allocator keeps): the peak is reset to the use now
+    (the CUDA allocator's; on Linux the peak RSS, `/proc/self/clear_refs`), after glibc has returned its free heap pages
+    to the system (`malloc_trim`), so that what the run allocates shows as growth over the returned value."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-        return True
+        return torch.cuda.memory_allocated(device) / 2**20
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc: the free heap stays resident, and a run reusing it shows less growth than it allocates
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # resets the peak resident set size to the current one (Linux >= 4.0)
-        return True
     except OSError:
-        return False
+        return None
+    return peak_memory_mb(device)
 
 
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak memory since `reset_peak_memory` (else since the process started): CUDA allocator peak on GPU, the
-    process's max RSS on CPU (the interpreter, torch and the data in memory included)."""
+def peak_memory_mb(device: torch.device, since: float | None = None) -> float:
+    """Peak memory (MB): CUDA allocator peak on GPU, the process's max RSS on CPU (the interpreter, torch and the data in
+    memory included), since the last `start_memory` or else since the process started; minus `since`, `start_memory`'s
+    value, where given: the most the run added to what the process held at its start."""
     if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    import resource
+        peak = torch.cuda.max_memory_allocated(device) / 2**20
+    else:
+        import resource
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
+    return peak if since is None else max(0.0, peak - since)
 
 
 def _cycle(task: Task, seed: int) -> Any:
@@ -278,10 +291,10 @@ def run(
         raise ValueError(f"a run needs at least one step, got {total}")
     eval_every = int(eval_every or task.eval_every)
     dev = torch.device(device)
-    own_peak = reset_peak_memory(dev)
+    mem0 = start_memory(dev)
     s = setup(controller, task=task, total_steps=total, controller_kwargs=controller_kwargs, seed=seed, device=dev)
     assert s.task is not None
-    hist = History(task=task.name, controller=run_name or s.name, seed=seed, peak_memory_scope="run" if own_peak else "process")
+    hist = History(task=task.name, controller=run_name or s.name, seed=seed, peak_memory_scope="process" if mem0 is None else "run")
     logger = _Logger(log_dir, f"{task.name}__{hist.controller}__{seed}", total if progress else 0)
     good = _snapshot(s)
     batches = _cycle(s.task, seed)
@@ -298,14 +311,14 @@ def run(
             break
         logger.step(s.tracker.step, hist.lr[-1], loss)
         if s.tracker.step % eval_every == 0 or s.tracker.step == total:
-            metrics = _evaluate(s, epoch, start, dev)
+            metrics = _evaluate(s, epoch, start, dev, mem0)
             hist.evals.append(metrics)
             logger.eval(s.tracker.step, metrics)
             if math.isfinite(metrics["val_loss"]):
                 good = _snapshot(s)
     hist.wall_time = time.perf_counter() - start
     hist.uncertainty = s.tracker.records("uncertainty")
-    hist.peak_memory_mb = peak_memory_mb(dev)
+    hist.peak_memory_mb = peak_memory_mb(dev, mem0)
     logger.close()
     return hist
 
@@ -337,14 +350,14 @@ def _train_step(s: Setup, batch: Any, hist: History) -> float | None:
     return loss_value
 
 
-def _evaluate(s: Setup, epoch: int, start: float, device: torch.device) -> dict[str, float]:
+def _evaluate(s: Setup, epoch: int, start: float, device: torch.device, mem0: float | None) -> dict[str, float]:
     """The task's metrics now, between the controller's eval hooks; the result reaches the controller next step."""
     assert s.task is not None
     s.controller.on_eval_start()
     s.model.eval()
     metrics = s.task.evaluate(s.model)
     s.controller.on_eval_end()
-    metrics.update(step=s.tracker.step, epoch=epoch, wall_time=time.perf_counter() - start, peak_memory_mb=peak_memory_mb(device))
+    metrics.update(step=s.tracker.step, epoch=epoch, wall_time=time.perf_counter() - start, peak_memory_mb=peak_memory_mb(device, mem0))
     s.tracker.record_eval(metrics["val_loss"], metrics.get("val_accuracy"))
     return metrics
 

@@ -88,26 +88,57 @@ def test_tiny_grid_writes_every_output_with_one_and_two_workers(tmp_path: Path) 
             assert env["peak_memory"] == ("run" if os.access("/proc/self/clear_refs", os.W_OK) else "process")
 
 
-def test_a_runs_peak_memory_is_its_own_not_the_workers_so_far(tmp_path: Path) -> None:
-    """An evaluation worker trains run after run: the process's max RSS holds the largest of them all (1465 MB, once one
-    run reached it, showed in every later row of its worker in `make run`'s table). Each run now resets the peak at its
-    start, and a table with records from before says which of its peaks are upper bounds."""
+def test_a_runs_peak_memory_is_what_it_added_not_the_workers_so_far(tmp_path: Path) -> None:
+    """An evaluation worker trains run after run: the process's max RSS held the largest of them all (1465 MB, once one
+    run reached it, showed in every later row of its worker in `make run`'s table). A run now reports the most it added
+    to the process's memory: a controller holding 200 MB shows them, and the run after it does not; a table with records
+    from before says which of its peaks are upper bounds."""
     import numpy as np
 
-    from metalr import tasks, train
+    from metalr import controllers, tasks, train
     from metalr.evaluation import report
 
     if not os.access("/proc/self/clear_refs", os.W_OK):
         pytest.skip("the peak RSS cannot be reset here (not Linux, or /proc refuses the write)")
-    big = np.ones(600 * 2**20 // 8)  # 600 MB held, then freed: the process's peak is at least that
+
+    def heavy(opt: torch.optim.Optimizer) -> Any:
+        ctrl = controllers.build("constant", opt)
+        ctrl.ballast = torch.ones(50 * 2**20)  # type: ignore[attr-defined]  # 200 MB, written, held for the run
+        return ctrl
+
+    big = np.ones(600 * 2**20 // 8)  # 600 MB held, then freed before the runs: the process's peak is at least that
     before = train.peak_memory_mb(torch.device("cpu"))
     del big
-    hist = train.run(tasks.build("digits_mlp"), "constant", seed=0, steps=5)
-    assert hist.peak_memory_scope == "run" and 0 < hist.peak_memory_mb < before - 300
+    task = tasks.build("digits_mlp")
+    loaded = train.run(task, heavy, seed=0, steps=5)
+    light = train.run(task, "constant", seed=0, steps=5)
+    assert loaded.peak_memory_scope == light.peak_memory_scope == "run"
+    assert 190 < loaded.peak_memory_mb < 300 and 0 <= light.peak_memory_mb < 100 < before - 600
     results = evaluate(_cfg(tmp_path / "grid", workers=1), progress=False)
     assert "upper bound" not in (tmp_path / "grid" / "results.md").read_text()
     results["runs"][0]["env"].pop("peak_memory")  # a record from before
     assert "Peak MB of 1 of 4 runs is the worker process's largest memory so far" in report.markdown(results)
+
+
+def test_a_worker_warms_each_task_up_once_untimed_and_unrecorded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a process does once (imports, kernel caches, a TensorBoard writer) was measured as the wall time and memory
+    of whichever run came first (66 MB of growth against 13 for the runs after it): a worker now first runs two steps
+    of constant LR on each task it meets, and records nothing of them."""
+    from metalr import train
+    from metalr.evaluation import grid
+
+    calls: list[tuple[str, Any, int | None, bool]] = []
+    real = train.run
+
+    def counting(task: Any, controller: Any = "constant", **kw: Any) -> Any:
+        calls.append((task.name, controller, kw.get("steps"), kw.get("log_dir") is not None))
+        return real(task, controller, **kw)
+
+    monkeypatch.setattr(train, "run", counting)
+    monkeypatch.setattr(grid, "_TASK_CACHE", {})
+    results = evaluate(_cfg(tmp_path, workers=1), progress=False)
+    assert calls[0] == ("digits_mlp", "constant", 2, True)  # the warm-up, with a TensorBoard writer like the runs'
+    assert [c[2] for c in calls[1:]] == [30] * 4 and len(results["runs"]) == 4 == len(_run_files(tmp_path))
 
 
 def test_reuse_from_copies_runs_that_train_alike_from_another_evaluation(tmp_path: Path) -> None:

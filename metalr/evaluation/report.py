@@ -240,7 +240,7 @@ def markdown(results: dict[str, Any]) -> str:
         which = "every run" if "run" not in scopes else f"{scopes.count('process')} of {len(scopes)} runs"
         lines[-1] += (
             f" Peak MB of {which} is the worker process's largest memory so far, earlier runs in the same worker included: an "
-            "upper bound, not comparable between rows (runs recorded since session 27 give their own peak)."
+            "upper bound, not comparable between rows (runs recorded since session 27 give the most they added to the process's memory)."
         )
     if results["counts"]["reused"]:
         lines[-1] += (
