@@ -282,6 +282,9 @@ def run(
         controller: a registered name, or a callable `optimizer -> Controller`.
         steps / epochs: run length (default: the task's `steps`); epochs are converted to steps.
         log_dir: if given, TensorBoard scalars go to `log_dir/<task>__<controller>__<seed>`.
+
+    `History.peak_memory_mb` is the most the run added to the process's memory (`start_memory`: the process's peak-RSS
+    counter, or CUDA's peak statistics, is reset at the start).
     """
     if steps is not None and epochs is not None:
         raise ValueError("give steps or epochs, not both")

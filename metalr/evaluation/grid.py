@@ -258,7 +258,7 @@ def execute(spec: RunSpec, out_dir: str, tensorboard: bool = True, save: bool = 
             eval_every=spec.eval_every, log_dir=log_dir, nan_recovery=spec.nan_recovery, run_name=spec.label,
         )  # fmt: skip
         record.update(
-            env={**run_environment(), "peak_memory": hist.peak_memory_scope},  # "run": its own peak; "process": the worker's so far
+            env={**run_environment(), "peak_memory": hist.peak_memory_scope},  # "run": the most it added; "process": the worker's peak so far
             status="diverged" if hist.diverged else "ok",
             lr=base_lr,
             lr_arg="optimizer" if owns_optimizer(spec.controller) else "task",
