@@ -195,9 +195,11 @@ class SignalTracker:
         self._prev_lr: tuple[float, ...] | None = None  # each param group's LR at the previous step (`hypergrad`)
         self._reads_lr = "hypergrad" in self.requires  # the LR is read only for the hypergradient
         self._hyper_groups = "hypergrad_groups" in self.requires
-        self._lr_groups: tuple[int, list[int]] | None = None  # (number of groups, each parameter's group; -1: in none)
+        # One param group holds every tracked parameter (the common case): its LR moves them all.
+        first = {id(p) for p in optimizer.param_groups[0]["params"]} if len(optimizer.param_groups) == 1 else set()
+        self._one_group = all(id(p) in first for p in self.params)
+        self._lr_groups: tuple[int, list[int], tuple[int, ...], bool] | None = None  # `_group_layout`
         self._align_list: tuple[int, list[torch.Tensor]] | None = None  # (number of groups, `_align_params`)
-        self._lr_parts: tuple[tuple[float, ...], list[float] | None, float] | None = None  # `_param_lrs` at these LRs
         self._sparse: bool | None = None  # some parameter has a sparse gradient (None: no gradient seen yet)
         self._awaits_loss = "loss" in self.requires  # until a step without the loss it reads has been logged
         self._pending_eval: tuple[float, float | None] | None = None
@@ -357,14 +359,13 @@ class SignalTracker:
         kept, theta = False, None  # kept: theta_t is in the buffer already (the one-pass host step below)
         prev_lr = self._prev_lr
         if hyper and prev_params is not None and prev_lr:
-            parts = self._lr_parts if self._lr_parts is not None and self._lr_parts[0] == prev_lr else self._param_lrs(prev_lr)
-            param_lrs = parts[1]
+            one = self._one_group and len(prev_lr) == 1 and prev_lr[0] > 0  # the common case, told in three operations
+            param_lrs, lr0 = (None, prev_lr[0]) if one else self._param_lrs(prev_lr)
             if param_lrs is not None:  # the parameters' LRs differ (param groups, a group at 0, a parameter in none): per tensor
                 theta = [p.detach() for p in self.params]
                 torch._foreach_sub_(prev_params, theta)  # type: ignore[arg-type]  # the buffer becomes theta_{t-1} - theta_t
                 s.grad_norm = self._split_hypergrad(s, grads, cast(list[torch.Tensor], prev_params), param_lrs, prev_lr)
             else:
-                lr0 = parts[2]  # the one LR
                 paired = len(present) == len(prev_params) and all(q is not None for q in prev_params)  # the common case
                 fused = self._host_step(present, cast(list[torch.Tensor], prev_params)) if paired and self.every == 1 else None
                 absent: list[torch.Tensor] = []
@@ -405,19 +406,26 @@ class SignalTracker:
                 self._keep(self._prev_params, theta if theta is not None else [p.detach() for p in self.params])
             self._prev_lr = lr
 
-    def _param_lrs(self, lrs: tuple[float, ...]) -> tuple[tuple[float, ...], list[float] | None, float]:
-        """(`lrs`, each tracked parameter's LR, that LR): the middle None when one LR > 0 moves every tracked parameter
-        and no per-group value is asked for of several groups (the common case, summed in one pass); cached."""
-        if self._lr_parts is not None and self._lr_parts[0] == lrs:
-            return self._lr_parts
+    def _param_lrs(self, lrs: tuple[float, ...]) -> tuple[list[float] | None, float]:
+        """(each tracked parameter's LR, NaN) at the groups' LRs `lrs`, or (None, the LR) when one LR > 0 moves every
+        tracked parameter and no per-group value is asked for of several groups: the common case, summed in one pass,
+        told from the groups' LRs alone (a few operations per step: the LR of a one-group run changes every step)."""
+        layout = self._lr_groups
+        if layout is None or layout[0] != len(lrs):
+            layout = self._lr_groups = self._group_layout()
+        _, group_of, used, all_in = layout
+        first = lrs[used[0]] if used else 0.0
+        if all_in and first > 0 and (len(lrs) == 1 or (not self._hyper_groups and all(lrs[k] == first for k in used))):
+            return None, first
+        return [lrs[k] if k >= 0 else 0.0 for k in group_of], math.nan
+
+    def _group_layout(self) -> tuple[int, list[int], tuple[int, ...], bool]:
+        """(number of param groups, each tracked parameter's group or -1, the groups that hold one, whether every one is in
+        a group), rebuilt when a group is added."""
         groups = self.optimizer.param_groups
-        if self._lr_groups is None or self._lr_groups[0] != len(groups):
-            index = {id(p): k for k, g in enumerate(groups) for p in g["params"]}
-            self._lr_groups = (len(groups), [index.get(id(p), -1) for p in self.params])
-        each = [lrs[k] if k >= 0 else 0.0 for k in self._lr_groups[1]]
-        uniform = bool(each) and each[0] > 0 and all(x == each[0] for x in each) and (len(lrs) == 1 or not self._hyper_groups)
-        self._lr_parts = (lrs, None if uniform else each, each[0] if uniform else math.nan)
-        return self._lr_parts
+        index = {id(p): k for k, g in enumerate(groups) for p in g["params"]}
+        group_of = [index.get(id(p), -1) for p in self.params]
+        return len(groups), group_of, tuple(sorted({k for k in group_of if k >= 0})), all(k >= 0 for k in group_of)
 
     def _split_hypergrad(
         self, s: Signals, grads: list[torch.Tensor | None], steps: list[torch.Tensor], param_lrs: list[float], lrs: tuple[float, ...]
