@@ -42,7 +42,7 @@ import logging
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, cast
+from typing import Any, NamedTuple, Protocol, cast
 
 import torch
 
@@ -112,6 +112,16 @@ class Signals:
     batch_size: int | None = None
     resources: dict[str, float] | None = None
     task_info: dict[str, Any] = field(default_factory=dict)  # e.g. num_classes, num_features
+
+
+class GroupLayout(NamedTuple):
+    """Where a tracker's parameters sit in its optimizer's param groups."""
+
+    n_groups: int
+    group_of: list[int]  # each tracked parameter's group (-1: in none)
+    used: tuple[int, ...]  # the groups that hold a tracked parameter
+    all_in: bool  # every tracked parameter is in a group
+    in_order: list[torch.Tensor]  # the tracked parameters in the optimizer's order (`grad_align` reads their state)
 
 
 class SignalSource(Protocol):
@@ -195,11 +205,9 @@ class SignalTracker:
         self._prev_lr: tuple[float, ...] | None = None  # each param group's LR at the previous step (`hypergrad`)
         self._reads_lr = "hypergrad" in self.requires  # the LR is read only for the hypergradient
         self._hyper_groups = "hypergrad_groups" in self.requires
-        # One param group holds every tracked parameter (the common case): its LR moves them all.
-        first = {id(p) for p in optimizer.param_groups[0]["params"]} if len(optimizer.param_groups) == 1 else set()
-        self._one_group = all(id(p) in first for p in self.params)
-        self._lr_groups: tuple[int, list[int], tuple[int, ...], bool] | None = None  # `_group_layout`
-        self._align_list: tuple[int, list[torch.Tensor]] | None = None  # (number of groups, `_align_params`)
+        self._groups: GroupLayout | None = None  # `_layout`, built at its first use
+        layout = self._group_layout()
+        self._one_group = layout.n_groups == 1 and layout.all_in  # the common case: one LR moves every tracked parameter
         self._sparse: bool | None = None  # some parameter has a sparse gradient (None: no gradient seen yet)
         self._awaits_loss = "loss" in self.requires  # until a step without the loss it reads has been logged
         self._pending_eval: tuple[float, float | None] | None = None
@@ -315,7 +323,7 @@ class SignalTracker:
         if not self.requires.isdisjoint(_NORM_SIGNALS):
             self._gradient_signals(s, lr)
         if "grad_align" in self.requires:
-            params = self._align_params()
+            params = self._layout().in_order
             grads, states = self._grads(params), [self.optimizer.state.get(p) for p in params]
             norm, s.grad_align = self._align(grads, states, host=not self.as_tensors, keep=self.every == 1)
             if s.grad_norm is None:
@@ -331,19 +339,30 @@ class SignalTracker:
             self._prev_params.keep([p.detach() for p in self.params])
             self._prev_lr = lr
         if "grad_align" in self.requires:
-            params = self._align_params()
+            params = self._layout().in_order
             self._align.prime(self._grads(params), [self.optimizer.state.get(p) for p in params])
         if "update_size" in self.requires:
             self._update_size.prime(self.params, host=not self.as_tensors)
 
-    def _align_params(self) -> list[torch.Tensor]:
-        """The optimizer's parameters that this tracker follows (`grad_align` reads their optimizer state), in the
-        optimizer's order; rebuilt when a param group is added."""
+    def _layout(self) -> GroupLayout:
+        """`_group_layout`, kept; rebuilt when a group is added."""
+        if self._groups is None or self._groups.n_groups != len(self.optimizer.param_groups):
+            self._groups = self._group_layout()
+        return self._groups
+
+    def _group_layout(self) -> GroupLayout:
+        """Where the tracked parameters sit in the optimizer's param groups."""
         groups = self.optimizer.param_groups
-        if self._align_list is None or self._align_list[0] != len(groups):
-            tracked = {id(p) for p in self.params}
-            self._align_list = (len(groups), [p for g in groups for p in g["params"] if id(p) in tracked])
-        return self._align_list[1]
+        index = {id(p): k for k, g in enumerate(groups) for p in g["params"]}
+        group_of = [index.get(id(p), -1) for p in self.params]
+        tracked = {id(p) for p in self.params}
+        return GroupLayout(
+            n_groups=len(groups),
+            group_of=group_of,
+            used=tuple(sorted({k for k in group_of if k >= 0})),
+            all_in=all(k >= 0 for k in group_of),
+            in_order=[p for g in groups for p in g["params"] if id(p) in tracked],
+        )
 
     def records(self, signal: str) -> list[dict[str, float]]:
         """Every reading the source of `signal` made (empty when there is none)."""
@@ -410,22 +429,12 @@ class SignalTracker:
         """(each tracked parameter's LR, NaN) at the groups' LRs `lrs`, or (None, the LR) when one LR > 0 moves every
         tracked parameter and no per-group value is asked for of several groups: the common case, summed in one pass,
         told from the groups' LRs alone (a few operations per step: the LR of a one-group run changes every step)."""
-        layout = self._lr_groups
-        if layout is None or layout[0] != len(lrs):
-            layout = self._lr_groups = self._group_layout()
-        _, group_of, used, all_in = layout
+        layout = self._layout()
+        group_of, used, all_in = layout.group_of, layout.used, layout.all_in
         first = lrs[used[0]] if used else 0.0
         if all_in and first > 0 and (len(lrs) == 1 or (not self._hyper_groups and all(lrs[k] == first for k in used))):
             return None, first
         return [lrs[k] if k >= 0 else 0.0 for k in group_of], math.nan
-
-    def _group_layout(self) -> tuple[int, list[int], tuple[int, ...], bool]:
-        """(number of param groups, each tracked parameter's group or -1, the groups that hold one, whether every one is in
-        a group), rebuilt when a group is added."""
-        groups = self.optimizer.param_groups
-        index = {id(p): k for k, g in enumerate(groups) for p in g["params"]}
-        group_of = [index.get(id(p), -1) for p in self.params]
-        return len(groups), group_of, tuple(sorted({k for k in group_of if k >= 0})), all(k >= 0 for k in group_of)
 
     def _split_hypergrad(
         self, s: Signals, grads: list[torch.Tensor | None], steps: list[torch.Tensor], param_lrs: list[float], lrs: tuple[float, ...]
@@ -434,12 +443,11 @@ class SignalTracker:
         lr_i u_i. `hypergrad` is g . u (each tensor's step over its own LR), `hypergrad_groups` the same per param group,
         and `hypergrad_cos` the cosine of g and the step over the tensors that moved (a frozen group's gradient, at LR 0, is
         left out: no LR of it is being set). Returns the gradient norm."""
-        assert self._lr_groups is not None
         each = each_dots(grads, steps)
         g_sq = sum(e[0] for e in each)
         per_group = [0.0] * len(lrs)
         gg = gd = dd = 0.0
-        for (a, b, c), lr, k in zip(each, param_lrs, self._lr_groups[1]):
+        for (a, b, c), lr, k in zip(each, param_lrs, self._layout().group_of):
             if lr > 0:
                 gg, gd, dd = gg + a, gd + b, dd + c
                 per_group[k] += b / lr
