@@ -383,7 +383,7 @@ class SignalTracker:
             if param_lrs is not None:  # the parameters' LRs differ (param groups, a group at 0, a parameter in none): per tensor
                 theta = [p.detach() for p in self.params]
                 torch._foreach_sub_(prev_params, theta)  # type: ignore[arg-type]  # the buffer becomes theta_{t-1} - theta_t
-                s.grad_norm = self._split_hypergrad(s, grads, cast(list[torch.Tensor], prev_params), param_lrs, prev_lr)
+                s.grad_norm = self._split_hypergrad(s, grads, cast(list[torch.Tensor], prev_params), param_lrs)
             else:
                 paired = len(present) == len(prev_params) and all(q is not None for q in prev_params)  # the common case
                 fused = self._host_step(present, cast(list[torch.Tensor], prev_params)) if paired and self.every == 1 else None
@@ -431,21 +431,20 @@ class SignalTracker:
         told from the groups' LRs alone (a few operations per step: the LR of a one-group run changes every step)."""
         layout = self._layout()
         group_of, used, all_in = layout.group_of, layout.used, layout.all_in
+        lrs += (0.0,) * (layout.n_groups - len(lrs))  # a group added since the LRs were read: its parameters did not move
         first = lrs[used[0]] if used else 0.0
         if all_in and first > 0 and (len(lrs) == 1 or (not self._hyper_groups and all(lrs[k] == first for k in used))):
             return None, first
         return [lrs[k] if k >= 0 else 0.0 for k in group_of], math.nan
 
-    def _split_hypergrad(
-        self, s: Signals, grads: list[torch.Tensor | None], steps: list[torch.Tensor], param_lrs: list[float], lrs: tuple[float, ...]
-    ) -> float:
+    def _split_hypergrad(self, s: Signals, grads: list[torch.Tensor | None], steps: list[torch.Tensor], param_lrs: list[float]) -> float:
         """The hypergradient signals where the parameters' LRs differ. `steps` holds each tensor's theta_{t-1} - theta_t =
         lr_i u_i. `hypergrad` is g . u (each tensor's step over its own LR), `hypergrad_groups` the same per param group,
         and `hypergrad_cos` the cosine of g and the step over the tensors that moved (a frozen group's gradient, at LR 0, is
         left out: no LR of it is being set). Returns the gradient norm."""
         each = each_dots(grads, steps)
         g_sq = sum(e[0] for e in each)
-        per_group = [0.0] * len(lrs)
+        per_group = [0.0] * self._layout().n_groups
         gg = gd = dd = 0.0
         for (a, b, c), lr, k in zip(each, param_lrs, self._layout().group_of):
             if lr > 0:

@@ -159,6 +159,30 @@ def test_hypergradient_signals_per_param_group(lrs: tuple[float, float]) -> None
         opt.step()
 
 
+def test_a_param_group_added_mid_run_counts_as_still_on_the_step_after() -> None:
+    """Progressive unfreezing in the long form (the tracker follows every parameter; a group is added mid-run): on the
+    step after the addition the LRs read before it have one group fewer. That group's parameters did not move (they
+    were in no group): its hypergradient is 0 there (it raised an IndexError with groups at different LRs), its own after."""
+    from metalr.signals import SignalTracker
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
+    x, y = torch.randn(64, 6), torch.randint(0, 2, (64,))
+    opt = torch.optim.SGD([{"params": net[4].parameters(), "lr": 0.1}, {"params": net[2].parameters(), "lr": 0.01}])
+    tracker = SignalTracker(net.parameters(), opt, requires={"hypergrad_groups"})
+    seen = []
+    for t in range(6):
+        if t == 3:
+            opt.add_param_group({"params": net[0].parameters(), "lr": 0.001})
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(net(x), y).backward()
+        s = tracker.collect()
+        seen.append(s.hypergrad_groups)
+        opt.step()
+    assert [len(h or []) for h in seen] == [0, 2, 2, 3, 3, 3]
+    assert seen[3][2] == 0.0 and seen[4][2] != 0.0  # type: ignore[index]
+
+
 def test_hypergradient_moves_each_group_and_a_group_at_zero_leaves_the_others_as_without_it() -> None:
     """A first group at LR 0 left the hypergradient controller at a constant LR (it divided by the first group's LR);
     the additive rule gave every group one step of the first group's scale."""
