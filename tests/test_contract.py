@@ -230,6 +230,35 @@ def test_a_fractional_total_steps_is_refused_and_a_whole_float_is_taken(name: st
     assert [a.step(Signals(step=i + 1, loss=1.0)) for i in range(31)] == [b.step(Signals(step=i + 1, loss=1.0)) for i in range(31)]
 
 
+@pytest.mark.parametrize(("name", "kwargs"), PLANNED)
+def test_a_state_keeps_its_run_length_and_a_resume_into_another_length_is_logged(name: str, kwargs: dict[str, Any], caplog: pytest.LogCaptureFixture) -> None:
+    """A Trainer resumed with more epochs (or another `max_steps`) builds the controller for the new length, then loads
+    the saved state: the resumed controller goes on with the saved run's length, as torch's schedulers restore their
+    `T_max` (before, the meta-controller did and the schedules took the new length, a silent jump of the LR), and says so."""
+    saved = _bare(name, total_steps=30, **kwargs)
+    for i in range(20):
+        saved.step(Signals(step=i + 1, loss=1.0))
+    state = saved.state_dict()
+    other = lambda r: "planned for a 30-step run" in r.getMessage()  # noqa: E731
+    with caplog.at_level("WARNING"):
+        resumed = _bare(name, total_steps=50, **kwargs)
+        resumed.load_state_dict(state)
+        messages = [r.getMessage() for r in caplog.records if other(r)]
+        assert len(messages) == 1 and name in messages[0] and "built for 50 steps" in messages[0]
+        assert resumed.total_steps == 30
+        later = [Signals(step=i + 1, loss=1.0) for i in range(20, 40)]  # past the end too
+        assert [resumed.step(s) for s in later] == [saved.step(s) for s in later]
+        caplog.clear()
+        again = _bare(name, total_steps=30, **kwargs)
+        again.load_state_dict(state)  # the same length: nothing to say
+        assert not [r for r in caplog.records if other(r)]
+    if name != "meta":  # a state saved before run lengths were (the meta-controller's always held its own): the built length
+        del state["total_steps"]
+        old = _bare(name, total_steps=50, **kwargs)
+        old.load_state_dict(state)
+        assert old.total_steps == 50
+
+
 #: Controllers that drive the optimizer they are given (not their own) and need no task.
 DRIVE_GIVEN = [n for n in NAMES if not controllers.get(n).owns_optimizer and not n.startswith("uncertainty") and n != "resource_aware"]
 

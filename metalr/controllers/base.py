@@ -213,6 +213,9 @@ class Controller:
             "min_lrs": list(self.min_lrs),
             "max_lrs": list(self.max_lrs),
         }
+        total = getattr(self, "total_steps", None)
+        if type(total) is int:  # a planned run: its length, which a resumed controller keeps
+            state["total_steps"] = total
         for key in self._state_keys:
             state[key] = _copy(getattr(self, key))
         return state
@@ -232,9 +235,32 @@ class Controller:
         self.min_lrs = [float(v) for v in state.get("min_lrs", [state["min_lr"]] * n)]
         self.max_lrs = [float(v) for v in state.get("max_lrs", [state["max_lr"]] * n)]
         self.min_lr, self.max_lr = min(self.min_lrs), max(self.max_lrs)
+        self._restore_run_length(state.get("total_steps"))
         for key in self._state_keys:
             setattr(self, key, _copy(state[key]))
         self._last_lr = self._apply(list(state["last_lr"]))
+
+    def _restore_run_length(self, saved: Any) -> None:
+        """A planned run's length (`total_steps`) comes back with its state, as torch's schedulers' `T_max` does: the
+        resumed controller applies the LRs the saved one would have. A run resumed with another length (a Trainer given
+        more epochs or `max_steps` on resume) is logged, since its LRs are then not those of a run planned for the new
+        length. States saved before run lengths were saved keep the constructor's."""
+        total = getattr(self, "total_steps", None)
+        if type(total) is not int or saved is None:
+            return
+        saved = int(saved)
+        if saved != total and self._past_end:  # (a controller whose LR does not depend on the run's length: nothing to say)
+            log.warning(
+                "%s: the loaded state was saved by a controller planned for a %d-step run, and this one was built for %d steps: "
+                "it goes on with the saved run's length (%d), so that its LRs are those the saved run would have applied (%s "
+                "past step %d). To plan the LR over the new length, start the controller afresh instead of loading its state.",
+                self.name, saved, total, saved, self._past_end, saved,
+            )  # fmt: skip
+        self.total_steps = saved
+        self._run_length_changed()
+
+    def _run_length_changed(self) -> None:
+        """Recompute what a subclass derives from `total_steps` (called after a state sets it). Default: nothing."""
 
     def scale_lrs(self, factor: float) -> None:
         """Multiply base and current LRs by `factor` (used by divergence recovery)."""

@@ -120,7 +120,7 @@ class MetaController(Controller):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
-        self._warmup_steps = warmup_steps(self.rule, self.total_steps)  # the restored run's length
+        self._warmup_steps = warmup_steps(self.rule, self.total_steps)  # the restored run's length (set last, by `_state_keys`)
 
     def _initial_lrs(self) -> list[float]:
         return [b * warmup_factor(self.rule, 1, self.total_steps) for b in self.base_lrs]  # the first step's LR: the rule's warmup

@@ -96,8 +96,12 @@ class OneCycle(Controller):
         self.total_steps, self.pct_start, self.anneal_strategy = int(total_steps), float(pct_start), anneal_strategy
         self.cycle_momentum, self.base_momentum, self.max_momentum = bool(cycle_momentum), float(base_momentum), float(max_momentum)
         self.div_factor, self.final_div_factor = float(div_factor), float(final_div_factor)
-        self.phases = onecycle_phases(self.total_steps, self.pct_start, three_phase)
+        self.three_phase = bool(three_phase)
+        self.phases = onecycle_phases(self.total_steps, self.pct_start, self.three_phase)
         super().__init__(optimizer, min_lr=min_lr, max_lr=max_lr)
+
+    def _run_length_changed(self) -> None:
+        self.phases = onecycle_phases(self.total_steps, self.pct_start, self.three_phase)
 
     def _lrs_at(self, step: int) -> list[float]:
         step = min(step, self.total_steps - 1)  # hold the final LR (torch extrapolates one step past it)
