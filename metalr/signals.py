@@ -83,6 +83,11 @@ SIGNAL_NAMES = frozenset(
 )
 
 
+#: The signals whose meaning assumes the optimizer minimizes the loss: the loss itself (lower is better), the hypergradient
+#: (the sign of g_t . u_{t-1}) and the gradient's alignment with Adam's first moment (which accumulates -g under
+#: `maximize=True`). Controllers that read any of them refuse an optimizer with `maximize=True` (`Controller.__init__`).
+MINIMIZING_SIGNALS = frozenset({"loss", "hypergrad", "hypergrad_groups", "grad_align"})
+
 #: The signals `SignalTracker._gradient_signals` computes (the gradient norm and what compares it with the last step).
 _NORM_SIGNALS = frozenset({"grad_norm", "grad_cos", "hypergrad", "hypergrad_groups"})
 

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from metalr.signals import Signals
+from metalr.signals import MINIMIZING_SIGNALS, Signals
 
 if TYPE_CHECKING:
     from metalr.estimators import SourceRequest
@@ -149,6 +149,14 @@ class Controller:
     ) -> None:
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"{type(self).__name__} needs a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        signed = sorted(self.requires & MINIMIZING_SIGNALS)
+        if signed and any(group.get("maximize", False) for group in optimizer.param_groups):
+            raise ValueError(
+                f"{type(self).__name__} reads {', '.join(signed)} (signals that assume the optimizer minimizes the loss), but a param "
+                "group has maximize=True (the hypergradient's sign and the loss's direction would be read backwards: the LR collapses). "
+                "Minimize the negated objective instead: maximize=False, loss = -objective, ctrl.step(loss). Schedules, which read "
+                "no signal, work with maximize=True."
+            )
         bases = group_base_lrs(optimizer)
         lo, hi = _per_group(min_lr, len(bases), "min_lr"), _per_group(max_lr, len(bases), "max_lr")
         for a in lo:
