@@ -218,6 +218,49 @@ def test_resume_redoes_meta_runs_when_the_checkpoint_changes(tmp_path: Path) -> 
     assert again["meta_checkpoints"]["meta"]["sha256"] != first["meta_checkpoints"]["meta"]["sha256"]
 
 
+def test_meta_on_a_task_whose_data_its_checkpoint_saw_is_marked_not_held_out(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """An evaluation of `meta` on digits_mlp (its data a meta-training family) or wine_mlp (a checkpoint-selection set)
+    reported it beside held-out results without a word. What a checkpoint saw is read from its metadata: its config's
+    families, or its LR-label file's tasks instead, over its warm starts (`init_from`), plus the selection sets."""
+    from metalr.meta.checkpoint import DEFAULT_PATH, data_seen, save_policy
+    from metalr.meta.policy import MetaPolicy
+    from metalr.meta.rule import RuleConfig
+
+    start = tmp_path / "start.safetensors"
+    save_policy(start, MetaPolicy(), rule=RuleConfig(), config={"data_families": ["iris"]})
+    labels = tmp_path / "labels.json"
+    labels.write_text(json.dumps({"tasks": [{"spec": {"data": "tokens"}}, {"spec": {"data": "signal"}}]}))
+    top = tmp_path / "top.safetensors"
+    save_policy(top, MetaPolicy(), rule=RuleConfig(), config={"data_families": ["blobs"], "lr_labels": str(labels), "init_from": str(start)})
+    selected = {"wine": "selected on", "breast_cancer": "selected on"}
+    assert data_seen(top) == {**selected, **dict.fromkeys(["tokens", "signal", "iris"], "meta-trained on")}  # not blobs: the labels are the draw
+    assert data_seen(start) == {**selected, "iris": "meta-trained on"}
+    shipped = data_seen(DEFAULT_PATH)
+    assert shipped["digits"] == "meta-trained on" and not {"mnist1d", "fashion_mnist", "rotten_tomatoes", "twitter_ner"} & set(shipped)
+
+    strategies = ["constant", "meta", {"name": "meta", "label": "meta_iris", "controller_kwargs": {"checkpoint": str(start)}}]
+    cfg = _cfg(tmp_path / "out", tasks=["digits_mlp", "wine_mlp"], strategies=strategies, seeds=[0], tensorboard=False, plots=False)
+    with caplog.at_level("WARNING", logger="metalr.evaluation.pipeline"):
+        results = evaluate(cfg, progress=False)
+    stamp = results["meta_checkpoints"]
+    assert stamp["meta"]["not_held_out"] == {
+        "digits_mlp": "built on digits, which the checkpoint was meta-trained on",
+        "wine_mlp": "built on wine, which the checkpoint was selected on",
+    }
+    assert stamp["meta_iris"]["not_held_out"] == {"wine_mlp": "built on wine, which the checkpoint was selected on"}
+    warned = sorted(r.getMessage().split(" is not")[0] for r in caplog.records if "not a held-out evaluation" in r.getMessage())
+    assert warned == ["meta on digits_mlp", "meta on wine_mlp", "meta_iris on wine_mlp"]
+    md = (tmp_path / "out" / "results.md").read_text()
+    digits = md[md.index("## digits_mlp") : md.index("## wine_mlp")]
+    assert "**Not held out for `meta`**: the task is built on digits" in digits and "meta_iris" not in digits.split("Quality")[0]
+    assert "  - **not held out**: `digits_mlp` (built on digits, which the checkpoint was meta-trained on)" in md
+    held_out = evaluate(
+        _cfg(tmp_path / "held", tasks=["digits_mlp"], strategies=strategies[:1] + strategies[2:], seeds=[0], tensorboard=False, plots=False), progress=False
+    )
+    assert "not_held_out" not in held_out["meta_checkpoints"]["meta_iris"]  # iris only: digits_mlp is held out for it
+    assert "Not held out" not in (tmp_path / "held" / "results.md").read_text()
+
+
 def test_tuned_reference_grid_and_report(tmp_path: Path) -> None:
     cfg = _cfg(tmp_path, strategies=["cosine"], seeds=[0], tuned={"n_lrs": 3, "factor": 10.0}, tensorboard=False)
     results = evaluate(cfg, progress=False)

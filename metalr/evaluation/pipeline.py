@@ -17,6 +17,7 @@ Layout of `out_dir`:
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,8 @@ from metalr.evaluation import report
 from metalr.evaluation.config import EvalConfig
 from metalr.evaluation.grid import build_specs, checkpoint_path, clean, default_workers, run_grid, sha256_file
 from metalr.io import atomic_write_json, atomic_write_text, versions
+
+log = logging.getLogger(__name__)
 
 PROFILE_MEASURES = {"steps": "steps_to_target", "wall time": "time_to_target"}
 
@@ -40,6 +43,7 @@ def evaluate(cfg: EvalConfig, progress: bool = True, source: dict[str, Any] | No
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     specs = build_specs(cfg)
+    warn_not_held_out(cfg)
     workers = cfg.workers or default_workers()
     records, counts = run_grid(
         specs,
@@ -60,12 +64,13 @@ def evaluate(cfg: EvalConfig, progress: bool = True, source: dict[str, Any] | No
     return results
 
 
-def meta_checkpoints(cfg: EvalConfig) -> dict[str, dict[str, str]]:
-    """{label: {path, sha256}} of the checkpoint each `meta` strategy loads: the stamp that ties
-    results to the exact controller weights (the shipped file's path is given relative to the repo)."""
+def meta_checkpoints(cfg: EvalConfig) -> dict[str, dict[str, Any]]:
+    """{label: {path, sha256[, not_held_out]}} of the checkpoint each `meta` strategy loads: the stamp that ties
+    results to the exact controller weights (the shipped file's path is given relative to the repo), and the tasks of
+    the grid that are not held out for it (`not_held_out`)."""
     from metalr.meta.checkpoint import DEFAULT_PATH
 
-    out = {}
+    out: dict[str, dict[str, Any]] = {}
     for s in cfg.strategies:
         if s.name != "meta":
             continue
@@ -73,7 +78,31 @@ def meta_checkpoints(cfg: EvalConfig) -> dict[str, dict[str, str]]:
         root = DEFAULT_PATH.resolve().parents[1]
         shown = str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
         out[s.label] = {"path": shown, "sha256": sha256_file(path)}
+        seen = not_held_out(cfg.tasks, path)
+        if seen:
+            out[s.label]["not_held_out"] = seen
     return out
+
+
+def not_held_out(tasks: list[str], checkpoint: str | Path) -> dict[str, str]:
+    """{task: why} for the tasks built on data that the policy in `checkpoint` was meta-trained or selected on
+    (`metalr.meta.checkpoint.data_seen`): its figures there are not those of a task it never saw."""
+    from metalr.meta.checkpoint import data_seen
+    from metalr.meta.tasks import TASK_DATA
+
+    seen = data_seen(checkpoint)
+    return {t: f"built on {TASK_DATA[t]}, which the checkpoint was {seen[TASK_DATA[t]]}" for t in tasks if TASK_DATA.get(t) in seen}
+
+
+def warn_not_held_out(cfg: EvalConfig) -> None:
+    """Log, before anything trains, each task of the grid that a `meta` strategy's checkpoint is not held out from."""
+    for s in cfg.strategies:
+        if s.name == "meta":
+            for task, why in not_held_out(cfg.tasks, checkpoint_path(s.controller_kwargs)).items():
+                log.warning(
+                    "%s on %s is not a held-out evaluation: the task is %s; its figures there do not say how the controller does on tasks it never saw",
+                    s.label, task, why,
+                )  # fmt: skip
 
 
 def summarise(cfg: EvalConfig, records: list[dict[str, Any]], counts: dict[str, int]) -> dict[str, Any]:

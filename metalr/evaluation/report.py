@@ -247,6 +247,7 @@ def markdown(results: dict[str, Any]) -> str:
             " Time columns (s to target, wall s, ms/step, the wall-time profile) mix runs timed at different times: "
             "a reused run keeps the time measured when it was trained, under that moment's machine load; compare them loosely."
         )
+    stamp = results.get("meta_checkpoints") or {}
     for task, cells in agg.items():
         main = [(label, c) for label, c in cells.items() if c["group"] == "main"]
         if task in tuned:
@@ -261,7 +262,13 @@ def markdown(results: dict[str, Any]) -> str:
             extra[f"Δ {tuned[task]['metric']} vs tuned"][_tuned_row_label(results, task)] = "+0.00%"
         efficiency = [(k, h) for k, h in EFFICIENCY if any(k in c["metrics"] for _, c in main) or k in TARGET_KEYS]
         diverged = {f"{label}": f"{c['n_diverged']}/{c['n']}" + (f" ({c['n_errors']} failed)" if c["n_errors"] else "") for label, c in main}
-        lines += ["", f"## {task}", "", f"Target: {target or '(none)'}.", "", "Quality (final = last evaluation):", ""]
+        lines += ["", f"## {task}", "", f"Target: {target or '(none)'}.", ""]
+        lines += [
+            f"**Not held out for `{label}`**: the task is {c['not_held_out'][task]}; its row here is not a held-out result.\n"
+            for label, c in stamp.items()
+            if task in (c.get("not_held_out") or {})
+        ]
+        lines += ["Quality (final = last evaluation):", ""]
         lines += _table(main, quality, extra)
         lines += ["", "Speed, stability and cost:", ""]
         lines += _table(main, efficiency, {"diverged": diverged})
@@ -287,10 +294,11 @@ def markdown(results: dict[str, Any]) -> str:
         for label in labels:
             lines.append(f"| {label} | " + " | ".join(f"{p['score'].get(label, 0.0):.3f}" for p in prof.values()) + " |")
     lines += sensitivity_markdown(results.get("sensitivity") or {})
-    stamp = results.get("meta_checkpoints") or {}
     if stamp:
         lines += ["", "## Meta-controller checkpoint", ""]
-        lines += [f"- `{label}`: `{c['path']}`, sha256 `{c['sha256']}`" for label, c in stamp.items()]
+        for label, c in stamp.items():
+            lines.append(f"- `{label}`: `{c['path']}`, sha256 `{c['sha256']}`")
+            lines += [f"  - **not held out**: `{task}` ({why})" for task, why in (c.get("not_held_out") or {}).items()]
     return "\n".join(lines) + "\n"
 
 

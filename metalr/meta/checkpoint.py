@@ -175,6 +175,62 @@ def _validate(p: Path, meta: Any, tensors: dict[str, torch.Tensor]) -> None:
 _CACHE: dict[tuple[str, int, int], FrozenPolicy] = {}
 
 
+def data_seen(path: str | os.PathLike[str] | None = None) -> dict[str, str]:
+    """{data set: "meta-trained on" | "selected on"}: what a policy file (default: the shipped one) learned from, as far as
+    its metadata and the files it names tell: the families its meta-training drew tasks from (its config's
+    `data_families`, or the tasks of its LR-label file), over its whole lineage (each `init_from` warm start, where the
+    file is at hand), and the real sets every checkpoint selection scores (`VALIDATION_REAL`). A registered task built on
+    one of them (`TASK_DATA`) is not held out for this policy. Files are named relative to the repository root."""
+    from metalr.meta.tasks import DATA_FAMILIES, VALIDATION_REAL
+
+    seen = dict.fromkeys(VALIDATION_REAL, "selected on")
+    todo, done = [Path(path).expanduser() if path is not None else DEFAULT_PATH], set()
+    while todo:
+        p = todo.pop()
+        if p in done or not p.is_file():
+            continue
+        done.add(p)
+        config = _header(p).get("config") or {}
+        labels = _named(config.get("lr_labels"))
+        families = _label_data(labels) if labels is not None else None  # the label file's tasks are the draw
+        if families is None:  # no label file (or not at hand): the families the config names (their defaults if unnamed)
+            families = set(config.get("data_families") or DATA_FAMILIES)
+        seen.update(dict.fromkeys(sorted(families), "meta-trained on"))
+        warm = _named(config.get("init_from"))
+        if warm is not None:
+            todo.append(warm)
+    return seen
+
+
+def _named(name: Any) -> Path | None:
+    """A file a policy's config names (relative to the repository root, or absolute), or None if it names none."""
+    if not isinstance(name, str) or not name:
+        return None
+    p = Path(name).expanduser()
+    return p if p.is_absolute() else DEFAULT_PATH.resolve().parents[1] / p
+
+
+def _header(p: Path) -> dict[str, Any]:
+    """A policy file's metalr metadata ({} if unreadable)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            meta = json.loads((f.metadata() or {})["metalr"])
+    except Exception:
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def _label_data(p: Path) -> set[str] | None:
+    """The data sets of an LR-label file's tasks (`scripts/meta_label_tasks.py`), or None if it cannot be read."""
+    try:
+        tasks = json.loads(p.read_text())["tasks"]
+        return {str(t["spec"]["data"]) for t in tasks}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def cached_policy(path: str | os.PathLike[str] | None = None) -> FrozenPolicy:
     """`read_policy`, memoised on (path, mtime, size): building many controllers reads the file once."""
     p = Path(path).expanduser() if path is not None else DEFAULT_PATH

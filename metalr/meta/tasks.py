@@ -66,6 +66,10 @@ EXTRA_FAMILIES = ("teacher_large", "zipf_tokens", "doctext")
 ALL_FAMILIES = DATA_FAMILIES + EXTRA_FAMILIES
 #: Real sets used only to select checkpoints (neither meta-training nor evaluation).
 VALIDATION_REAL = ("wine", "breast_cancer")
+#: The registered tasks (`metalr.tasks`) built on one of the data sets above: a held-out task's data may never be a
+#: meta-training family (`train_meta.py` refuses it), and an evaluation of a policy on one is not held out
+#: (`metalr.meta.checkpoint.data_seen`).
+TASK_DATA = {"digits_mlp": "digits", "digits_cnn": "digits", "wine_mlp": "wine", "breast_cancer_mlp": "breast_cancer"}
 OPTIMIZERS = ("sgd", "sgdm", "adam")
 #: The optimizer's usual LR; a task's base LR is this times 10**U(-1.5, 1.5).
 USUAL_LR = {"sgd": 0.1, "sgdm": 0.03, "adam": 2e-3}

@@ -59,15 +59,23 @@ import torch.distributed as dist
 from metalr.meta.checkpoint import save_policy
 from metalr.meta.policy import MetaPolicy
 from metalr.meta.rule import RuleConfig
-from metalr.meta.tasks import ALL_FAMILIES, DATA_FAMILIES, OPTIMIZERS, PRETRAINED_MODES, TaskSpec, materialise, sample_spec, task_seed, with_pretraining
+from metalr.meta.tasks import (
+    ALL_FAMILIES,
+    DATA_FAMILIES,
+    OPTIMIZERS,
+    PRETRAINED_MODES,
+    TASK_DATA,
+    TaskSpec,
+    materialise,
+    sample_spec,
+    task_seed,
+    with_pretraining,
+)
 from metalr.testing import pause_point
 
 log = logging.getLogger(__name__)
 TRAIN_STATE = "train_state.safetensors"
 BEST_POLICY = "best_policy.safetensors"
-
-#: Data each evaluation task is built on: a held-out task's data may never be a meta-training family.
-TASK_DATA = {"digits_mlp": "digits", "digits_cnn": "digits", "wine_mlp": "wine", "breast_cancer_mlp": "breast_cancer"}
 
 
 @dataclass
