@@ -259,6 +259,24 @@ def test_a_state_keeps_its_run_length_and_a_resume_into_another_length_is_logged
         assert old.total_steps == 50
 
 
+def test_an_optimizer_lr_outside_the_controllers_range_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    """The resource-aware rule's absolute range is the plan's [1e-6, 1e-2]: on SGD at 0.1 it cut the LR 10x at its first
+    step without a word (a stranger's plain loop). Any controller whose bounds leave out the optimizer's LR now says so."""
+    outside = lambda: [r.getMessage() for r in caplog.records if "outside the controller's LR range" in r.getMessage()]  # noqa: E731
+    with caplog.at_level("WARNING", logger="metalr.controllers.base"):
+        ctrl = _bare("resource_aware")  # SGD at 0.1
+        assert len(outside()) == 1 and "group 0: 0.1 not in [1e-06, 0.01]" in outside()[0] and "ResourceAware" in outside()[0]
+        assert ctrl.step(Signals(step=1, resources={"cpu_util": 0.0, "mem_util": 0.0})) == [0.01]  # what it warned of
+        caplog.clear()
+        _bare("resource_aware", max_lr=1.0)
+        p = torch.nn.Parameter(torch.zeros(2))
+        controllers.build("resource_aware", torch.optim.Adam([p], lr=1e-3))
+        controllers.build("cosine", torch.optim.SGD([{"params": [p], "lr": 0.0}, {"params": [torch.nn.Parameter(torch.zeros(1))]}], lr=0.1), total_steps=10)
+        assert outside() == []  # inside the range; a group at 0 stays at 0 by design
+        _bare("cosine", total_steps=10, max_lr=0.05)
+        assert len(outside()) == 1 and "Cosine" in outside()[0]
+
+
 #: Controllers that drive the optimizer they are given (not their own) and need no task.
 DRIVE_GIVEN = [n for n in NAMES if not controllers.get(n).owns_optimizer and not n.startswith("uncertainty") and n != "resource_aware"]
 

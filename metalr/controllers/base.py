@@ -171,6 +171,13 @@ class Controller:
                 lo[i] = hi[i] = 0.0
             elif not hi[i] > lo[i]:
                 raise ValueError(f"max_lr must be > min_lr, got min_lr={lo[i]}, max_lr={hi[i]}")
+        outside = [f"group {i}: {b:g} not in [{lo[i]:g}, {hi[i]:g}]" for i, b in enumerate(bases) if b > 0.0 and not lo[i] <= b <= hi[i]]
+        if outside:  # (the resource-aware rule's absolute [1e-6, 1e-2] against an SGD LR of 0.1; a max_lr set below the LR)
+            log.warning(
+                "%s: the optimizer's LR lies outside the controller's LR range (%s): every LR it sets is clamped into that range, "
+                "so the run does not train at the optimizer's LR. Widen min_lr/max_lr to keep it.",
+                type(self).__name__, "; ".join(outside),
+            )  # fmt: skip
         self.optimizer = optimizer
         self.min_lrs, self.max_lrs = lo, hi  # each param group's bounds
         self.min_lr, self.max_lr = min(lo), max(hi)  # the widest range (for display; the clamp is per group)
