@@ -186,7 +186,7 @@ def data_seen(path: str | os.PathLike[str] | None = None) -> dict[str, str]:
     seen = dict.fromkeys(VALIDATION_REAL, "selected on")
     todo, done = [Path(path).expanduser() if path is not None else DEFAULT_PATH], set()
     while todo:
-        p = todo.pop()
+        p = todo.pop().resolve()  # (one file named two ways is read once: a lineage that loops ends)
         if p in done or not p.is_file():
             continue
         done.add(p)
