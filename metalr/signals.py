@@ -449,9 +449,10 @@ class SignalTracker:
         left out: no LR of it is being set). Returns the gradient norm."""
         each = each_dots(grads, steps)
         g_sq = sum(e[0] for e in each)
-        per_group = [0.0] * self._layout().n_groups
+        layout = self._layout()
+        per_group = [0.0] * layout.n_groups
         gg = gd = dd = 0.0
-        for (a, b, c), lr, k in zip(each, param_lrs, self._layout().group_of):
+        for (a, b, c), lr, k in zip(each, param_lrs, layout.group_of):
             if lr > 0:
                 gg, gd, dd = gg + a, gd + b, dd + c
                 per_group[k] += b / lr

@@ -75,7 +75,7 @@ class MetaController(Controller):
 
     requires = frozenset({"loss", "grad_align", "update_size"})
     device_signals = True
-    _state_keys = ("log_rel", "rule_state", "total_steps")
+    _state_keys = ("log_rel", "rule_state")  # (and the run's length, which every planned controller's state keeps)
     _past_end = "the policy reads the run as finished (progress 1) from here on and its LR goes on with its end-of-run decay"
 
     def __init__(
@@ -118,9 +118,8 @@ class MetaController(Controller):
         lowest = self.rule.min_factor * warmup_factor(self.rule, 1, self.total_steps)  # the LR floor times the warmup's first step
         super().__init__(optimizer, min_lr=[b * lowest for b in bases], max_lr=[b * self.rule.max_factor for b in bases])
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        self._warmup_steps = warmup_steps(self.rule, self.total_steps)  # the restored run's length (set last, by `_state_keys`)
+    def _run_length_changed(self) -> None:
+        self._warmup_steps = warmup_steps(self.rule, self.total_steps)  # the restored run's length
 
     def _initial_lrs(self) -> list[float]:
         return [b * warmup_factor(self.rule, 1, self.total_steps) for b in self.base_lrs]  # the first step's LR: the rule's warmup
