@@ -113,6 +113,30 @@ def test_step_without_optimizer_step_still_steps_and_logs(caplog: pytest.LogCapt
     assert sum("without optimizer.step()" in r.message for r in caplog.records) == 1
 
 
+def test_a_group_added_mid_run_is_refused_before_the_optimizer_steps_it(caplog: pytest.LogCaptureFixture) -> None:
+    """Progressive unfreezing with `add_param_group` after `metalr.hook`: the step pre-hook refuses it, so no step is
+    taken with a group whose LR nobody set (the error came after one such step, from the controller's own step, and
+    after a warning that the LR was being restored, which it was not for the new group)."""
+    model, opt, x, y = _setup("cosine")
+    ctrl = metalr.hook("cosine", opt, total_steps=STEPS)
+    extra = torch.nn.Parameter(torch.ones(3))
+    for _ in range(2):
+        loss = torch.nn.functional.cross_entropy(model(x), y) + extra.sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        ctrl.step(loss)
+    opt.add_param_group({"params": [extra], "lr": 0.5})
+    loss = torch.nn.functional.cross_entropy(model(x), y) + extra.sum()
+    opt.zero_grad()
+    loss.backward()
+    before = [p.detach().clone() for p in model.parameters()]
+    with caplog.at_level(logging.WARNING), pytest.raises(ValueError, match="added or removed after it was built"):
+        opt.step()
+    assert torch.equal(extra.detach(), torch.ones(3)) and all(torch.equal(a, b.detach()) for a, b in zip(before, model.parameters()))
+    assert not any("changed outside the controller" in r.message for r in caplog.records)
+
+
 def _weights_only_round_trip(state: dict[str, Any]) -> dict[str, Any]:
     buf = io.BytesIO()
     torch.save(state, buf)

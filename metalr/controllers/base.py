@@ -320,16 +320,20 @@ class Controller:
         return {}
 
     # --------------------------------------------------------------------- helpers
+    def check_param_groups(self) -> None:
+        """Raise if the optimizer's param groups are not the ones the controller was built for (`add_param_group`)."""
+        if len(self.base_lrs) != len(self.optimizer.param_groups):
+            raise ValueError(
+                f"{self.name}: the optimizer has {len(self.optimizer.param_groups)} param groups, the controller was built for "
+                f"{len(self.base_lrs)}: a group was added or removed after it was built (optimizer.add_param_group). Build the "
+                "controller once the optimizer has all its groups (a group to unfreeze later can be in it from the start, its "
+                "parameters with requires_grad=False: the optimizer skips parameters without gradients)"
+            )
+
     def _apply(self, lrs: list[float]) -> list[float]:
         """Sanitise proposed LRs (finite, clamped) and write them into the optimizer."""
         if len(lrs) != len(self.optimizer.param_groups):
-            if len(self.base_lrs) != len(self.optimizer.param_groups):
-                raise ValueError(
-                    f"{self.name}: the optimizer has {len(self.optimizer.param_groups)} param groups, the controller was built for "
-                    f"{len(self.base_lrs)}: a group was added or removed after it was built (optimizer.add_param_group). Build the "
-                    "controller once the optimizer has all its groups (a group to unfreeze later can be in it from the start, its "
-                    "parameters with requires_grad=False: the optimizer skips parameters without gradients)"
-                )
+            self.check_param_groups()
             raise ValueError(f"{self.name}: {len(lrs)} LRs for {len(self.optimizer.param_groups)} param groups")
         previous = getattr(self, "_last_lr", None) or self.base_lrs
         safe = []

@@ -168,6 +168,7 @@ class Binding:
         scheduler, ReduceLROnPlateau after an evaluation), the controller's LR is put
         back, once logged: the controller owns the LR.
         """
+        self.controller.check_param_groups()  # before the step: a group added since would step at an LR nobody set
         groups = self.controller.optimizer.param_groups
         if self._group_lrs() != self._written:
             if not self._warned_override:
