@@ -388,3 +388,14 @@ def test_rerule_writes_the_weights_unchanged_under_the_shipped_rule(tmp_path: Pa
     for (k, a), b in zip(got.policy.state_dict().items(), other.policy.state_dict().values()):
         assert torch.equal(a, b), k  # the source's weights, untouched
     assert got.metadata["rerule"]["weights_rule"]["guard_factor"] == 0.3 and got.metadata["config"] == {"seed": 8}
+
+
+def test_lr_look_reports_each_checkpoints_accuracy_and_lr_level_per_run() -> None:
+    from metalr.meta.tasks import validation_specs
+
+    m = _script("meta_lr_look")
+    specs = [replace(s, steps=48) for s in validation_specs(1, lr_factors=(0.1, 10.0))[:2]]
+    shipped = str(SCRIPTS.parent / "checkpoints" / "metalr_default.safetensors")
+    rows = m.look([shipped], specs)[shipped]
+    assert len(rows) == 2 and all(0.0 <= r["acc"] <= 1.0 and r["peak"] >= r["tail"] for r in rows)
+    assert rows[0]["peak"] > rows[1]["peak"]  # the multiple of a 100x lower base LR rises further

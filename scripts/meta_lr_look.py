@@ -1,0 +1,67 @@
+"""Where policies put the LR on the meta-trainer's validation runs (research; issue 13; a look, chooses nothing).
+
+    python scripts/meta_lr_look.py checkpoints/metalr_default.safetensors runs/meta_stage24/policy.safetensors
+
+Each checkpoint, under its own rule, drives the runs `train_meta.py` validates on (`metalr.meta.tasks.validation_specs`:
+8 generated tasks, 4 large ones, wine and breast cancer, each at x0.1, x1 and x10 of its usual LR; the deployed path,
+`metalr.meta.validate.run_spec`), and the script prints per run the final validation accuracy, the peak LR and the mean
+LR over the last 20 % of the run (both as log10 of the multiple of the run's base LR), then the means per checkpoint.
+The mean accuracy is the trainer's validation score. Session 29 (stage 24, docs/meta_training/README.md) used it to
+see which way whole-run meta-gradients moved the policy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from typing import Any
+
+import torch
+
+from metalr.controllers.meta import MetaController
+from metalr.meta.checkpoint import read_policy
+from metalr.meta.tasks import TaskSpec, validation_specs
+from metalr.meta.validate import run_spec
+
+TAIL = 0.2  # the last fraction of the run whose mean log LR is reported
+
+
+def look_one(path: str, spec: TaskSpec) -> dict[str, Any]:
+    """One run of `spec` under the checkpoint at `path`: accuracy, log10 peak and tail LR multiples of the base LR."""
+    frozen = read_policy(path)
+    r = run_spec(spec, lambda opt, total: MetaController(opt, checkpoint=frozen, total_steps=total))
+    logs = [math.log10(v / spec.lr) for v in r["lrs"]]
+    start = int((1 - TAIL) * len(logs))
+    return {"acc": r["val_accuracy"], "peak": max(logs), "tail": sum(logs[start:]) / max(1, len(logs) - start), "diverged": r["diverged"]}
+
+
+def look(paths: list[str], specs: list[TaskSpec]) -> dict[str, list[dict[str, Any]]]:
+    rows: dict[str, list[dict[str, Any]]] = {p: [] for p in paths}
+    for spec in specs:
+        line = f"{spec.data:>13} {spec.model:>6} {spec.optimizer:>5} lr {spec.lr:<9.3g} {spec.steps:>5} steps"
+        for p in paths:
+            r = look_one(p, spec)
+            rows[p].append(r)
+            line += f" | acc {r['acc']:.3f} peak {r['peak']:+.2f} tail {r['tail']:+.2f}"
+        print(line, flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("checkpoints", nargs="+")
+    ap.add_argument("--tasks", type=int, default=8, help="generated validation tasks (the trainer's validation_tasks)")
+    ap.add_argument("--large", type=int, default=4, help="large generated tasks (the trainer's validation_large)")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    rows = look(args.checkpoints, validation_specs(args.tasks, n_large=args.large))
+    for p, rs in rows.items():
+        n = len(rs)
+        print(
+            f"{p}: mean acc {sum(r['acc'] for r in rs) / n:.4f}, mean peak {sum(r['peak'] for r in rs) / n:+.3f}, "
+            f"mean tail {sum(r['tail'] for r in rs) / n:+.3f} (log10 x base LR), diverged {sum(r['diverged'] for r in rs)}/{n}"
+        )
+
+
+if __name__ == "__main__":
+    main()
