@@ -19,16 +19,15 @@ from typing import Any
 import torch
 
 from metalr.controllers.meta import MetaController
-from metalr.meta.checkpoint import read_policy
+from metalr.meta.checkpoint import FrozenPolicy, read_policy
 from metalr.meta.tasks import TaskSpec, validation_specs
 from metalr.meta.validate import run_spec
 
 TAIL = 0.2  # the last fraction of the run whose mean log LR is reported
 
 
-def look_one(path: str, spec: TaskSpec) -> dict[str, Any]:
-    """One run of `spec` under the checkpoint at `path`: accuracy, log10 peak and tail LR multiples of the base LR."""
-    frozen = read_policy(path)
+def look_one(frozen: FrozenPolicy, spec: TaskSpec) -> dict[str, Any]:
+    """One run of `spec` under the policy `frozen`: accuracy, log10 peak and tail LR multiples of the base LR."""
     r = run_spec(spec, lambda opt, total: MetaController(opt, checkpoint=frozen, total_steps=total))
     logs = [math.log10(v / spec.lr) for v in r["lrs"]]
     start = int((1 - TAIL) * len(logs))
@@ -37,10 +36,11 @@ def look_one(path: str, spec: TaskSpec) -> dict[str, Any]:
 
 def look(paths: list[str], specs: list[TaskSpec]) -> dict[str, list[dict[str, Any]]]:
     rows: dict[str, list[dict[str, Any]]] = {p: [] for p in paths}
+    policies = {p: read_policy(p) for p in paths}  # each file read once
     for spec in specs:
         line = f"{spec.data:>13} {spec.model:>6} {spec.optimizer:>5} lr {spec.lr:<9.3g} {spec.steps:>5} steps"
         for p in paths:
-            r = look_one(p, spec)
+            r = look_one(policies[p], spec)
             rows[p].append(r)
             line += f" | acc {r['acc']:.3f} peak {r['peak']:+.2f} tail {r['tail']:+.2f}"
         print(line, flush=True)
