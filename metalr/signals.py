@@ -486,6 +486,7 @@ class SignalTracker:
         state = {
             "step": self.step,
             "epoch": self.epoch,
+            "total_steps": self.total_steps,
             "prev_grad": self._prev_grad.tensors,
             "prev_params": self._prev_params.tensors,
             "prev_lr": None if self._prev_lr is None else list(self._prev_lr),
@@ -503,6 +504,8 @@ class SignalTracker:
         prev_grad = self._per_tensor("prev_grad", state["prev_grad"])
         prev_params = self._per_tensor("prev_params", state["prev_params"])
         self.step, self.epoch = int(state["step"]), int(state["epoch"])
+        if state.get("total_steps") is not None:  # the saved run's length, as the controllers keep it (`progress` agrees with theirs)
+            self.total_steps = int(state["total_steps"])
         self._prev_grad.load(prev_grad)
         self._prev_params.load(prev_params)
         prev_lr = state["prev_lr"]  # each group's LR; one number in states saved before per-group LRs (right for one group)

@@ -259,6 +259,26 @@ def test_a_state_keeps_its_run_length_and_a_resume_into_another_length_is_logged
         assert old.total_steps == 50
 
 
+def test_a_tracker_state_keeps_its_run_length_as_the_controllers_does() -> None:
+    """The `progress` signal of a resumed run is that of the run length the controller goes on with (the saved one):
+    before, the tracker took the new length, so a controller reading `progress` saw another fraction than its own."""
+    from metalr.signals import SignalTracker
+
+    p = torch.nn.Parameter(torch.zeros(3))
+    saved = SignalTracker([p], torch.optim.SGD([p], lr=0.1), requires=["loss"], total_steps=30)
+    for _ in range(20):
+        saved.collect(loss=1.0)
+    state = saved.state_dict()
+    resumed = SignalTracker([p], torch.optim.SGD([p], lr=0.1), requires=["loss"], total_steps=50)
+    resumed.load_state_dict(state)
+    assert resumed.total_steps == 30
+    assert resumed.collect(loss=1.0).progress == saved.collect(loss=1.0).progress == 21 / 30
+    del state["total_steps"]  # a state saved before run lengths were: the built length
+    old = SignalTracker([p], torch.optim.SGD([p], lr=0.1), requires=["loss"], total_steps=50)
+    old.load_state_dict(state)
+    assert old.collect(loss=1.0).progress == 21 / 50
+
+
 def test_an_optimizer_lr_outside_the_controllers_range_is_logged(caplog: pytest.LogCaptureFixture) -> None:
     """The resource-aware rule's absolute range is the plan's [1e-6, 1e-2]: on SGD at 0.1 it cut the LR 10x at its first
     step without a word (a stranger's plain loop). Any controller whose bounds leave out the optimizer's LR now says so."""
