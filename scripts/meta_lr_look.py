@@ -5,9 +5,9 @@
 Each checkpoint, under its own rule, drives the runs `train_meta.py` validates on (`metalr.meta.tasks.validation_specs`:
 8 generated tasks, 4 large ones, wine and breast cancer, each at x0.1, x1 and x10 of its usual LR; the deployed path,
 `metalr.meta.validate.run_spec`), and the script prints per run the final validation accuracy, the peak LR and the mean
-LR over the last 20 % of the run (both as log10 of the multiple of the run's base LR), then the means per checkpoint.
-The mean accuracy is the trainer's validation score. Session 29 (stage 24, docs/meta_training/README.md) used it to
-see which way whole-run meta-gradients moved the policy.
+LR over the last 20 % of the run (both as log10 of the multiple of the run's base LR), then the means per checkpoint,
+over all runs and per base-LR multiple. The mean accuracy is the trainer's validation score. Sessions 29 and 30
+(stages 24-26, docs/meta_training/README.md) used it to see which way whole-run meta-gradients moved the policy.
 """
 
 from __future__ import annotations
@@ -47,6 +47,18 @@ def look(paths: list[str], specs: list[TaskSpec]) -> dict[str, list[dict[str, An
     return rows
 
 
+FACTORS = (0.1, 1.0, 10.0)  # the base-LR multiples of each validation task, as the trainer validates
+
+
+def means(rs: list[dict[str, Any]]) -> str:
+    """Mean accuracy, peak and tail LR (log10 x base LR) of some runs, and how many diverged."""
+    n = len(rs)
+    return (
+        f"mean acc {sum(r['acc'] for r in rs) / n:.4f}, mean peak {sum(r['peak'] for r in rs) / n:+.3f}, "
+        f"mean tail {sum(r['tail'] for r in rs) / n:+.3f} (log10 x base LR), diverged {sum(r['diverged'] for r in rs)}/{n}"
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("checkpoints", nargs="+")
@@ -54,13 +66,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--large", type=int, default=4, help="large generated tasks (the trainer's validation_large)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    rows = look(args.checkpoints, validation_specs(args.tasks, n_large=args.large))
+    rows = look(args.checkpoints, validation_specs(args.tasks, lr_factors=FACTORS, n_large=args.large))
     for p, rs in rows.items():
-        n = len(rs)
-        print(
-            f"{p}: mean acc {sum(r['acc'] for r in rs) / n:.4f}, mean peak {sum(r['peak'] for r in rs) / n:+.3f}, "
-            f"mean tail {sum(r['tail'] for r in rs) / n:+.3f} (log10 x base LR), diverged {sum(r['diverged'] for r in rs)}/{n}"
-        )
+        print(f"{p}: {means(rs)}")
+        for i, f in enumerate(FACTORS):  # (validation_specs lists each task at every factor in turn)
+            print(f"  from x{f:g}: {means(rs[i :: len(FACTORS)])}")
 
 
 if __name__ == "__main__":
