@@ -309,10 +309,17 @@ class SignalTracker:
 
     def _grads(self, params: Sequence[torch.Tensor]) -> list[torch.Tensor | None]:
         """The parameters' gradients, a sparse one (`nn.Embedding(sparse=True)`) as absent: the gradient statistics
-        are those of the dense gradients (logged once, at the first gradient seen)."""
+        are those of the dense gradients (logged once, at the first gradient seen; an error if there are none)."""
         grads = [p.grad for p in params]
         if self._sparse is None and any(g is not None for g in grads):
             sparse = [i for i, g in enumerate(grads) if g is not None and g.layout != torch.strided]
+            if sparse and len(sparse) == sum(g is not None for g in grads):
+                raise ValueError(
+                    f"every gradient of this step is sparse ({len(sparse)} parameter(s), e.g. {tuple(params[sparse[0]].shape)}; "
+                    f"`nn.Embedding(sparse=True)` with `SparseAdam`?): the gradient statistics {sorted(self.requires & GRADIENT_SIGNALS)} "
+                    "are those of the dense gradients and there are none. Use dense gradients (`sparse=False`) or a controller "
+                    "that reads no gradient statistics (a schedule)"
+                )
             self._sparse = bool(sparse)
             if sparse:
                 log.warning(

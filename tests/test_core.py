@@ -106,6 +106,20 @@ def test_tracker_leaves_sparse_gradients_out_of_its_statistics_logged_once(caplo
     assert tracker.collect(loss=1.0).update_size is not None  # the weights themselves are dense: all of them are sampled
 
 
+def test_tracker_refuses_gradient_statistics_when_every_gradient_is_sparse() -> None:
+    """An embedding model trained by `SparseAdam` alone has no dense gradient: the meta-controller read gradient
+    statistics over none (norm 0) and cut the LR 30x in 60 steps, only a warning said why; now a clear error."""
+    torch.manual_seed(0)
+    emb = torch.nn.Embedding(50, 8, sparse=True)
+    opt = torch.optim.SparseAdam(list(emb.parameters()), lr=0.01)
+    tracker = SignalTracker(list(emb.parameters()), opt, requires={"loss", "grad_norm", "grad_align"})
+    emb(torch.randint(0, 50, (16,))).pow(2).mean().backward()
+    with pytest.raises(ValueError, match="every gradient of this step is sparse.*dense gradients"):
+        tracker.collect(loss=1.0)
+    schedule = SignalTracker(list(emb.parameters()), opt, requires={"loss"})  # a schedule's tracker reads no gradient
+    assert schedule.collect(loss=1.0).loss == 1.0
+
+
 @pytest.mark.parametrize("momentum", [0.0, 0.9])
 def test_tracker_every_k_reports_the_every_step_values_on_its_steps(momentum: float) -> None:
     """`every=3`: gradient-level signals only on steps 3, 6, ...; there equal to an every-step tracker's (the buffers
