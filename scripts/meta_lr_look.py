@@ -4,7 +4,7 @@
 
 Each checkpoint, under its own rule, drives the runs `train_meta.py` validates on (`metalr.meta.tasks.validation_specs`:
 8 generated tasks, 4 large ones, wine and breast cancer, each at x0.1, x1 and x10 of its usual LR; the deployed path,
-`metalr.meta.validate.run_spec`), and the script prints per run the final validation accuracy, the peak LR and the mean
+`metalr.meta.validate.run_spec`; `--text N` adds the real-text runs of `validation_text: N`), and the script prints per run the final validation accuracy, the peak LR and the mean
 LR over the last 20 % of the run (both as log10 of the multiple of the run's base LR), then the means per checkpoint,
 over all runs and per base-LR multiple. The mean accuracy is the trainer's validation score. Sessions 29 and 30
 (stages 24-26, docs/meta_training/README.md) used it to see which way whole-run meta-gradients moved the policy.
@@ -64,9 +64,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("checkpoints", nargs="+")
     ap.add_argument("--tasks", type=int, default=8, help="generated validation tasks (the trainer's validation_tasks)")
     ap.add_argument("--large", type=int, default=4, help="large generated tasks (the trainer's validation_large)")
+    ap.add_argument("--text", type=int, default=0, help="real-text recurrent tasks (the trainer's validation_text)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    rows = look(args.checkpoints, validation_specs(args.tasks, lr_factors=FACTORS, n_large=args.large))
+    rows = look(args.checkpoints, validation_specs(args.tasks, lr_factors=FACTORS, n_large=args.large, n_text=args.text))
     for p, rs in rows.items():
         print(f"{p}: {means(rs)}")
         for i, f in enumerate(FACTORS):  # (validation_specs lists each task at every factor in turn)

@@ -632,6 +632,43 @@ def test_zero_meta_steps_exports_the_warm_start_under_the_configs_rule(tmp_path:
         tiny_cfg(meta_steps=0)  # without a policy to start from there is nothing to export
 
 
+def test_resume_with_other_validation_runs_scores_the_best_so_far_again(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Validation keys may change on --resume (they choose the export, not the training), but the best so far was scored
+    on the old runs: compared with scores on the new ones, the export would follow the change of runs, not the policy.
+    Resumed with other runs, it is scored again on them first (before: kept its old score)."""
+    from metalr.meta.trainer import BEST_POLICY, train, validation_score
+
+    save_policy(tmp_path / "init.safetensors", lively_policy(seed=5), rule=RuleConfig(), config={})
+    cfg = tiny_cfg(init_from=str(tmp_path / "init.safetensors"), meta_steps=1, meta_lr=1e-12, validate_every=1, validation_tasks=1,
+                   validation_max_steps=30, out_dir=str(tmp_path / "run"), checkpoint_every=1)  # fmt: skip
+    train(cfg)
+    old = read_policy(tmp_path / "run" / BEST_POLICY).metadata["selected_by"]
+    longer = replace(cfg, meta_steps=2, validation_max_steps=60)
+    expected = validation_score(read_policy(tmp_path / "run" / BEST_POLICY).policy, longer)["val_score"]
+    assert expected != old["val_score"]  # the other runs score the same policy otherwise
+    with caplog.at_level("WARNING", logger="metalr.meta.trainer"):
+        train(longer, resume=True)
+    said = [r.getMessage() for r in caplog.records if "scored again" in r.getMessage()]
+    assert len(said) == 1 and "validation_max_steps" in said[0]
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    best = read_policy(tmp_path / "run" / BEST_POLICY).metadata["selected_by"]
+    if best["step"] == old["step"]:  # kept: its score is the one on the new runs
+        assert best["val_score"] == pytest.approx(expected) and best["rescored_at"] == {"validation_max_steps": 60}
+    else:  # replaced by meta-step 2, which had to beat the new score
+        assert best["step"] == 2 and history[-1]["val_score"] > expected
+
+
+def test_text_validation_runs_are_opt_in_real_text_recurrent_and_apart() -> None:
+    """`validation_text` adds GRU/LSTM runs over real documents after the others; none is a selection-script task."""
+    base = validation_specs(8, n_large=4)
+    more = validation_specs(8, n_large=4, n_text=4)
+    assert more[: len(base)] == base and len(more) == len(base) + 12
+    text = more[len(base) :]
+    assert {s.data for s in text} == {"doctext"} and [s.model for s in text[::3]] == ["gru", "lstm", "gru", "lstm"]
+    assert all(300 <= s.steps <= 600 for s in text)
+    assert all(not 560_000 <= s.seed < 562_000 and not 777_000 <= s.seed < 778_000 for s in text)  # labelled tasks', selection's
+
+
 # ----------------------------------------------------------------- task distribution
 def test_teacher_large_is_opt_in_and_trains() -> None:
     """The opt-in family changes no default draw (stage configs and validation stay reproducible) and makes harder tasks."""

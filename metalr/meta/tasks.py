@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import cache
 from typing import Any
 
@@ -504,17 +504,24 @@ def _pretrain(task: InnerTask) -> None:
     model.zero_grad(set_to_none=True)
 
 
-def validation_specs(n_generated: int = 8, lr_factors: tuple[float, ...] = (0.1, 1.0, 10.0), seed: int = 987_654_321, n_large: int = 0) -> list[TaskSpec]:
+def validation_specs(
+    n_generated: int = 8, lr_factors: tuple[float, ...] = (0.1, 1.0, 10.0), seed: int = 987_654_321, n_large: int = 0, n_text: int = 0
+) -> list[TaskSpec]:
     """Fixed checkpoint-selection tasks: generated ones from their own seed stream, plus wine and breast cancer.
 
     Each base task is run at its drawn LR times every factor in `lr_factors` (selection rewards robustness to the base LR).
-    `n_large` adds that many `teacher_large` tasks (600-1000 steps, their own seed stream) after the others.
+    `n_large` adds that many `teacher_large` tasks (600-1000 steps, their own seed stream) after the others; `n_text` that
+    many real-text tasks (`doctext`: a GRU or LSTM, alternately, over real documents at its optimizer's usual LR, 300-600
+    steps; their own seed stream, apart from the labelled tasks' 560000+ and the selection script's 777000+) last.
     """
     bases = [sample_spec(seed + i, steps_range=(200, 1000)) for i in range(n_generated)]
     bases += [sample_spec(seed + 500 + i, ("teacher_large",), steps_range=(600, 1000)) for i in range(n_large)]
     for j, name in enumerate(VALIDATION_REAL):
         bases.append(TaskSpec(data=name, model="mlp", optimizer=("sgdm", "adam")[j % 2], lr=USUAL_LR[("sgdm", "adam")[j % 2]], weight_decay=0.0,
                               batch_size=32, steps=300, seed=seed + 100 + j, params=dict(width=64, layers=1, act="relu", norm="none")))  # fmt: skip
+    for i in range(n_text):
+        t = sample_spec(seed + 700 + i, ("doctext",), steps_range=(300, 600))
+        bases.append(replace(t, model=("gru", "lstm")[i % 2], lr=USUAL_LR[t.optimizer]))
     out = []
     for b in bases:
         for f in lr_factors:

@@ -56,7 +56,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from metalr.meta.checkpoint import save_policy
+from metalr.meta.checkpoint import read_policy, save_policy
 from metalr.meta.policy import MetaPolicy
 from metalr.meta.rule import RuleConfig
 from metalr.meta.tasks import (
@@ -112,6 +112,7 @@ class MetaTrainConfig:
     validate_every: int = 25  # meta-steps between validation runs (0: never; the last policy is exported)
     validation_tasks: int = 8  # generated validation tasks (plus wine and breast cancer), each at x0.1, x1, x10
     validation_large: int = 0  # more validation tasks from the opt-in teacher_large family (tasks still learning at the end)
+    validation_text: int = 0  # more validation tasks over real text (doctext, GRU/LSTM; metalr.meta.tasks.validation_specs)
     validation_max_steps: int = 1000  # cap on a validation run's length
     out_dir: str = "runs/meta"
     export_path: str = ""  # also write the selected frozen policy here (e.g. checkpoints/metalr_default.safetensors)
@@ -127,8 +128,13 @@ class MetaTrainConfig:
         for key in ("meta_batch", "truncation", "val_every", "val_batch", "checkpoint_every", "log_every", "trajectory_every", "num_threads"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
-        if self.validate_every < 0 or self.validation_tasks < 0 or self.validation_large < 0 or self.curriculum_meta_steps < 0 or self.validation_max_steps < 1:
-            raise ValueError("validate_every, validation_tasks, validation_large and curriculum_meta_steps must be >= 0, validation_max_steps >= 1")
+        if (
+            min(self.validate_every, self.validation_tasks, self.validation_large, self.validation_text, self.curriculum_meta_steps) < 0
+            or self.validation_max_steps < 1
+        ):
+            raise ValueError(
+                "validate_every, validation_tasks, validation_large, validation_text and curriculum_meta_steps must be >= 0, validation_max_steps >= 1"
+            )
         if self.task_grad_clip < 0:
             raise ValueError(f"task_grad_clip must be >= 0, got {self.task_grad_clip}")
         if not (self.meta_lr > 0 and self.grad_clip > 0 and self.max_log_step > 0 and self.end_weight > 0 and self.lr_decades >= 0):
@@ -422,7 +428,7 @@ def validation_score(policy: MetaPolicy, cfg: MetaTrainConfig) -> dict[str, floa
     frozen_policy.eval()
     frozen = FrozenPolicy(frozen_policy, {}, "", cfg.rule_config())
     accs, div = [], 0
-    for spec in validation_specs(cfg.validation_tasks, n_large=cfg.validation_large):
+    for spec in validation_specs(cfg.validation_tasks, n_large=cfg.validation_large, n_text=cfg.validation_text):
         spec = replace(spec, steps=min(spec.steps, cfg.validation_max_steps))
         r = run_spec(spec, lambda opt, total: MetaController(opt, checkpoint=frozen, total_steps=total))
         accs.append(r["val_accuracy"])
@@ -517,8 +523,21 @@ def _warm_start(policy: MetaPolicy, path: str) -> None:
 
 
 # ---------------------------------------------------------------------- the loop
+#: Keys that choose the validation runs (the export's selection, not the training trajectory).
+_VALIDATION_KEYS = ("validation_tasks", "validation_large", "validation_text", "validation_max_steps")
 #: Keys that may differ on --resume: they do not change the policy's training trajectory.
-_RESUMABLE_CHANGES = ("meta_steps", "progress", "export_path", "out_dir", "validate_every", "validation_tasks", "validation_max_steps")
+_RESUMABLE_CHANGES = ("meta_steps", "progress", "export_path", "out_dir", "validate_every", *_VALIDATION_KEYS)
+
+
+def _rescore_best(out: Path, best: dict[str, Any], cfg: MetaTrainConfig, changed: list[str]) -> dict[str, Any]:
+    """The best-so-far scored again on the validation runs of `cfg` (resumed with other validation runs: its score
+    and the ones to come must be measured on the same runs, or the export would compare two sets of runs)."""
+    score = validation_score(read_policy(out / BEST_POLICY).policy, cfg)["val_score"]
+    log.warning(
+        "--resume with other validation runs (%s): the best so far (meta-step %s) scored again on them: %.4f (was %.4f on the old ones)",
+        ", ".join(changed), best.get("step"), score, best["val_score"],
+    )  # fmt: skip
+    return {**best, "val_score": score, "rescored_at": {k: getattr(cfg, k) for k in changed}}
 
 
 def train(cfg: MetaTrainConfig, resume: bool = False) -> MetaPolicy:
@@ -539,6 +558,7 @@ def train(cfg: MetaTrainConfig, resume: bool = False) -> MetaPolicy:
     policy = MetaPolicy(max_log_step=cfg.max_log_step)
     meta_opt = torch.optim.Adam(policy.parameters(), lr=cfg.meta_lr)
     step, history, best = 0, [], {}  # type: ignore[var-annotated]
+    revalidate: list[str] = []
     ckpt = out / TRAIN_STATE
     if resume and ckpt.is_file():
         step, history, best, saved_cfg = load_train_state(ckpt, policy, meta_opt)
@@ -549,6 +569,7 @@ def train(cfg: MetaTrainConfig, resume: bool = False) -> MetaPolicy:
         if changed:
             raise ValueError(f"--resume with a different config would not reproduce the run; changed keys: {changed}")
         log.info("resumed from %s at meta-step %d", ckpt, step)
+        revalidate = [k for k in _VALIDATION_KEYS if saved_cfg.get(k, defaults[k]) != getattr(cfg, k)]
     elif resume:
         log.warning("--resume: no checkpoint at %s; starting fresh", ckpt)
     if cfg.init_from and step == 0:
@@ -564,6 +585,15 @@ def train(cfg: MetaTrainConfig, resume: bool = False) -> MetaPolicy:
 
         bar = tqdm(total=cfg.meta_steps, initial=step, desc="meta-train")
     extra = {"horizon_steps": rule.horizon_steps}
+    if revalidate and rank == 0 and cfg.validate_every and best and (out / BEST_POLICY).is_file():
+        best = _rescore_best(out, best, cfg, revalidate)
+        save_policy(
+            out / BEST_POLICY,
+            read_policy(out / BEST_POLICY).policy,
+            rule=rule,
+            config=asdict(cfg),
+            extra={**extra, "meta_steps": best["step"], "selected_by": best},
+        )
     if cfg.init_from and step == 0 and rank == 0 and cfg.validate_every:
         # the warm start is itself a candidate: training must beat it on the validation tasks to replace it
         t0 = time.perf_counter()
@@ -624,8 +654,6 @@ def train(cfg: MetaTrainConfig, resume: bool = False) -> MetaPolicy:
         }
         save_policy(out / "policy.safetensors", policy, rule=rule, config=asdict(cfg), extra=summary)
         if cfg.export_path:
-            from metalr.meta.checkpoint import read_policy
-
             chosen = read_policy(out / BEST_POLICY).policy if best and (out / BEST_POLICY).is_file() else policy
             save_policy(cfg.export_path, chosen, rule=rule, config=asdict(cfg), extra={**summary, "selected_by": best or {"step": step, "rule": "last"}})
         from metalr.io import atomic_write_json
