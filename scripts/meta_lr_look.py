@@ -4,10 +4,11 @@
 
 Each checkpoint, under its own rule, drives the runs `train_meta.py` validates on (`metalr.meta.tasks.validation_specs`:
 8 generated tasks, 4 large ones, wine and breast cancer, each at x0.1, x1 and x10 of its usual LR; the deployed path,
-`metalr.meta.validate.run_spec`; `--text N` adds the real-text runs of `validation_text: N`), and the script prints per run the final validation accuracy, the peak LR and the mean
-LR over the last 20 % of the run (both as log10 of the multiple of the run's base LR), then the means per checkpoint,
-over all runs and per base-LR multiple. The mean accuracy is the trainer's validation score. Sessions 29 and 30
-(stages 24-26, docs/meta_training/README.md) used it to see which way whole-run meta-gradients moved the policy.
+`metalr.meta.validate.run_spec`; `--text N` adds the real-text runs of `validation_text: N`), and the script prints
+per run the final validation accuracy, the peak LR and the mean LR over the last 20 % of the run (both as log10 of the
+multiple of the run's base LR), then the means per checkpoint, over all runs and per base-LR multiple. The mean
+accuracy is the trainer's validation score. Sessions 29-31 (stages 24-27, docs/meta_training/README.md) used it to see
+which way whole-run meta-gradients moved the policy.
 """
 
 from __future__ import annotations
