@@ -7,14 +7,20 @@ Each checkpoint, under its own rule, drives the runs `train_meta.py` validates o
 `metalr.meta.validate.run_spec`; `--text N` adds the real-text runs of `validation_text: N`), and the script prints
 per run the final validation accuracy, the peak LR and the mean LR over the last 20 % of the run (both as log10 of the
 multiple of the run's base LR), then the means per checkpoint, over all runs and per base-LR multiple. The mean
-accuracy is the trainer's validation score. Sessions 29-31 (stages 24-27, docs/meta_training/README.md) used it to see
-which way whole-run meta-gradients moved the policy.
+accuracy is the trainer's validation score. With `--text N` the means are also given for the earlier runs and the
+text runs apart. `--selection-text N` runs instead the selection script's real-text tasks (`scripts/meta_select.py`'s
+txt cells: `meta_rnn_probe.specs(N, "doctext")` at x1, x10 and x31.6), to see where a policy puts the LR there.
+Sessions 29-31 (stages 24-27, docs/meta_training/README.md) used it to see which way whole-run meta-gradients moved
+the policy.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import sys
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,6 +29,9 @@ from metalr.controllers.meta import MetaController
 from metalr.meta.checkpoint import FrozenPolicy, read_policy
 from metalr.meta.tasks import TaskSpec, validation_specs
 from metalr.meta.validate import run_spec
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import meta_rnn_probe as rnn  # noqa: E402  (the selection script's recurrent tasks)
 
 TAIL = 0.2  # the last fraction of the run whose mean log LR is reported
 
@@ -60,19 +69,35 @@ def means(rs: list[dict[str, Any]]) -> str:
     )
 
 
+def report(p: str, rs: list[dict[str, Any]], factors: tuple[float, ...], label: str = "") -> None:
+    """The means of some runs (tasks in turn, each at every factor), over all and per base-LR multiple."""
+    print(f"{p}{label}: {means(rs)}")
+    for i, f in enumerate(factors):
+        print(f"  from x{f:g}: {means(rs[i :: len(factors)])}")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("checkpoints", nargs="+")
     ap.add_argument("--tasks", type=int, default=8, help="generated validation tasks (the trainer's validation_tasks)")
     ap.add_argument("--large", type=int, default=4, help="large generated tasks (the trainer's validation_large)")
     ap.add_argument("--text", type=int, default=0, help="real-text recurrent tasks (the trainer's validation_text)")
+    ap.add_argument("--selection-text", type=int, default=0, help="instead: the selection script's first N real-text tasks")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    rows = look(args.checkpoints, validation_specs(args.tasks, lr_factors=FACTORS, n_large=args.large, n_text=args.text))
+    if args.selection_text:
+        factors = rnn.MULTS
+        specs = [replace(s, lr=s.lr * m) for s in rnn.specs(args.selection_text, "doctext") for m in factors]
+    else:
+        factors = FACTORS
+        specs = validation_specs(args.tasks, lr_factors=factors, n_large=args.large, n_text=args.text)
+    rows = look(args.checkpoints, specs)
+    n_text = args.text * len(factors)  # (validation_specs lists the text runs last)
     for p, rs in rows.items():
-        print(f"{p}: {means(rs)}")
-        for i, f in enumerate(FACTORS):  # (validation_specs lists each task at every factor in turn)
-            print(f"  from x{f:g}: {means(rs[i :: len(FACTORS)])}")
+        report(p, rs, factors)
+        if n_text and not args.selection_text:
+            report(p, rs[:-n_text], factors, " (without the text runs)")
+            report(p, rs[-n_text:], factors, " (the text runs)")
 
 
 if __name__ == "__main__":

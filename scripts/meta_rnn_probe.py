@@ -25,7 +25,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from metalr.meta.tasks import USUAL_LR, TaskSpec, sample_spec  # noqa: E402
+from metalr.meta.tasks import TaskSpec, recurrent_spec  # noqa: E402
 from metalr.meta.validate import run_spec  # noqa: E402
 
 CANDIDATES = {
@@ -38,11 +38,7 @@ MULTS = (1.0, 10.0, 31.6)
 
 
 def specs(n: int, family: str = "tokens") -> list[TaskSpec]:
-    out = []
-    for i in range(n):
-        s = sample_spec(777_000 + i, (family,), steps_range=(300, 600))
-        out.append(TaskSpec(**{**s.to_dict(), "model": ("gru", "lstm")[i % 2], "lr": USUAL_LR[s.optimizer]}))
-    return out
+    return [recurrent_spec(777_000 + i, i, family) for i in range(n)]
 
 
 def _controller(name: str) -> Any:

@@ -504,6 +504,14 @@ def _pretrain(task: InnerTask) -> None:
     model.zero_grad(set_to_none=True)
 
 
+def recurrent_spec(seed: int, i: int, family: str) -> TaskSpec:
+    """A recurrent task of a token family (GRU for even `i`, LSTM for odd), 300-600 steps, at its optimizer's usual LR:
+    the real-text validation runs (`validation_specs(n_text=)`) and the selection script's recurrent cells
+    (`scripts/meta_rnn_probe.py`), each from its own seed stream."""
+    t = sample_spec(seed, (family,), steps_range=(300, 600))
+    return replace(t, model=("gru", "lstm")[i % 2], lr=USUAL_LR[t.optimizer])
+
+
 def validation_specs(
     n_generated: int = 8, lr_factors: tuple[float, ...] = (0.1, 1.0, 10.0), seed: int = 987_654_321, n_large: int = 0, n_text: int = 0
 ) -> list[TaskSpec]:
@@ -519,9 +527,7 @@ def validation_specs(
     for j, name in enumerate(VALIDATION_REAL):
         bases.append(TaskSpec(data=name, model="mlp", optimizer=("sgdm", "adam")[j % 2], lr=USUAL_LR[("sgdm", "adam")[j % 2]], weight_decay=0.0,
                               batch_size=32, steps=300, seed=seed + 100 + j, params=dict(width=64, layers=1, act="relu", norm="none")))  # fmt: skip
-    for i in range(n_text):
-        t = sample_spec(seed + 700 + i, ("doctext",), steps_range=(300, 600))
-        bases.append(replace(t, model=("gru", "lstm")[i % 2], lr=USUAL_LR[t.optimizer]))
+    bases += [recurrent_spec(seed + 700 + i, i, "doctext") for i in range(n_text)]
     out = []
     for b in bases:
         for f in lr_factors:

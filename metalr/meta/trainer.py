@@ -529,15 +529,19 @@ _VALIDATION_KEYS = ("validation_tasks", "validation_large", "validation_text", "
 _RESUMABLE_CHANGES = ("meta_steps", "progress", "export_path", "out_dir", "validate_every", *_VALIDATION_KEYS)
 
 
-def _rescore_best(out: Path, best: dict[str, Any], cfg: MetaTrainConfig, changed: list[str]) -> dict[str, Any]:
+def _rescore_best(out: Path, best: dict[str, Any], cfg: MetaTrainConfig, changed: list[str], rule: RuleConfig, extra: dict[str, Any]) -> dict[str, Any]:
     """The best-so-far scored again on the validation runs of `cfg` (resumed with other validation runs: its score
-    and the ones to come must be measured on the same runs, or the export would compare two sets of runs)."""
-    score = validation_score(read_policy(out / BEST_POLICY).policy, cfg)["val_score"]
+    and the ones to come must be measured on the same runs, or the export would compare two sets of runs); its file's
+    metadata follows."""
+    policy = read_policy(out / BEST_POLICY).policy
+    score = validation_score(policy, cfg)["val_score"]
     log.warning(
         "--resume with other validation runs (%s): the best so far (meta-step %s) scored again on them: %.4f (was %.4f on the old ones)",
         ", ".join(changed), best.get("step"), score, best["val_score"],
     )  # fmt: skip
-    return {**best, "val_score": score, "rescored_at": {k: getattr(cfg, k) for k in changed}}
+    best = {**best, "val_score": score, "rescored_at": {k: getattr(cfg, k) for k in changed}}
+    save_policy(out / BEST_POLICY, policy, rule=rule, config=asdict(cfg), extra={**extra, "meta_steps": best["step"], "selected_by": best})
+    return best
 
 
 def train(cfg: MetaTrainConfig, resume: bool = False) -> MetaPolicy:
@@ -586,14 +590,7 @@ def train(cfg: MetaTrainConfig, resume: bool = False) -> MetaPolicy:
         bar = tqdm(total=cfg.meta_steps, initial=step, desc="meta-train")
     extra = {"horizon_steps": rule.horizon_steps}
     if revalidate and rank == 0 and cfg.validate_every and best and (out / BEST_POLICY).is_file():
-        best = _rescore_best(out, best, cfg, revalidate)
-        save_policy(
-            out / BEST_POLICY,
-            read_policy(out / BEST_POLICY).policy,
-            rule=rule,
-            config=asdict(cfg),
-            extra={**extra, "meta_steps": best["step"], "selected_by": best},
-        )
+        best = _rescore_best(out, best, cfg, revalidate, rule, extra)
     if cfg.init_from and step == 0 and rank == 0 and cfg.validate_every:
         # the warm start is itself a candidate: training must beat it on the validation tasks to replace it
         t0 = time.perf_counter()
