@@ -376,7 +376,9 @@ def test_kept_device_signals_give_the_host_path_lrs_and_state(name: str, kwargs:
     assert dev_lrs == pytest.approx(host_lrs, rel=1e-9) and len(set(host_lrs)) > 2
     assert saved is not None
     for key in host.controller._state_keys:
-        assert saved[0][key] == pytest.approx(saved[1][key], rel=1e-6, nan_ok=True), key  # norms: torch against numpy rounding
+        # float32 norms, torch's reduction against numpy's: their summation orders differ by CPU (1.2e-6 apart on an AMD EPYC,
+        # where 1e-6 failed a fresh clone in session 32; within 1e-6 on the Intel Xeons before), so a few float32 roundings
+        assert saved[0][key] == pytest.approx(saved[1][key], rel=1e-5, nan_ok=True), key
     assert resumed_lrs == pytest.approx(dev_lrs[34:], rel=1e-12)
 
 
