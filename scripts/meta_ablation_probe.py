@@ -30,6 +30,7 @@ GROUPS = {
     "align": ("align_fast", "align_slow"),
     "gnorm": ("gnorm_trend",),
     "update": ("update_size",),
+    "validation": ("val_rise",),  # format 4 only (a format-3 policy reads the first 11 features: nothing to replace)
 }
 
 PATCHES = ms.Patches()
@@ -42,7 +43,8 @@ def patch(group: str) -> None:
     def neutral(own: Any, features: list[float]) -> float:
         seen = list(features)
         for i in idx:
-            seen[i] = SHIFT[i]
+            if i < len(seen):  # (the features the policy reads: its format's)
+                seen[i] = SHIFT[i]
         return own(seen)
 
     PATCHES.policy(neutral)

@@ -31,7 +31,13 @@ reference (its txt1, below all six nulls) lends every candidate about +0.07 poin
 the tasks cut that sd by about sqrt(3); 0.01 is about three of the reduced sds. MIN_GAIN and the other cells as v2. The
 held-out evaluation (`configs/eval_full.yaml`, `configs/meta_heldout.yaml`) plays no part.
 
-Results are cached per checkpoint sha256 and rule in runs/meta_select/ (delete to re-measure).
+Validation readings (`--val-readings P`, session 32): a format-4 policy also reads the loss of the run's evaluations
+(`val_rise`). With P > 0 each checkpoint's run gets them as meta-training drew them (`metalr.meta.tasks.val_reading_every`:
+with probability P, every steps/n steps, n in 4..20); P = 1 is a loop that evaluates (the harness, the HF and Lightning
+callbacks), P = 0 (the default, and every look before session 32) a plain loop that never does. A format-3 policy
+ignores them (its LRs are the same either way), but its runs are cached under their own key all the same.
+
+Results are cached per checkpoint sha256, rule and P in runs/meta_select/ (delete to re-measure).
 """
 
 from __future__ import annotations
@@ -63,7 +69,7 @@ import meta_rnn_probe as rnn  # noqa: E402
 from metalr.io import atomic_write_json  # noqa: E402
 from metalr.meta.labels import read_labels  # noqa: E402
 from metalr.meta.policy import HostPolicy  # noqa: E402
-from metalr.meta.tasks import validation_specs  # noqa: E402
+from metalr.meta.tasks import val_reading_every, validation_specs  # noqa: E402
 from metalr.meta.validate import run_spec  # noqa: E402
 
 MIN_GAIN = 0.002
@@ -79,18 +85,19 @@ RNN_MULTS = (10.0, 31.6)
 TXT_MULTS = (1.0, 10.0, 31.6)  # rule v2: the real-text (doctext) recurrent tasks
 
 
-def _job(job: tuple[str, str, Any, str]) -> tuple[str, str, float]:
-    """One run, (cell, key, spec, controller) -> (cell, key, final val accuracy; 0 if it diverged).
-    The controller is "cosine" (the development tasks' tuned reference) or a checkpoint's path."""
+def _job(job: tuple[str, str, Any, str, float]) -> tuple[str, str, float]:
+    """One run, (cell, key, spec, controller, P) -> (cell, key, final val accuracy; 0 if it diverged).
+    The controller is "cosine" (the development tasks' tuned reference) or a checkpoint's path; P the probability
+    that the run has validation readings (`--val-readings`; never for the cosine)."""
     from metalr import controllers
 
     torch.set_num_threads(1)
-    kind, key, spec, ctrl = job
+    kind, key, spec, ctrl, present = job
     if ctrl == "cosine":
         make = lambda o, t: controllers.build("cosine", o, total_steps=t)  # noqa: E731
-    else:
-        make = lambda o, t: controllers.build("meta", o, checkpoint=ctrl, total_steps=t)  # noqa: E731
-    return kind, key, run_spec(spec, make)["val_accuracy"]  # run_spec gives 0 for a diverged run
+        return kind, key, run_spec(spec, make)["val_accuracy"]
+    make = lambda o, t: controllers.build("meta", o, checkpoint=ctrl, total_steps=t)  # noqa: E731
+    return kind, key, run_spec(spec, make, val_reading=val_reading_every(spec, present))["val_accuracy"]  # run_spec gives 0 for a diverged run
 
 
 def _cosine_key(spec: Any) -> str:
@@ -98,12 +105,15 @@ def _cosine_key(spec: Any) -> str:
     return "cosine|" + json.dumps(spec.to_dict(), sort_keys=True)
 
 
-def measure(ckpt: str, workers: int, dev_cache: dict[str, float], cells: tuple[str, ...] = CELLS, n_seq: int = 8) -> dict[str, float]:
-    """The cells of one checkpoint (`cells`: a rule's, `RULES`; `n_seq`: tasks per recurrent / real-text cell)."""
+def measure(
+    ckpt: str, workers: int, dev_cache: dict[str, float], cells: tuple[str, ...] = CELLS, n_seq: int = 8, val_readings: float = 0.0
+) -> dict[str, float]:
+    """The cells of one checkpoint (`cells`: a rule's, `RULES`; `n_seq`: tasks per recurrent / real-text cell; `val_readings`:
+    the probability that a run of the checkpoint has validation readings)."""
     labels = read_labels(str(LABELS))[:80]
     best_of_sweep = {str(e["index"]): max(e["acc"]) for e in labels}
     bases = dev.dev_bases()
-    jobs: list[tuple[str, str, Any, str]] = []
+    jobs: list[tuple[str, str, Any, str]] = []  # (cell, key, spec, controller); P is added below
     for i, spec in enumerate(validation_specs(VAL_TASKS, n_large=VAL_LARGE)):
         jobs.append(("val", str(i), replace(spec, steps=min(spec.steps, VAL_MAX_STEPS)), ckpt))
     for e in labels:
@@ -125,7 +135,7 @@ def measure(ckpt: str, workers: int, dev_cache: dict[str, float], cells: tuple[s
                 jobs.append((f"txt{m:g}", str(i), replace(s, lr=s.lr * m), ckpt))
     accs: dict[str, list[tuple[str, float]]] = {c: [] for c in cells}
     with Pool(workers) as pool:
-        for kind, key, acc in pool.imap_unordered(_job, jobs, chunksize=1):
+        for kind, key, acc in pool.imap_unordered(_job, [(*j, val_readings) for j in jobs], chunksize=1):
             if kind == "cosine":
                 dev_cache[key] = acc
             else:
@@ -146,14 +156,16 @@ def measure(ckpt: str, workers: int, dev_cache: dict[str, float], cells: tuple[s
     return out
 
 
-def rule_key(rule: str) -> str:
-    """The cache files' key of a rule's cells (`runs/meta_select/<sha256[:16]>_<key>.json`)."""
+def rule_key(rule: str, val_readings: float = 0.0) -> str:
+    """The cache files' key of a rule's cells and readings (`runs/meta_select/<sha256[:16]>_<key>.json`)."""
     cells = RULES[rule]
     key_parts: list[Any] = [cells, VAL_TASKS, VAL_LARGE, VAL_MAX_STEPS, RNN_MULTS, str(LABELS.name)]  # v1's key as before
     if "txt1" in cells:
         key_parts.append(TXT_MULTS)
     if SEQ_TASKS[rule] != 8:
         key_parts.append(SEQ_TASKS[rule])
+    if val_readings:
+        key_parts.append(f"val_readings={val_readings:g}")
     return hashlib.sha256(json.dumps(key_parts).encode()).hexdigest()[:8]
 
 
@@ -272,7 +284,10 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--cache", default=str(ROOT / "runs" / "meta_select"))
     ap.add_argument("--rule", default="v2", choices=sorted(RULES), help="v1: the 9 cells of session 11; v2: and 3 real-text cells; v3: v2 on 24 sequence tasks")
+    ap.add_argument("--val-readings", type=float, default=0.0, help="probability that a run gives the policy validation losses (format 4; 0: none)")
     args = ap.parse_args()
+    if not 0.0 <= args.val_readings <= 1.0:
+        ap.error(f"--val-readings must be a probability in [0, 1], got {args.val_readings}")
     cells, n_seq = RULES[args.rule], SEQ_TASKS[args.rule]
     seq_loss = SEQ_LOSS[args.rule]
     cache_dir = Path(args.cache)
@@ -281,7 +296,7 @@ def main() -> None:
     dev_runs = ROOT / "runs" / "meta_dev" / "cache.json"  # scripts/meta_dev_tasks.py's runs: the same cosine runs, same keys
     if dev_runs.exists():
         dev_cache = {**{k: v for k, v in json.loads(dev_runs.read_text()).items() if k.startswith("cosine|")}, **dev_cache}
-    key = rule_key(args.rule)
+    key = rule_key(args.rule, args.val_readings)
     table: dict[str, dict[str, float]] = {}
     for path in [args.reference, *args.candidates]:
         sha = hashlib.sha256(Path(path).read_bytes()).hexdigest()
@@ -290,12 +305,12 @@ def main() -> None:
             table[path] = json.loads(cached.read_text())["cells"]
             continue
         t0 = time.perf_counter()
-        table[path] = measure(path, args.workers, dev_cache, cells, n_seq)
+        table[path] = measure(path, args.workers, dev_cache, cells, n_seq, args.val_readings)
         cache_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(dev_cache_path, dev_cache)
         atomic_write_json(cached, {"checkpoint": path, "sha256": sha, "cells": table[path], "seconds": time.perf_counter() - t0})
         print(f"{path}: measured in {time.perf_counter() - t0:.0f} s", flush=True)
-    print(f"rule {args.rule}")
+    print(f"rule {args.rule}" + (f", validation readings in a share {args.val_readings:g} of the runs" if args.val_readings else ""))
     print("| checkpoint | " + " | ".join(cells) + " | mean diff | beats the reference? |")
     print("|---" * (len(cells) + 3) + "|")
     ref = table[args.reference]

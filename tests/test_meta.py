@@ -23,11 +23,12 @@ import torch
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import metalr  # noqa: E402
 from metalr import controllers, load_pretrained  # noqa: E402
 from metalr.controllers.meta import MetaController  # noqa: E402
 from metalr.gradstats import UpdateSize  # noqa: E402
 from metalr.meta.checkpoint import CheckpointError, FrozenPolicy, read_policy, save_policy  # noqa: E402
-from metalr.meta.features import FEATURE_NAMES, N_FEATURES, FeatureState  # noqa: E402
+from metalr.meta.features import FEATURE_NAMES, FORMAT_FEATURES, N_FEATURES, FeatureState  # noqa: E402
 from metalr.meta.features import SCALE as FEATURE_SCALE  # noqa: E402
 from metalr.meta.features import SHIFT as FEATURE_SHIFT  # noqa: E402
 from metalr.meta.policy import MetaPolicy  # noqa: E402
@@ -52,10 +53,10 @@ def teacher_spec(optimizer: str = "sgdm", lr: float = 0.1, steps: int = 40, seed
     return TaskSpec("teacher", "mlp", optimizer, lr, 0.0, 32, steps, seed, {**MLP, **params})
 
 
-def lively_policy(seed: int = 0, std: float = 0.3) -> MetaPolicy:
+def lively_policy(seed: int = 0, std: float = 0.3, n_features: int = N_FEATURES) -> MetaPolicy:
     """A policy whose output visibly moves the LR (a fresh one is ~constant by design)."""
     torch.manual_seed(seed)
-    pol = MetaPolicy()
+    pol = MetaPolicy(n_features)
     torch.nn.init.normal_(pol.net[-1].weight, std=std)
     return pol
 
@@ -96,6 +97,111 @@ def test_unroll_and_deployed_controller_give_the_same_lrs(optimizer: str, lr: fl
     if every > 1:  # the LR of step t+1 is set after step t: after the warmup it can change only after a multiple of k (no guard here)
         changed = [t for t in range(warm, steps) if traj.lrs[t] != traj.lrs[t - 1]]
         assert changed and all(t % every == 0 for t in changed)
+
+
+@pytest.mark.parametrize(("optimizer", "lr", "every"), [("sgdm", 0.05, 1), ("adam", 0.01, 4)])
+def test_unroll_and_deployed_controller_agree_with_validation_readings(optimizer: str, lr: float, every: int) -> None:
+    """Format 4 (`val_rise`): the unroll's validation readings and the deployed tracker's `record_eval` after the same
+    steps, on the same validation batch, give the same LRs (rtol 1e-5), and the readings do move them."""
+    pol = lively_policy(seed=1).double()
+    with torch.no_grad():
+        pol.net[0].weight[:, FEATURE_NAMES.index("val_rise")].normal_(0, 3.0)  # a policy that reads the rise
+    spec = teacher_spec(optimizer, lr, 120, adam_eps=1e-12, n=160, noise=0.3, width=64)  # few, noisy examples: it over-fits
+    rule = RuleConfig(decide_every=every)
+    frozen = FrozenPolicy(pol, {}, "", rule)
+    lrs = {}
+    for reading in (0, 10):
+        traj = start(materialise(spec, torch.float64), 64, val_reading=reading)
+        while not traj.done:
+            truncation(traj, pol, rule, 20, 10, track_higher_grads=False)
+        deployed = run_spec(
+            spec, lambda opt, total: MetaController(opt, checkpoint=frozen, total_steps=total), torch.float64, val_reading=reading, val_batch=64
+        )
+        a, b = torch.tensor(traj.lrs, dtype=torch.float64), torch.tensor(deployed["lrs"], dtype=torch.float64)
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=0.0)
+        lrs[reading] = a
+        if reading:
+            assert traj.rule.features.v_min is not None and traj.rule.features.features(1.0, 0.0)[-1] > 0.01, "the run should over-fit"
+    assert not torch.equal(lrs[0], lrs[10]), "the readings should move the LR, or the test proves little"
+
+
+def test_val_rise_reads_the_last_validation_loss_against_the_best_and_zero_without_readings() -> None:
+    idx = FEATURE_NAMES.index("val_rise")
+    f = FeatureState()
+    f.update(1.0, 1.0, 0.0)
+    assert f.features(0.5, 0.0)[idx] == 0.0  # no reading: the value before any rise
+    for v in (2.0, 1.5, float("nan"), None, 1.8):
+        f.fold_val(v)  # a missing or non-finite reading is skipped
+    assert f.features(0.5, 0.0)[idx] == pytest.approx(math.log(1.8 / 1.5))
+    f.fold_val(100.0)
+    assert f.features(0.5, 0.0)[idx] == 3.0  # clipped
+    g = FeatureState.from_state(f.state_dict())
+    assert (g.v_last, g.v_min) == (100.0, 1.5)
+    old = {k: v for k, v in f.state_dict().items() if k not in ("v_last", "v_min")}  # a state saved before format 4
+    assert FeatureState.from_state(old).features(0.5, 0.0)[idx] == 0.0
+
+
+def test_a_format3_policy_ignores_validation_losses_and_a_format4_one_asks_for_them() -> None:
+    """The shipped (format-3) policy reads the first 11 features: the same LRs whether or not the loop evaluates;
+    a format-4 controller declares `val_loss` so the tracker passes it on (and averages it across ranks)."""
+    torch.manual_seed(0)
+    x, y = torch.randn(64, 6), torch.randint(0, 3, (64,))
+    runs = {}
+    for name, frozen in (("shipped", None), ("format4", FrozenPolicy(lively_policy(seed=2), {}, "", RuleConfig()))):
+        for evaluate in (False, True):
+            torch.manual_seed(1)
+            model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3))
+            opt = torch.optim.SGD(model.parameters(), lr=0.1)
+            ctrl = metalr.hook(MetaController(opt, checkpoint=frozen, total_steps=60), opt)
+            assert ("val_loss" in ctrl.controller.requires) == (name == "format4")
+            lrs = []
+            for t in range(1, 61):
+                opt.zero_grad()
+                loss = torch.nn.functional.cross_entropy(model(x), y)
+                loss.backward()
+                opt.step()
+                lrs.append(ctrl.step(loss)[0])
+                if evaluate and t % 10 == 0:
+                    ctrl.record_eval(2.0 + t / 10)  # a climbing validation loss
+            runs[name, evaluate] = lrs
+    assert runs["shipped", False] == runs["shipped", True]
+    assert runs["format4", False] != runs["format4", True]
+
+
+def test_runs_without_validation_readings_give_val_rise_no_meta_gradient() -> None:
+    """val_rise's shift is 0, so a run without readings feeds it an exact 0: its input weights get no meta-gradient
+    there (a widened format-3 policy keeps computing what it did), and a run with readings gives them one."""
+    cfg = tiny_cfg(val_feature=1.0, steps_range=[40, 40], truncation=20)
+    col = FEATURE_NAMES.index("val_rise")
+    spec = teacher_spec("sgdm", 0.3, 40, n=160, noise=0.3, width=64)
+    for reading, moved in ((0, False), (5, True)):
+        pol = lively_policy(seed=3)
+        pol.zero_grad(set_to_none=True)
+        traj = start(materialise(spec), cfg.val_batch, cfg.objective, reading)
+        run_trajectory(traj, pol, cfg.rule_config(), cfg, norm=1.0)
+        grad = pol.net[0].weight.grad[:, col]
+        assert bool(grad.abs().max() > 0) == moved, (reading, float(grad.abs().max()))
+
+
+def test_val_feature_chooses_the_format_and_draws_readings_for_some_runs(tmp_path: Path) -> None:
+    from metalr.meta.tasks import val_reading_every
+
+    assert tiny_cfg().n_features == 11 and tiny_cfg(val_feature=0.5).n_features == 12
+    with pytest.raises(ValueError, match="val_feature"):
+        tiny_cfg(val_feature=1.5)
+    specs = [teacher_spec(steps=400, seed=s) for s in range(400)]
+    every = [val_reading_every(s, 0.5) for s in specs]
+    assert every == [val_reading_every(s, 0.5) for s in specs]  # drawn from the spec: the unroll and validation agree
+    present = [e for e in every if e]
+    assert 160 < len(present) < 240 and all(20 <= e <= 100 for e in present)  # 400 / 20 .. 400 / 4
+    assert all(val_reading_every(s, 0.0) == 0 for s in specs) and all(val_reading_every(s, 1.0) for s in specs)
+    cfg = tiny_cfg(val_feature=0.5, meta_steps=1, validate_every=1, validation_tasks=1, validation_max_steps=30,
+                   out_dir=str(tmp_path / "run"), export_path=str(tmp_path / "out.safetensors"))  # fmt: skip
+    from metalr.meta.trainer import train
+
+    train(cfg)
+    out = read_policy(tmp_path / "out.safetensors")
+    assert out.metadata["format_version"] == 4 and out.policy.n_features == 12 and out.metadata["feature_names"] == list(FEATURE_NAMES)
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "sgdm", "adam"])
@@ -596,7 +702,7 @@ def test_warm_start_is_validated_first_and_kept_unless_beaten(tmp_path: Path) ->
     """init_from: training starts from the file's weights; that policy is the step-0 candidate of the selection."""
     from metalr.meta.trainer import BEST_POLICY, train
 
-    src = lively_policy(seed=5)
+    src = lively_policy(seed=5, n_features=FORMAT_FEATURES[3])  # the config's (no val_feature: format 3)
     save_policy(tmp_path / "init.safetensors", src, rule=RuleConfig(), config={})
     cfg = tiny_cfg(init_from=str(tmp_path / "init.safetensors"), meta_steps=1, meta_lr=1e-12, validate_every=1, validation_tasks=1,
                    validation_max_steps=30, out_dir=str(tmp_path / "run"))  # fmt: skip
@@ -617,7 +723,7 @@ def test_zero_meta_steps_exports_the_warm_start_under_the_configs_rule(tmp_path:
     """meta_steps=0 with init_from: a rule change alone (e.g. a wider LR ceiling) made into a checkpoint by the one command."""
     from metalr.meta.trainer import train
 
-    src = lively_policy(seed=6)
+    src = lively_policy(seed=6, n_features=FORMAT_FEATURES[3])
     save_policy(tmp_path / "init.safetensors", src, rule=RuleConfig(), config={})
     cfg = tiny_cfg(init_from=str(tmp_path / "init.safetensors"), meta_steps=0, validate_every=1, validation_tasks=1, validation_max_steps=30,
                    out_dir=str(tmp_path / "run"), export_path=str(tmp_path / "out.safetensors"), rule={"max_factor": 100.0})  # fmt: skip
@@ -638,7 +744,7 @@ def test_resume_with_other_validation_runs_scores_the_best_so_far_again(tmp_path
     Resumed with other runs, it is scored again on them first (before: kept its old score)."""
     from metalr.meta.trainer import BEST_POLICY, train, validation_score
 
-    save_policy(tmp_path / "init.safetensors", lively_policy(seed=5), rule=RuleConfig(), config={})
+    save_policy(tmp_path / "init.safetensors", lively_policy(seed=5, n_features=FORMAT_FEATURES[3]), rule=RuleConfig(), config={})
     cfg = tiny_cfg(init_from=str(tmp_path / "init.safetensors"), meta_steps=1, meta_lr=1e-12, validate_every=1, validation_tasks=1,
                    validation_max_steps=30, out_dir=str(tmp_path / "run"), checkpoint_every=1)  # fmt: skip
     train(cfg)
@@ -1021,7 +1127,8 @@ def test_host_policy_is_the_shipped_policy() -> None:
 
     pol = cached_policy(None).policy
     host = HostPolicy(pol)
-    x = torch.randn(200, len(FEATURE_NAMES)) * torch.tensor(FEATURE_SCALE) + torch.tensor(FEATURE_SHIFT)
+    n = pol.n_features  # the shipped policy's format (3: the first 11 features)
+    x = torch.randn(200, n) * torch.tensor(FEATURE_SCALE[:n]) + torch.tensor(FEATURE_SHIFT[:n])
     with torch.no_grad():
         expected = pol(x).tolist()
     assert [host(row) for row in x.tolist()] == pytest.approx(expected, rel=1e-5, abs=1e-7)
@@ -1064,7 +1171,10 @@ def test_warm_start_from_an_earlier_format_widens_with_zero_weights(tmp_path: Pa
     with pytest.raises(CheckpointError, match="format_version"):
         read_policy(old)  # deployment never widens
     widened = read_policy(old, expand_features=True)
-    assert widened.policy.model_args["n_features"] == N_FEATURES == 11 and widened.metadata["expanded_from"]["format_version"] == 2
+    assert widened.policy.model_args["n_features"] == N_FEATURES == 12 and widened.metadata["expanded_from"]["format_version"] == 2
+    assert widened.metadata["format_version"] == 4 and widened.metadata["feature_names"] == list(FEATURE_NAMES)
+    to3 = read_policy(old, expand_features=11)  # widened to format 3 only (a run without val_feature)
+    assert to3.policy.n_features == 11 and to3.metadata["format_version"] == 3
     from safetensors.torch import load_file
 
     t = load_file(str(old))
@@ -1072,9 +1182,11 @@ def test_warm_start_from_an_earlier_format_widens_with_zero_weights(tmp_path: Pa
     h = torch.relu(((x - t["feature_shift"]) / t["feature_scale"]) @ t["net.0.weight"].T + t["net.0.bias"])
     h = torch.relu(h @ t["net.2.weight"].T + t["net.2.bias"])
     reference = 0.2 * torch.tanh(h @ t["net.4.weight"].T + t["net.4.bias"]).squeeze(-1)
-    for update_size in (-6.0, -2.5, 0.0):
+    for update_size, val_rise in ((-6.0, 0.0), (-2.5, 0.3), (0.0, 3.0)):
         x11 = torch.cat([x, torch.full((64, 1), update_size)], 1)
-        assert torch.allclose(widened.policy(x11), reference, rtol=1e-5, atol=1e-7)
+        x12 = torch.cat([x11, torch.full((64, 1), val_rise)], 1)
+        assert torch.allclose(to3.policy(x11), reference, rtol=1e-5, atol=1e-7)
+        assert torch.allclose(widened.policy(x12), reference, rtol=1e-5, atol=1e-7)
 
 
 def test_update_size_reuses_its_sample_memory_without_mixing_up_samples() -> None:

@@ -14,7 +14,10 @@ fine-tuning a pretrained model, whose LR should stay near the usual one). Every 
 keeps its own base LR; one multiplier scales them all.
 
 It reads only the loss, the gradients and the relative size of the last update
-(a sample of at most 4096 weights): no logits, no accuracy. A checkpoint whose rule
+(a sample of at most 4096 weights): no logits, no accuracy. A format-4 checkpoint
+also reads the loss of the run's evaluations when it gets one (`Signals.val_loss`,
+from `record_eval`: the harness and the integrations pass it; in a plain loop,
+`metalr.hook`'s `ctrl.record_eval(val_loss)` after evaluating) and acts without it when it does not. A checkpoint whose rule
 has `decide_every` = k (`metalr.meta.rule`) reads the gradient statistics and the
 update size, and runs the policy, only every k-th step (`signal_every`: the tracker
 computes them only then); the loss and the divergence guard stay per step. Pass `total_steps`
@@ -62,6 +65,7 @@ import torch
 from metalr.controllers import register
 from metalr.controllers.base import Controller, StagedRead, group_base_lrs, read_back, whole_steps
 from metalr.meta.checkpoint import FrozenPolicy, cached_policy
+from metalr.meta.features import FEATURE_NAMES
 from metalr.meta.policy import HostPolicy
 from metalr.meta.rule import RuleConfig, RuleState, lr_rule, warmup_factor, warmup_steps
 from metalr.signals import Signals
@@ -90,6 +94,8 @@ class MetaController(Controller):
         max_factor: float | None = None,
     ) -> None:
         self.frozen = checkpoint if isinstance(checkpoint, FrozenPolicy) else cached_policy(checkpoint)
+        if self.frozen.policy.n_features > FEATURE_NAMES.index("val_rise"):  # a format-4 policy also reads the evaluations' loss
+            self.requires = type(self).requires | {"val_loss"}  # type: ignore[misc]
         self.rule = _narrowed(self.frozen.rule, min_factor, max_factor)
         self.signal_every = self.rule.decide_every  # the tracker computes the gradient statistics only on the policy's steps
         if total_steps is not None and whole_steps("meta controller", total_steps) < 1:
@@ -113,7 +119,7 @@ class MetaController(Controller):
         self._host_policy = HostPolicy(self.frozen.policy)  # the frozen policy in numpy
         self._log_rel = 0.0  # log(LR / base LR)
         self._rule_state = RuleState()
-        self._pending: list[tuple[int, Any, Any, Any, Any]] = []  # (step, loss, grad_norm, grad_align, update_size) not read back yet
+        self._pending: list[tuple[int, Any, Any, Any, Any, Any]] = []  # (step, loss, grad_norm, grad_align, update_size, val_loss) not read back yet
         bases = group_base_lrs(optimizer)
         lowest = self.rule.min_factor * warmup_factor(self.rule, 1, self.total_steps)  # the LR floor times the warmup's first step
         super().__init__(optimizer, min_lr=[b * lowest for b in bases], max_lr=[b * self.rule.max_factor for b in bases])
@@ -152,16 +158,16 @@ class MetaController(Controller):
                 "statistics then miss the policy's steps. Build the tracker with metalr.train.build_tracker and restore both together.",
                 signals.step, self.last_step, self.signal_every,
             )  # fmt: skip
-        loss, norm, align, size = signals.loss, signals.grad_norm, signals.grad_align, signals.update_size
+        loss, norm, align, size, val = signals.loss, signals.grad_norm, signals.grad_align, signals.update_size, signals.val_loss
         tensor = torch.Tensor
         if self.read_lag:  # the last step's signals (read now, their copy long done) into the rule; this step's on their way
             self._read_staged()
-            self._staged.append((self.last_step, StagedRead((loss, norm, align, size))))
+            self._staged.append((self.last_step, StagedRead((loss, norm, align, size, val))))
         elif isinstance(loss, tensor) or isinstance(align, tensor) or isinstance(norm, tensor) or isinstance(size, tensor) or self._pending:
             # Tensors on the parameters' device (a GPU): kept as they are, no kernel and no read; every
             # `sync_every` steps they are read back at once and the host rule runs over them, step by step
             # (a step without tensors while some are kept waits its turn behind them).
-            self._pending.append((self.last_step, loss, norm, align, size))
+            self._pending.append((self.last_step, loss, norm, align, size, val))
             if self.last_step % self.sync_every:
                 # Between read-backs the multiplier of the last one is held (the policy's and the guard's changes wait
                 # for the next; a read for inspection, `log_rel`, changes nothing here), under this step's warmup.
@@ -171,7 +177,7 @@ class MetaController(Controller):
                 return [lr * ratio for lr in self._last_lr]
             self._flush()
         else:
-            self._rule_step(self.last_step, loss, norm, align, size)
+            self._rule_step(self.last_step, loss, norm, align, size, val)
         factor = math.exp(self._log_rel)
         if self.last_step < self._warmup_steps:  # the next step is still in the warmup
             factor *= warmup_factor(self.rule, self.last_step + 1, self.total_steps)
@@ -181,7 +187,7 @@ class MetaController(Controller):
         """The warmup envelope of the LR set after controller step `step` (that of step `step` + 1; 1 once it is over)."""
         return warmup_factor(self.rule, step + 1, self.total_steps) if step < self._warmup_steps else 1.0
 
-    def _rule_step(self, step: int, loss: Any, norm: Any, align: Any, size: Any) -> None:
+    def _rule_step(self, step: int, loss: Any, norm: Any, align: Any, size: Any, val: Any = None) -> None:
         """One step of the rule on the host (Python and numpy numbers)."""
         if loss is not None and type(loss) is not float:  # a numpy scalar, an int: the number it is (the rule reads floats)
             loss = float(loss)
@@ -191,13 +197,15 @@ class MetaController(Controller):
             align = float(align)
         if size is not None and type(size) is not float:
             size = float(size)
+        if val is not None and type(val) is not float:
+            val = float(val)
         if loss is not None and not math.isfinite(loss) and not self._nonfinite_warned:
             self._nonfinite_warned = True
             log.warning(
                 "meta controller: non-finite loss (%s) at step %d; the divergence guard cuts the LR x%g unless it cut in the "
                 "last %d steps (logged once; extra_logs()['meta_guard_fired'] counts every cut)", loss, step, self.rule.guard_factor, self.rule.guard_cooldown,
             )  # fmt: skip
-        self._log_rel = lr_rule(self._host_policy, self.rule, self._rule_state, self._log_rel, loss, norm, align, step, self.total_steps, size)
+        self._log_rel = lr_rule(self._host_policy, self.rule, self._rule_state, self._log_rel, loss, norm, align, step, self.total_steps, size, val)
 
     def _read_staged(self) -> None:
         """read_lag=1: run the rule over the staged steps, in order."""

@@ -22,12 +22,14 @@ from typing import Any
 import torch
 
 from metalr.io import atomic_write_bytes, atomic_write_json, versions
-from metalr.meta.features import FEATURE_NAMES, SCALE, SHIFT
+from metalr.meta.features import FEATURE_NAMES, FORMAT_FEATURES, SCALE, SHIFT
 from metalr.meta.policy import MetaPolicy
 from metalr.meta.rule import RuleConfig
 
 FORMAT = "metalr.meta_policy"
-FORMAT_VERSION = 3  # 2: model_args + rule settings; grad_align/loss features, no accuracy. 3: + update_size
+FORMAT_VERSION = 4  # 2: model_args + rule settings; grad_align/loss features, no accuracy. 3: + update_size. 4: + val_rise
+#: Formats a deployment reads: a format-3 policy reads the first 11 features (`FORMAT_FEATURES`), and is saved as format 3.
+READABLE_VERSIONS = tuple(sorted(FORMAT_FEATURES))
 #: The shipped policy: `checkpoints/metalr_default.safetensors` in a checkout (an editable install), else the copy a
 #: wheel or `pip install .` puts in the package (`metalr/shipped/`, a link to that file in the repository).
 _IN_CHECKOUT = Path(__file__).resolve().parents[2] / "checkpoints" / "metalr_default.safetensors"
@@ -53,10 +55,11 @@ def save_policy(path: str | os.PathLike[str], policy: MetaPolicy, *, rule: RuleC
     """Write `path` (.safetensors, atomically) and a readable `.json` copy of its metadata."""
     from safetensors.torch import save
 
+    version = _version_of(policy.n_features)
     meta = {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "feature_names": list(FEATURE_NAMES),
+        "format_version": version,
+        "feature_names": list(FEATURE_NAMES[: policy.n_features]),
         "model_args": dict(policy.model_args),
         "rule": rule.to_dict(),
         "versions": versions(),
@@ -68,13 +71,14 @@ def save_policy(path: str | os.PathLike[str], policy: MetaPolicy, *, rule: RuleC
     atomic_write_json(Path(path).with_suffix(".json"), meta)
 
 
-def read_policy(path: str | os.PathLike[str] | None = None, expand_features: bool = False) -> FrozenPolicy:
-    """Load and validate a policy file (default: the shipped one).
+def read_policy(path: str | os.PathLike[str] | None = None, expand_features: bool | int = False) -> FrozenPolicy:
+    """Load and validate a policy file (default: the shipped one). Formats 3 and 4 are read as they are.
 
     `expand_features=True` (meta-training's warm start only) also accepts a file from an earlier
-    format whose features are a prefix of this metalr's: the new features get zero input weights,
-    so the expanded policy computes exactly what the file's did and meta-training can learn to
-    use them. Deployment never expands: a policy must have been trained on the features it reads.
+    format whose features are a prefix of this metalr's, and widens it to all of them (an int n: to
+    the first n): the new features get zero input weights, so the expanded policy computes exactly
+    what the file's did and meta-training can learn to use them. Deployment never expands: a policy
+    must have been trained on the features it reads.
     """
     from safetensors import safe_open
 
@@ -94,7 +98,7 @@ def read_policy(path: str | os.PathLike[str] | None = None, expand_features: boo
     except Exception as e:
         raise CheckpointError(f"{p}: no metalr metadata in the safetensors header ({type(e).__name__}: {e})") from None
     if expand_features:
-        meta, tensors = _expand(meta, tensors)
+        meta, tensors = _expand(meta, tensors, len(FEATURE_NAMES) if expand_features is True else int(expand_features))
     _validate(p, meta, tensors)
     policy = _built(meta)
     policy.load_state_dict(tensors, strict=True)
@@ -104,24 +108,30 @@ def read_policy(path: str | os.PathLike[str] | None = None, expand_features: boo
     return FrozenPolicy(policy, meta, str(p), RuleConfig(**meta["rule"]))
 
 
-def _expand(meta: Any, tensors: dict[str, torch.Tensor]) -> tuple[Any, dict[str, torch.Tensor]]:
-    """A format-2+ policy whose features are a strict prefix of FEATURE_NAMES, widened with zero input weights."""
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("format_version") not in (2, FORMAT_VERSION):
+def _expand(meta: Any, tensors: dict[str, torch.Tensor], n_new: int) -> tuple[Any, dict[str, torch.Tensor]]:
+    """A format-2+ policy whose features are a strict prefix of the first `n_new` FEATURE_NAMES, widened with zero input weights."""
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("format_version") not in (2, *READABLE_VERSIONS):
         return meta, tensors
     names = meta.get("feature_names")
-    if not isinstance(names, list) or not 0 < len(names) < len(FEATURE_NAMES) or names != list(FEATURE_NAMES[: len(names)]):
+    if n_new not in FORMAT_FEATURES.values() or not isinstance(names, list) or not 0 < len(names) < n_new or names != list(FEATURE_NAMES[: len(names)]):
         return meta, tensors
-    n_old, n_new = len(names), len(FEATURE_NAMES)
+    n_old = len(names)
     tensors = dict(tensors)
     w = tensors.get("net.0.weight")
     if w is None or w.shape[1] != n_old:
         return meta, tensors
     tensors["net.0.weight"] = torch.cat([w, w.new_zeros(w.shape[0], n_new - n_old)], 1)
-    tensors["feature_shift"] = torch.cat([tensors["feature_shift"], torch.tensor(SHIFT[n_old:], dtype=tensors["feature_shift"].dtype)])
-    tensors["feature_scale"] = torch.cat([tensors["feature_scale"], torch.tensor(SCALE[n_old:], dtype=tensors["feature_scale"].dtype)])
-    meta = {**meta, "format_version": FORMAT_VERSION, "feature_names": list(FEATURE_NAMES), "model_args": {**meta.get("model_args", {}), "n_features": n_new}}
-    meta["expanded_from"] = {"format_version": 2, "feature_names": names}
+    tensors["feature_shift"] = torch.cat([tensors["feature_shift"], torch.tensor(SHIFT[n_old:n_new], dtype=tensors["feature_shift"].dtype)])
+    tensors["feature_scale"] = torch.cat([tensors["feature_scale"], torch.tensor(SCALE[n_old:n_new], dtype=tensors["feature_scale"].dtype)])
+    version = _version_of(n_new)
+    meta = {**meta, "format_version": version, "feature_names": list(FEATURE_NAMES[:n_new]), "model_args": {**meta.get("model_args", {}), "n_features": n_new}}
+    meta["expanded_from"] = {"format_version": _version_of(n_old), "feature_names": names}
     return meta, tensors
+
+
+def _version_of(n_features: int) -> int:
+    """The format of a policy that reads the first `n_features` features (2: before update_size)."""
+    return {n: v for v, n in FORMAT_FEATURES.items()}.get(n_features, 2)
 
 
 def _built(meta: dict[str, Any]) -> MetaPolicy:
@@ -141,13 +151,17 @@ def _model_args(meta: dict[str, Any]) -> dict[str, Any]:
 def _validate(p: Path, meta: Any, tensors: dict[str, torch.Tensor]) -> None:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{p}: format {meta.get('format') if isinstance(meta, dict) else meta!r} is not {FORMAT!r}")
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{p}: format_version {meta.get('format_version')!r} != {FORMAT_VERSION} (supported)")
-    if meta.get("feature_names") != list(FEATURE_NAMES):
-        raise CheckpointError(f"{p}: features {meta.get('feature_names')} do not match this metalr's {list(FEATURE_NAMES)}")
+    version = meta.get("format_version")
+    if version not in READABLE_VERSIONS:
+        raise CheckpointError(f"{p}: format_version {version!r} is not one this metalr reads ({', '.join(map(str, READABLE_VERSIONS))})")
+    names = list(FEATURE_NAMES[: FORMAT_FEATURES[version]])
+    if meta.get("feature_names") != names:
+        raise CheckpointError(f"{p}: features {meta.get('feature_names')} do not match format {version}'s {names}")
     args = meta.get("model_args")
     if not isinstance(args, dict) or set(args) - {"n_features", "max_log_step", "hidden"}:
         raise CheckpointError(f"{p}: model_args {args!r} are not MetaPolicy's constructor arguments")
+    if args.get("n_features", len(FEATURE_NAMES)) != len(names):
+        raise CheckpointError(f"{p}: model_args.n_features={args.get('n_features')!r} but format {version} has {len(names)} features")
     v = args.get("max_log_step")
     if not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
         raise CheckpointError(f"{p}: model_args.max_log_step={v!r} must be a positive number")

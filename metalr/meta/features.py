@@ -32,6 +32,16 @@ loss is stuck" read the same on any task.
 | 8  | align_slow   | EMA_0.95 of grad_align                                         | [-1, 1]     |
 | 9  | gnorm_trend  | log(EMA_0.5(grad norm) / EMA_0.95(grad norm))                  | [-3, 3]     |
 | 10 | update_size  | EMA_0.9 of log10(|theta_t - theta_{t-1}| / |theta_t|)           | [-6, 0]     |
+| 11 | val_rise     | log(last validation loss / lowest validation loss so far)       | [0, 3]      |
+
+`val_rise` (format 4) is the only feature that sees over-fitting: a training loss that
+still falls while the validation loss climbs above its best. It comes from the
+evaluations a run already makes (`SignalTracker.record_eval`, which the harness and
+the HF / Lightning / plain-loop integrations call after each evaluation), so it is
+*optional*: a loop that never evaluates gives none, and the feature then reads 0,
+its value before any rise. A format-4 policy is meta-trained with the readings
+absent from a random half of its runs (`metalr.meta.tasks.val_reading_every`), so
+it acts sensibly either way. Format-3 policies read the first 11 features only.
 
 `update_size` (`metalr.gradstats.UpdateSize`, format 3) is the only feature that
 sees the LR's absolute level: how far one step moves the weights, relative to the
@@ -74,13 +84,18 @@ FEATURE_NAMES: tuple[str, ...] = (
     "align_slow",
     "gnorm_trend",
     "update_size",
+    "val_rise",
 )
-CLIP: tuple[tuple[float, float], ...] = ((0, 1), (-8, 8), (-1, 1), (-1, 1), (0, 3), (-8, 3), (0, 1), (-1, 1), (-1, 1), (-3, 3), (-6, 0))
-SHIFT: tuple[float, ...] = (0.5, 0.0, 0.0, 0.0, 0.2, -1.0, 0.3, 0.0, 0.0, 0.0, -2.5)
-SCALE: tuple[float, ...] = (0.3, 2.0, 0.05, 0.05, 0.3, 1.0, 0.3, 0.4, 0.3, 0.3, 1.0)
+CLIP: tuple[tuple[float, float], ...] = ((0, 1), (-8, 8), (-1, 1), (-1, 1), (0, 3), (-8, 3), (0, 1), (-1, 1), (-1, 1), (-3, 3), (-6, 0), (0, 3))
+# val_rise's shift is 0: a run without validation readings feeds the policy an exact 0 there, so its input weights get
+# no meta-gradient from such runs and a format-3 policy widened with zero weights computes exactly what it did.
+SHIFT: tuple[float, ...] = (0.5, 0.0, 0.0, 0.0, 0.2, -1.0, 0.3, 0.0, 0.0, 0.0, -2.5, 0.0)
+SCALE: tuple[float, ...] = (0.3, 2.0, 0.05, 0.05, 0.3, 1.0, 0.3, 0.4, 0.3, 0.3, 1.0, 0.1)
 #: log10 of an update size is clipped to this before it is averaged (an update of exactly 0 is skipped).
 UPDATE_LOG_RANGE = (-8.0, 1.0)
 N_FEATURES = len(FEATURE_NAMES)
+#: The policy formats this metalr reads, by their number of features (a prefix of FEATURE_NAMES): format 3 has no val_rise.
+FORMAT_FEATURES: dict[int, int] = {3: 11, 4: 12}
 _EPS = 1e-12
 
 
@@ -107,6 +122,8 @@ class FeatureState:
     g_fast: float | None = None
     g_slow: float | None = None
     u_mid: float | None = None  # EMA 0.9 of log10(update size)
+    v_last: float | None = None  # the last validation loss (`fold_val`)
+    v_min: float | None = None  # the lowest validation loss so far
 
     def update(self, loss: float | None, grad_norm: float | None, grad_align: float | None, update_size: float | None = None, every: int = 1) -> None:
         """Fold one step's signals in; missing or non-finite ones (and an update size <= 0) are skipped.
@@ -143,10 +160,18 @@ class FeatureState:
             self.a_slow if self.a_slow is not None else 0.0,
             _log_ratio(self.g_fast, self.g_slow),
             self.u_mid if self.u_mid is not None else SHIFT[10],  # unseen: the neutral input
+            _log_ratio(self.v_last, self.v_min),  # 0 without readings
         )
         isfinite = math.isfinite
         # `_clip` inline: a non-finite value becomes 0, then min(hi, max(lo, v))
         return [min(hi, max(lo, v if isfinite(v) else 0.0)) for v, (lo, hi) in zip(raw, CLIP)]
+
+    def fold_val(self, val_loss: float | None) -> None:
+        """Fold one validation loss in (`val_rise`); a missing or non-finite one is skipped."""
+        if _finite(val_loss):
+            v = max(float(val_loss), _EPS)  # type: ignore[arg-type]
+            self.v_last = v
+            self.v_min = v if self.v_min is None else min(self.v_min, v)
 
     def loss_dropped(self, fraction: float) -> bool:
         """The loss average (EMA 0.9) is at least `fraction` below the first loss (False before any loss)."""

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from metalr.meta.features import N_FEATURES, SCALE, SHIFT
+from metalr.meta.features import FORMAT_FEATURES, N_FEATURES, SCALE, SHIFT
 
 
 class MetaPolicy(nn.Module):
@@ -27,8 +27,9 @@ class MetaPolicy(nn.Module):
         super().__init__()
         if not max_log_step > 0:
             raise ValueError(f"max_log_step must be > 0, got {max_log_step}")
-        if n_features != N_FEATURES:
-            raise ValueError(f"this metalr's features have {N_FEATURES} entries, got n_features={n_features}")
+        if n_features not in FORMAT_FEATURES.values():
+            raise ValueError(f"this metalr's policies read the first {sorted(FORMAT_FEATURES.values())} features, got n_features={n_features}")
+        self.n_features = int(n_features)  # the policy reads the first n_features of FEATURE_NAMES
         self.max_log_step = float(max_log_step)
         self.model_args: dict[str, Any] = {"n_features": n_features, "max_log_step": self.max_log_step, "hidden": list(hidden)}
         h1, h2 = hidden
@@ -39,8 +40,8 @@ class MetaPolicy(nn.Module):
             last.weight.mul_(0.01)
             last.bias.zero_()
         # Normalisation travels with the weights (buffers are saved in checkpoints).
-        self.register_buffer("feature_shift", torch.tensor(SHIFT, dtype=torch.float32))
-        self.register_buffer("feature_scale", torch.tensor(SCALE, dtype=torch.float32))
+        self.register_buffer("feature_shift", torch.tensor(SHIFT[:n_features], dtype=torch.float32))
+        self.register_buffer("feature_scale", torch.tensor(SCALE[:n_features], dtype=torch.float32))
 
     feature_shift: torch.Tensor
     feature_scale: torch.Tensor
@@ -72,6 +73,7 @@ class HostPolicy:
             self.shift: Any = policy.feature_shift.cpu().numpy().astype(self.dtype).copy()
             self.scale: Any = policy.feature_scale.cpu().numpy().astype(self.dtype).copy()
         self.max_log_step = self.dtype(policy.max_log_step)
+        self.n_features = policy.n_features
         self.zero = self.dtype(0.0)
 
     def __call__(self, features: Sequence[float]) -> float:

@@ -209,15 +209,20 @@ def lr_rule(
     step: int,
     total_steps: int,
     update_size: float | None = None,
+    val_loss: float | None = None,
 ) -> Any:
     """The next log(LR / base LR) after step `step` of `total_steps` (see module docstring).
 
     `log_rel` is the current value: a 0-d float64 tensor (it may carry gradients, and so does the
     result) with a `MetaPolicy` (meta-training), or a Python float with a `HostPolicy` (the frozen, deployed
     path: then everything is Python and numpy numbers, and so is the result).
-    The signals are Python floats (or None: missing). `state` is updated in place.
+    The signals are Python floats (or None: missing). `state` is updated in place. `val_loss` is a validation
+    loss measured after the previous step (`SignalTracker.record_eval`), on the steps that have one: it is folded
+    in whatever the step, and read (`val_rise`) only by a policy with that feature (format 4).
     """
     feats = state.features
+    if val_loss is not None:
+        feats.fold_val(val_loss)
     decide = step % cfg.decide_every == 0
     lo, hi = cfg.log_bounds
     if decide:
@@ -230,6 +235,8 @@ def lr_rule(
     if decide:
         host = isinstance(policy, HostPolicy)
         x = feats.features(progress, float(log_rel if host else log_rel.detach()))
+        if policy.n_features < len(x):
+            x = x[: policy.n_features]  # an earlier format's policy reads its own (leading) features
         out: Any = policy(x) if isinstance(policy, HostPolicy) else policy(torch.tensor(x, dtype=policy.feature_shift.dtype))
         if cfg.small_step_gain != 1.0 and x[_UPDATE_SIZE] < cfg.small_step_below and float(out if host else out.detach()) > 0:
             out = cfg.small_step_gain * out  # the weights move little (an LR that is likely too low): the rise is taken faster

@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 from dataclasses import asdict, dataclass, field, replace
 from functools import cache
 from typing import Any
@@ -461,6 +462,31 @@ def _batches(n: int, b: int, steps: int, seed: int) -> torch.Tensor:
 def batch_stream(task: InnerTask) -> torch.Tensor:
     """Indices of every training batch of the trajectory (reshuffled each epoch), shape (steps, batch)."""
     return _batches(len(task.y_train), task.spec.batch_size, task.spec.steps, task.spec.seed + 3)
+
+
+def val_subset(task: InnerTask, val_batch: int) -> torch.Tensor:
+    """The run's fixed validation batch: `val_batch` validation examples drawn by the task's seed (the meta-loss's,
+    and the validation readings' of `val_reading_every`)."""
+    g = torch.Generator().manual_seed(task.spec.seed + 4)
+    return torch.randperm(len(task.y_val), generator=g)[:val_batch]
+
+
+#: Evaluations per run when a run has validation readings: drawn uniformly from this range (the harness's tasks evaluate 5-10 times).
+VAL_READINGS = (4, 20)
+
+
+def val_reading_every(spec: TaskSpec, present: float) -> int:
+    """Steps between the validation losses a run of `spec` shows the policy (`val_rise`), 0 for none.
+
+    A deployed controller gets one after each evaluation the loop makes, and a plain loop may make none, so a run
+    has readings with probability `present` and then every steps / n steps, n uniform in `VAL_READINGS`. Drawn from
+    the spec's seed (its own stream: no other draw moves), so the unroll and the deployed validation runs agree."""
+    if present <= 0:
+        return 0
+    g = random.Random(spec.seed * 1_000_003 + 17)
+    if g.random() >= present:
+        return 0
+    return max(1, round(spec.steps / g.randint(*VAL_READINGS)))
 
 
 def reset_head(model: nn.Module, seed: int) -> None:

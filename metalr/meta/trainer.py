@@ -57,6 +57,7 @@ import torch
 import torch.distributed as dist
 
 from metalr.meta.checkpoint import read_policy, save_policy
+from metalr.meta.features import FORMAT_FEATURES
 from metalr.meta.policy import MetaPolicy
 from metalr.meta.rule import RuleConfig
 from metalr.meta.tasks import (
@@ -69,6 +70,7 @@ from metalr.meta.tasks import (
     materialise,
     sample_spec,
     task_seed,
+    val_reading_every,
     with_pretraining,
 )
 from metalr.testing import pause_point
@@ -114,6 +116,9 @@ class MetaTrainConfig:
     validation_large: int = 0  # more validation tasks from the opt-in teacher_large family (tasks still learning at the end)
     validation_text: int = 0  # more validation tasks over real text (doctext, GRU/LSTM; metalr.meta.tasks.validation_specs)
     validation_max_steps: int = 1000  # cap on a validation run's length
+    val_feature: float = (
+        0.0  # > 0: the policy reads `val_rise` (format 4), and a run has validation readings with this probability (metalr.meta.tasks.val_reading_every)
+    )
     out_dir: str = "runs/meta"
     export_path: str = ""  # also write the selected frozen policy here (e.g. checkpoints/metalr_default.safetensors)
     checkpoint_every: int = 5  # meta-steps between (atomic) training checkpoints
@@ -135,6 +140,8 @@ class MetaTrainConfig:
             raise ValueError(
                 "validate_every, validation_tasks, validation_large, validation_text and curriculum_meta_steps must be >= 0, validation_max_steps >= 1"
             )
+        if not 0.0 <= self.val_feature <= 1.0:
+            raise ValueError(f"val_feature must be a probability in [0, 1] (0: a format-3 policy, no validation readings), got {self.val_feature}")
         if self.task_grad_clip < 0:
             raise ValueError(f"task_grad_clip must be >= 0, got {self.task_grad_clip}")
         if not (self.meta_lr > 0 and self.grad_clip > 0 and self.max_log_step > 0 and self.end_weight > 0 and self.lr_decades >= 0):
@@ -184,6 +191,11 @@ class MetaTrainConfig:
     def step_multiple(self) -> int:
         """Run lengths are drawn as multiples of this: the truncation, or `val_every` when runs are unrolled whole."""
         return self.val_every if self.full_unroll else self.truncation
+
+    @property
+    def n_features(self) -> int:
+        """The policy's inputs: format 4 (with `val_rise`) when runs may have validation readings, else format 3."""
+        return FORMAT_FEATURES[4 if self.val_feature > 0 else 3]
 
     def rule_config(self) -> RuleConfig:
         try:
@@ -377,7 +389,7 @@ def meta_step(policy: MetaPolicy, meta_opt: torch.optim.Optimizer, cfg: MetaTrai
         spec = specs[index]
         for p in params:
             p.grad = torch.zeros_like(p)
-        traj = start(materialise(spec), cfg.val_batch, cfg.objective)
+        traj = start(materialise(spec), cfg.val_batch, cfg.objective, val_reading_every(spec, cfg.val_feature))
         norm = trajectory_weight(spec.steps, cfg.val_every, cfg.end_weight, cfg.loss_from) * cfg.meta_batch
         n_band = max(1, band_steps(spec.steps, cfg.label_window))
         task_loss, _, band_loss = run_trajectory(traj, policy, rule, cfg, norm, draws[index][1], n_band * cfg.meta_batch)
@@ -430,7 +442,8 @@ def validation_score(policy: MetaPolicy, cfg: MetaTrainConfig) -> dict[str, floa
     accs, div = [], 0
     for spec in validation_specs(cfg.validation_tasks, n_large=cfg.validation_large, n_text=cfg.validation_text):
         spec = replace(spec, steps=min(spec.steps, cfg.validation_max_steps))
-        r = run_spec(spec, lambda opt, total: MetaController(opt, checkpoint=frozen, total_steps=total))
+        readings = val_reading_every(spec, cfg.val_feature)  # (the capped run's; none for a format-3 policy)
+        r = run_spec(spec, lambda opt, total: MetaController(opt, checkpoint=frozen, total_steps=total), val_reading=readings, val_batch=cfg.val_batch)
         accs.append(r["val_accuracy"])
         div += int(r["diverged"])
     return {"val_score": sum(accs) / max(1, len(accs)), "val_diverged": float(div)}
@@ -516,7 +529,7 @@ def _warm_start(policy: MetaPolicy, path: str) -> None:
     """
     from metalr.meta.checkpoint import read_policy
 
-    src = read_policy(path, expand_features=True).policy  # a policy of an earlier format starts with zero weights on the new features
+    src = read_policy(path, expand_features=policy.n_features).policy  # a policy of an earlier format starts with zero weights on the new features
     if dict(src.model_args) != dict(policy.model_args):
         raise ValueError(f"init_from {path}: model_args {src.model_args} differ from this run's {policy.model_args}")
     policy.load_state_dict(src.state_dict())
@@ -559,7 +572,7 @@ def train(cfg: MetaTrainConfig, resume: bool = False) -> MetaPolicy:
             cfg.lr_labels,
         )
     torch.manual_seed(cfg.seed)
-    policy = MetaPolicy(max_log_step=cfg.max_log_step)
+    policy = MetaPolicy(cfg.n_features, max_log_step=cfg.max_log_step)
     meta_opt = torch.optim.Adam(policy.parameters(), lr=cfg.meta_lr)
     step, history, best = 0, [], {}  # type: ignore[var-annotated]
     revalidate: list[str] = []

@@ -31,7 +31,7 @@ from metalr.gradstats import GradAlign, UpdateSize
 from metalr.meta.labels import band_penalty, in_window
 from metalr.meta.policy import MetaPolicy
 from metalr.meta.rule import RuleConfig, RuleState, lr_rule, warmup_factor
-from metalr.meta.tasks import InnerTask, batch_stream
+from metalr.meta.tasks import InnerTask, batch_stream, val_subset
 
 
 @dataclass
@@ -52,6 +52,8 @@ class Trajectory:
     lrs: list[float] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
     diverged: bool = False
+    val_reading: int = 0  # a validation loss for the policy after every this many steps (0: none; `metalr.meta.tasks.val_reading_every`)
+    val_pending: float | None = None  # the last reading, for the next step's rule call (as `SignalTracker.record_eval`)
 
     @property
     def total(self) -> int:
@@ -81,14 +83,16 @@ def val_objective(logits: torch.Tensor, y: torch.Tensor, objective: str) -> torc
     raise ValueError(f"unknown meta objective {objective!r}; valid: {', '.join(OBJECTIVES)}")
 
 
-def start(task: InnerTask, val_batch: int, objective: str = "soft_error") -> Trajectory:
-    g = torch.Generator().manual_seed(task.spec.seed + 4)
-    val_idx = torch.randperm(len(task.y_val), generator=g)[:val_batch]
+def start(task: InnerTask, val_batch: int, objective: str = "soft_error", val_reading: int = 0) -> Trajectory:
+    """A trajectory at step 0. `val_reading` = E > 0: after every E-th step the model's loss on the run's validation
+    batch is measured (no gradient) and folded into the policy's features at the next step, as a deployed controller
+    gets an evaluation's loss (`metalr.meta.validate.run_spec` does the same)."""
+    val_idx = val_subset(task, val_batch)
     with torch.no_grad():
         task.model.eval()
         val0 = float(val_objective(task.model(task.x_val[val_idx]), task.y_val[val_idx], objective))
         task.model.train()
-    return Trajectory(task, task.make_optimizer(), batch_stream(task), val_idx, max(val0, 1e-8), objective)
+    return Trajectory(task, task.make_optimizer(), batch_stream(task), val_idx, max(val0, 1e-8), objective, val_reading=int(val_reading))
 
 
 def meta_weight(progress: float, end_weight: float, loss_from: float = 0.0) -> float:
@@ -182,7 +186,10 @@ def truncation(
             traj.losses.append(loss_value)
             diffopt.step(loss, override={"lr": [lr]}, grad_callback=observe if decide or prime else None)
             traj.step += 1
-            log_rel = lr_rule(policy, cfg, traj.rule, log_rel, loss_value, seen.get("norm"), seen.get("align"), traj.step, traj.total, size)
+            val, traj.val_pending = traj.val_pending, None
+            log_rel = lr_rule(policy, cfg, traj.rule, log_rel, loss_value, seen.get("norm"), seen.get("align"), traj.step, traj.total, size, val)
+            if traj.val_reading and traj.step % traj.val_reading == 0 and traj.step < traj.total:
+                traj.val_pending = val_reading(traj, fmodel)
             if band is not None and in_window(traj.step, traj.total, band_window):
                 band_terms.append(band_penalty(log_rel, band, traj.step, traj.total))
             w = meta_weight(traj.step / traj.total, end_weight, loss_from) if traj.step % val_every == 0 or traj.step == traj.total else 0.0
@@ -219,6 +226,16 @@ def _lookahead(traj: Trajectory, fmodel: torch.nn.Module, diffopt: higher.optim.
             return None
         diffopt.step(loss, override={"lr": [lr]})
     return _val_term(traj, fmodel)
+
+
+def val_reading(traj: Trajectory, fmodel: torch.nn.Module) -> float:
+    """The task's loss on the run's validation batch (eval mode, no gradient): what an evaluation hands a deployed controller."""
+    task = traj.task
+    with torch.no_grad():
+        fmodel.eval()
+        value = float(task.loss(fmodel(task.x_val[traj.val_idx]), task.y_val[traj.val_idx]))
+        fmodel.train()
+    return value
 
 
 def _val_term(traj: Trajectory, fmodel: torch.nn.Module) -> torch.Tensor | None:

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from metalr.controllers.base import Controller
-from metalr.meta.tasks import TaskSpec, batch_stream, materialise
+from metalr.meta.tasks import TaskSpec, batch_stream, materialise, val_subset
 from metalr.signals import SignalTracker
 
 ControllerFactory = Callable[[torch.optim.Optimizer, int], Controller]
@@ -27,10 +27,14 @@ def run_spec(
     dtype: torch.dtype = torch.float32,
     init_state: dict[str, torch.Tensor] | None = None,
     keep_state: bool = False,
+    val_reading: int = 0,
+    val_batch: int = 256,
 ) -> dict[str, Any]:
     """Train `spec` under the controller (None: constant LR); final validation loss/accuracy on the whole val set.
 
-    `init_state`: the model's weights to start from (a pretrained model: `state` of an earlier run with `keep_state`)."""
+    `init_state`: the model's weights to start from (a pretrained model: `state` of an earlier run with `keep_state`).
+    `val_reading` = E > 0: after every E-th step (not the last) the loss on the run's validation batch (`val_subset`,
+    `val_batch` examples: the unroll's) goes to `tracker.record_eval`, as a loop that evaluates every E steps does."""
     task = materialise(spec, dtype)
     model = task.model
     if init_state is not None:
@@ -47,8 +51,9 @@ def run_spec(
     )
     lrs: list[float] = []
     diverged = False
+    val_idx = val_subset(task, val_batch) if val_reading else None
     model.train()
-    for idx in batch_stream(task):
+    for t, idx in enumerate(batch_stream(task), 1):
         x, y = task.x_train[idx], task.y_train[idx]
         opt.zero_grad(set_to_none=True)
         loss = task.loss(model(x), y)
@@ -61,6 +66,11 @@ def run_spec(
         opt.step()
         if ctrl is not None:
             ctrl.step(signals)
+        if val_idx is not None and t % val_reading == 0 and t < spec.steps:
+            model.eval()
+            with torch.no_grad():
+                tracker.record_eval(float(task.loss(model(task.x_val[val_idx]), task.y_val[val_idx])))
+            model.train()
     model.eval()
     with torch.no_grad():
         logits = model(task.x_val)
