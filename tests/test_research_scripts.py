@@ -343,6 +343,26 @@ def test_selection_rule_v3_tolerates_more_on_the_sequence_cells_only() -> None:
     assert m.SEQ_TASKS["v3"] == 24 and m.SEQ_TASKS["v2"] == 8
 
 
+def test_selection_with_validation_readings_is_cached_apart_and_hands_the_runs_their_readings() -> None:
+    """--val-readings P: the runs of a checkpoint get the validation readings meta-training would draw (P = 0: none, the
+    cache key of every look before), and the results are cached under their own key."""
+    m = _script("meta_select")
+    from metalr.meta.tasks import val_reading_every
+
+    assert m.rule_key("v3", 0.0) == m.rule_key("v3") != m.rule_key("v3", 1.0) != m.rule_key("v3", 0.5)
+    seen: list[int] = []
+    real = m.run_spec
+    try:
+        m.run_spec = lambda spec, make, val_reading=0, **kw: seen.append(val_reading) or {"val_accuracy": 0.5}
+        spec = m.lab.TaskSpec("teacher", "mlp", "sgdm", 0.1, 0.0, 32, 400, 3, {})
+        m._job(("val", "0", spec, "cosine", 1.0))  # the cosine never reads them
+        m._job(("val", "0", spec, "checkpoints/metalr_default.safetensors", 1.0))
+        m._job(("val", "0", spec, "checkpoints/metalr_default.safetensors", 0.0))
+    finally:
+        m.run_spec = real
+    assert seen == [0, val_reading_every(spec, 1.0), 0] and seen[1] > 0
+
+
 def test_tagging_look_decodes_spans_as_conlleval_and_scores_exact_spans() -> None:
     """scripts/meta_tagging_look.py: B/I decoding (an I without its B, or of another type, starts an entity), exact-span
     micro F1, and generated tags that mark only lexicon tokens right after a trigger or inside a span."""
