@@ -27,7 +27,7 @@ import torch
 
 from metalr.controllers.meta import MetaController
 from metalr.meta.checkpoint import FrozenPolicy, read_policy
-from metalr.meta.tasks import TaskSpec, validation_specs
+from metalr.meta.tasks import TaskSpec, val_reading_every, validation_specs
 from metalr.meta.validate import run_spec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -36,21 +36,23 @@ import meta_rnn_probe as rnn  # noqa: E402  (the selection script's recurrent ta
 TAIL = 0.2  # the last fraction of the run whose mean log LR is reported
 
 
-def look_one(frozen: FrozenPolicy, spec: TaskSpec) -> dict[str, Any]:
-    """One run of `spec` under the policy `frozen`: accuracy, log10 peak and tail LR multiples of the base LR."""
-    r = run_spec(spec, lambda opt, total: MetaController(opt, checkpoint=frozen, total_steps=total))
+def look_one(frozen: FrozenPolicy, spec: TaskSpec, val_readings: float = 0.0) -> dict[str, Any]:
+    """One run of `spec` under the policy `frozen`: accuracy, log10 peak and tail LR multiples of the base LR.
+    `val_readings`: the probability that the run has validation readings (`metalr.meta.tasks.val_reading_every`)."""
+    readings = val_reading_every(spec, val_readings)
+    r = run_spec(spec, lambda opt, total: MetaController(opt, checkpoint=frozen, total_steps=total), val_reading=readings)
     logs = [math.log10(v / spec.lr) for v in r["lrs"]]
     start = int((1 - TAIL) * len(logs))
     return {"acc": r["val_accuracy"], "peak": max(logs), "tail": sum(logs[start:]) / max(1, len(logs) - start), "diverged": r["diverged"]}
 
 
-def look(paths: list[str], specs: list[TaskSpec]) -> dict[str, list[dict[str, Any]]]:
+def look(paths: list[str], specs: list[TaskSpec], val_readings: float = 0.0) -> dict[str, list[dict[str, Any]]]:
     rows: dict[str, list[dict[str, Any]]] = {p: [] for p in paths}
     policies = {p: read_policy(p) for p in paths}  # each file read once
     for spec in specs:
         line = f"{spec.data:>13} {spec.model:>6} {spec.optimizer:>5} lr {spec.lr:<9.3g} {spec.steps:>5} steps"
         for p in paths:
-            r = look_one(policies[p], spec)
+            r = look_one(policies[p], spec, val_readings)
             rows[p].append(r)
             line += f" | acc {r['acc']:.3f} peak {r['peak']:+.2f} tail {r['tail']:+.2f}"
         print(line, flush=True)
@@ -83,6 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--large", type=int, default=4, help="large generated tasks (the trainer's validation_large)")
     ap.add_argument("--text", type=int, default=0, help="real-text recurrent tasks (the trainer's validation_text)")
     ap.add_argument("--selection-text", type=int, default=0, help="instead: the selection script's first N real-text tasks")
+    ap.add_argument("--val-readings", type=float, default=0.0, help="probability that a run gives the policy validation losses (format 4)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     if args.selection_text:
@@ -91,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         factors = FACTORS
         specs = validation_specs(args.tasks, lr_factors=factors, n_large=args.large, n_text=args.text)
-    rows = look(args.checkpoints, specs)
+    rows = look(args.checkpoints, specs, args.val_readings)
     n_text = args.text * len(factors)  # (validation_specs lists the text runs last)
     for p, rs in rows.items():
         report(p, rs, factors)
