@@ -1120,6 +1120,35 @@ def test_two_process_update_equals_single_process(tmp_path: Path) -> None:
     assert changed, "the meta-step did not change the policy"
 
 
+def _validation_worker(rank: int, world: int, port: int, out: str) -> None:
+    import torch.distributed as dist
+
+    from metalr.meta.trainer import validation_score
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    score = validation_score(lively_policy(seed=4), tiny_cfg(validation_tasks=1, validation_max_steps=40, val_feature=0.5), rank, world, "validation/7")
+    if rank == 0:
+        Path(out).write_text(json.dumps(score))
+    dist.barrier()
+    dist.destroy_process_group()
+    leave_process()
+
+
+@pytest.mark.slow
+def test_two_process_validation_gives_the_single_process_score_bit_for_bit(tmp_path: Path) -> None:
+    """The trainer's validation runs are shared by the processes (each run filled in by one): the same score exactly."""
+    import torch.multiprocessing as mp
+
+    from metalr.meta.trainer import validation_score
+
+    out = tmp_path / "score.json"
+    mp.spawn(_validation_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)
+    single = validation_score(lively_policy(seed=4), tiny_cfg(validation_tasks=1, validation_max_steps=40, val_feature=0.5))
+    assert json.loads(out.read_text()) == single
+    assert 0.0 < single["val_score"] < 1.0
+
+
 def test_host_policy_is_the_shipped_policy() -> None:
     """The deployed CPU path's numpy evaluation (`HostPolicy`) gives the torch module's output, float32 weights as shipped."""
     from metalr.meta.checkpoint import cached_policy

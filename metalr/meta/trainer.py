@@ -428,8 +428,13 @@ def meta_step(policy: MetaPolicy, meta_opt: torch.optim.Optimizer, cfg: MetaTrai
 
 
 # ------------------------------------------------------------------ validation
-def validation_score(policy: MetaPolicy, cfg: MetaTrainConfig) -> dict[str, float]:
-    """Mean final validation accuracy of the frozen policy, deployed, on the fixed validation tasks."""
+def validation_score(policy: MetaPolicy, cfg: MetaTrainConfig, rank: int = 0, world: int = 1, key: str = "validation") -> dict[str, float]:
+    """Mean final validation accuracy of the frozen policy, deployed, on the fixed validation tasks.
+
+    With `world` > 1 every process must call it (the same `key`, new for each call: the task queue's counter): the runs
+    are shared through a `TaskQueue` (most expensive first) and their results summed across processes. Each run is
+    the same wherever it runs (its data, model and batches come from its spec's seed), and each result is filled in by
+    one process only, so the score is the single process's, bit for bit (`tests/test_meta.py`)."""
     from metalr.controllers.meta import MetaController
     from metalr.meta.checkpoint import FrozenPolicy
     from metalr.meta.tasks import validation_specs
@@ -439,14 +444,21 @@ def validation_score(policy: MetaPolicy, cfg: MetaTrainConfig) -> dict[str, floa
     frozen_policy.load_state_dict(policy.state_dict())
     frozen_policy.eval()
     frozen = FrozenPolicy(frozen_policy, {}, "", cfg.rule_config())
-    accs, div = [], 0
-    for spec in validation_specs(cfg.validation_tasks, n_large=cfg.validation_large, n_text=cfg.validation_text):
-        spec = replace(spec, steps=min(spec.steps, cfg.validation_max_steps))
+    specs = [
+        replace(spec, steps=min(spec.steps, cfg.validation_max_steps))
+        for spec in validation_specs(cfg.validation_tasks, n_large=cfg.validation_large, n_text=cfg.validation_text)
+    ]
+    results = torch.zeros(len(specs), 2, dtype=torch.float64)  # final accuracy, diverged
+    order = sorted(range(len(specs)), key=lambda i: -task_cost(specs[i]))
+    for i in TaskQueue(order, key, rank, world):
+        spec = specs[i]
         readings = val_reading_every(spec, cfg.val_feature)  # (the capped run's; none for a format-3 policy)
         r = run_spec(spec, lambda opt, total: MetaController(opt, checkpoint=frozen, total_steps=total), val_reading=readings, val_batch=cfg.val_batch)
-        accs.append(r["val_accuracy"])
-        div += int(r["diverged"])
-    return {"val_score": sum(accs) / max(1, len(accs)), "val_diverged": float(div)}
+        results[i, 0], results[i, 1] = r["val_accuracy"], float(r["diverged"])
+    if world > 1:
+        dist.all_reduce(results)  # every row is filled by exactly one process: the sum is exact
+    accs = results[:, 0].tolist()
+    return {"val_score": sum(accs) / max(1, len(accs)), "val_diverged": float(results[:, 1].sum())}
 
 
 # ------------------------------------------------------------------- checkpoints
@@ -604,15 +616,16 @@ def train(cfg: MetaTrainConfig, resume: bool = False) -> MetaPolicy:
     extra = {"horizon_steps": rule.horizon_steps}
     if revalidate and rank == 0 and cfg.validate_every and best and (out / BEST_POLICY).is_file():
         best = _rescore_best(out, best, cfg, revalidate, rule, extra)
-    if cfg.init_from and step == 0 and rank == 0 and cfg.validate_every:
+    if cfg.init_from and step == 0 and cfg.validate_every:
         # the warm start is itself a candidate: training must beat it on the validation tasks to replace it
         t0 = time.perf_counter()
-        record0: dict[str, Any] = {"step": 0, "tasks_seen": 0, **validation_score(policy, cfg)}
+        record0: dict[str, Any] = {"step": 0, "tasks_seen": 0, **validation_score(policy, cfg, rank, world, "validation/0")}
         record0["wall_s"] = time.perf_counter() - t0
-        best = {"val_score": record0["val_score"], "step": 0, "init_from": cfg.init_from}
-        save_policy(out / BEST_POLICY, policy, rule=rule, config=asdict(cfg), extra={**extra, "meta_steps": 0, "selected_by": best})
-        history.append(record0)
-        log.info("warm start %s: val_score %.4f", cfg.init_from, record0["val_score"])
+        if rank == 0:
+            best = {"val_score": record0["val_score"], "step": 0, "init_from": cfg.init_from}
+            save_policy(out / BEST_POLICY, policy, rule=rule, config=asdict(cfg), extra={**extra, "meta_steps": 0, "selected_by": best})
+            history.append(record0)
+            log.info("warm start %s: val_score %.4f", cfg.init_from, record0["val_score"])
     t0 = time.perf_counter()
     while step < cfg.meta_steps:
         stats = meta_step(policy, meta_opt, cfg, step, rank, world)
@@ -621,10 +634,10 @@ def train(cfg: MetaTrainConfig, resume: bool = False) -> MetaPolicy:
         record: dict[str, Any] = {"step": step, "tasks_seen": tasks_seen, **{k: v for k, v in stats.items() if k != "lr_trajectory"}}
         record["wall_s"] = (history[-1]["wall_s"] if history else 0.0) + (time.perf_counter() - t0)
         t0 = time.perf_counter()
-        validate = rank == 0 and cfg.validate_every and (step % cfg.validate_every == 0 or step == cfg.meta_steps)
+        validate = cfg.validate_every and (step % cfg.validate_every == 0 or step == cfg.meta_steps)  # every process runs some of the runs
         if validate:
-            record.update(validation_score(policy, cfg))
-            if record["val_score"] > best.get("val_score", -math.inf):
+            record.update(validation_score(policy, cfg, rank, world, f"validation/{step}"))
+            if rank == 0 and record["val_score"] > best.get("val_score", -math.inf):
                 best = {"val_score": record["val_score"], "step": step}
                 save_policy(out / BEST_POLICY, policy, rule=rule, config=asdict(cfg), extra={**extra, "meta_steps": step, "selected_by": best})
             record["wall_s"] += time.perf_counter() - t0
