@@ -912,6 +912,15 @@ def test_refuses_mismatched_or_corrupt_files(tmp_path: Path) -> None:
     _rewrite_meta(path, bad, rule={"min_factor": 2.0})
     with pytest.raises(CheckpointError, match="invalid settings"):
         read_policy(bad)
+    _rewrite_meta(path, bad, format_version=3)  # a format-4 policy (12 features) labelled format 3
+    with pytest.raises(CheckpointError, match="format 3"):
+        read_policy(bad)
+    _rewrite_meta(path, bad, model_args={"n_features": 11, "max_log_step": 0.2, "hidden": [64, 32]})
+    with pytest.raises(CheckpointError, match="n_features"):
+        read_policy(bad)
+    shipped = ROOT / "checkpoints" / "metalr_default.safetensors"  # format 3; model_args without n_features: its format's count
+    _rewrite_meta(shipped, bad, model_args={"max_log_step": 0.2, "hidden": [64, 32]})
+    assert read_policy(bad).policy.n_features == 11
     _rewrite_meta(path, bad, model_args={"n_features": 10, "max_log_step": 0.2, "depth": 9})
     with pytest.raises(CheckpointError, match="model_args"):
         read_policy(bad)

@@ -143,6 +143,7 @@ def _built(meta: dict[str, Any]) -> MetaPolicy:
 
 def _model_args(meta: dict[str, Any]) -> dict[str, Any]:
     args = dict(meta["model_args"])
+    args.setdefault("n_features", len(meta["feature_names"]))  # a file that names its features but not their count
     if "hidden" in args:
         args["hidden"] = tuple(args["hidden"])
     return args
@@ -160,7 +161,7 @@ def _validate(p: Path, meta: Any, tensors: dict[str, torch.Tensor]) -> None:
     args = meta.get("model_args")
     if not isinstance(args, dict) or set(args) - {"n_features", "max_log_step", "hidden"}:
         raise CheckpointError(f"{p}: model_args {args!r} are not MetaPolicy's constructor arguments")
-    if args.get("n_features", len(FEATURE_NAMES)) != len(names):
+    if args.get("n_features", len(names)) != len(names):  # (absent: the format's, as `_model_args` reads it)
         raise CheckpointError(f"{p}: model_args.n_features={args.get('n_features')!r} but format {version} has {len(names)} features")
     v = args.get("max_log_step")
     if not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:

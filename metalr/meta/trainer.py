@@ -116,9 +116,7 @@ class MetaTrainConfig:
     validation_large: int = 0  # more validation tasks from the opt-in teacher_large family (tasks still learning at the end)
     validation_text: int = 0  # more validation tasks over real text (doctext, GRU/LSTM; metalr.meta.tasks.validation_specs)
     validation_max_steps: int = 1000  # cap on a validation run's length
-    val_feature: float = (
-        0.0  # > 0: the policy reads `val_rise` (format 4), and a run has validation readings with this probability (metalr.meta.tasks.val_reading_every)
-    )
+    val_feature: float = 0.0  # > 0: a format-4 policy (`val_rise`); a run has validation readings with this probability
     out_dir: str = "runs/meta"
     export_path: str = ""  # also write the selected frozen policy here (e.g. checkpoints/metalr_default.safetensors)
     checkpoint_every: int = 5  # meta-steps between (atomic) training checkpoints
