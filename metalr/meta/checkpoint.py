@@ -27,8 +27,8 @@ from metalr.meta.policy import MetaPolicy
 from metalr.meta.rule import RuleConfig
 
 FORMAT = "metalr.meta_policy"
-FORMAT_VERSION = 4  # 2: model_args + rule settings; grad_align/loss features, no accuracy. 3: + update_size. 4: + val_rise
-#: Formats a deployment reads: a format-3 policy reads the first 11 features (`FORMAT_FEATURES`), and is saved as format 3.
+#: Formats a deployment reads (2: model_args + rule settings; grad_align/loss features, no accuracy. 3: + update_size.
+#: 4: + val_rise): each reads the first `FORMAT_FEATURES[v]` features, and a policy is saved in the format of its count.
 READABLE_VERSIONS = tuple(sorted(FORMAT_FEATURES))
 #: The shipped policy: `checkpoints/metalr_default.safetensors` in a checkout (an editable install), else the copy a
 #: wheel or `pip install .` puts in the package (`metalr/shipped/`, a link to that file in the repository).

@@ -471,6 +471,16 @@ def val_subset(task: InnerTask, val_batch: int) -> torch.Tensor:
     return torch.randperm(len(task.y_val), generator=g)[:val_batch]
 
 
+def val_batch_loss(task: InnerTask, model: nn.Module, idx: torch.Tensor) -> float:
+    """The task's loss of `model` on the validation examples `idx` (eval mode, no gradient, then back to train mode):
+    the reading an evaluation hands a deployed controller, taken alike by the unroll and by `run_spec`."""
+    with torch.no_grad():
+        model.eval()
+        value = float(task.loss(model(task.x_val[idx]), task.y_val[idx]))
+        model.train()
+    return value
+
+
 #: Evaluations per run when a run has validation readings: drawn uniformly from this range (the harness's tasks evaluate 5-10 times).
 VAL_READINGS = (4, 20)
 

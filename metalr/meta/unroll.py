@@ -31,7 +31,7 @@ from metalr.gradstats import GradAlign, UpdateSize
 from metalr.meta.labels import band_penalty, in_window
 from metalr.meta.policy import MetaPolicy
 from metalr.meta.rule import RuleConfig, RuleState, lr_rule, warmup_factor
-from metalr.meta.tasks import InnerTask, batch_stream, val_subset
+from metalr.meta.tasks import InnerTask, batch_stream, val_batch_loss, val_subset
 
 
 @dataclass
@@ -189,7 +189,7 @@ def truncation(
             val, traj.val_pending = traj.val_pending, None
             log_rel = lr_rule(policy, cfg, traj.rule, log_rel, loss_value, seen.get("norm"), seen.get("align"), traj.step, traj.total, size, val)
             if traj.val_reading and traj.step % traj.val_reading == 0 and traj.step < traj.total:
-                traj.val_pending = val_reading(traj, fmodel)
+                traj.val_pending = val_batch_loss(traj.task, fmodel, traj.val_idx)  # what an evaluation hands a deployed controller
             if band is not None and in_window(traj.step, traj.total, band_window):
                 band_terms.append(band_penalty(log_rel, band, traj.step, traj.total))
             w = meta_weight(traj.step / traj.total, end_weight, loss_from) if traj.step % val_every == 0 or traj.step == traj.total else 0.0
@@ -226,16 +226,6 @@ def _lookahead(traj: Trajectory, fmodel: torch.nn.Module, diffopt: higher.optim.
             return None
         diffopt.step(loss, override={"lr": [lr]})
     return _val_term(traj, fmodel)
-
-
-def val_reading(traj: Trajectory, fmodel: torch.nn.Module) -> float:
-    """The task's loss on the run's validation batch (eval mode, no gradient): what an evaluation hands a deployed controller."""
-    task = traj.task
-    with torch.no_grad():
-        fmodel.eval()
-        value = float(task.loss(fmodel(task.x_val[traj.val_idx]), task.y_val[traj.val_idx]))
-        fmodel.train()
-    return value
 
 
 def _val_term(traj: Trajectory, fmodel: torch.nn.Module) -> torch.Tensor | None:

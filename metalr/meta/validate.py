@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from metalr.controllers.base import Controller
-from metalr.meta.tasks import TaskSpec, batch_stream, materialise, val_subset
+from metalr.meta.tasks import TaskSpec, batch_stream, materialise, val_batch_loss, val_subset
 from metalr.signals import SignalTracker
 
 ControllerFactory = Callable[[torch.optim.Optimizer, int], Controller]
@@ -67,10 +67,7 @@ def run_spec(
         if ctrl is not None:
             ctrl.step(signals)
         if val_idx is not None and t % val_reading == 0 and t < spec.steps:
-            model.eval()
-            with torch.no_grad():
-                tracker.record_eval(float(task.loss(model(task.x_val[val_idx]), task.y_val[val_idx])))
-            model.train()
+            tracker.record_eval(val_batch_loss(task, model, val_idx))
     model.eval()
     with torch.no_grad():
         logits = model(task.x_val)
